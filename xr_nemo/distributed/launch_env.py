@@ -1,0 +1,115 @@
+"""Where this process sits in the job, read from the launcher's environment (torchrun or Slurm srun)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from xr_nemo.errors import LaunchError
+
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun", "slurm" or "single"
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm hostlist such as ``gpu[001-003,7],login1`` into host names, in order."""
+    hosts: list[str] = []
+    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,]*)", nodelist):
+        prefix, ranges, suffix = match.group(1), match.group(2), match.group(3)
+        if ranges is None:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise LaunchError(
+                    f"cannot parse the Slurm node list {nodelist!r} (range {part!r})",
+                    where="SLURM_JOB_NODELIST",
+                    fix="set MASTER_ADDR to the first node's host name",
+                )
+            width = len(lo)
+            for number in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{number:0{width}d}{suffix}")
+    return hosts
+
+
+def _int_var(env: Mapping[str, str], name: str) -> int:
+    value = env[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise LaunchError(
+            f"environment variable {name}={value!r} is not an integer",
+            where=name,
+            fix="launch with torchrun or srun, which set it",
+        ) from None
+
+
+def _slurm_master_port(env: Mapping[str, str]) -> int:
+    """A port every task of the job derives alike, so concurrent jobs on a node do not collide."""
+    if "MASTER_PORT" in env:
+        return _int_var(env, "MASTER_PORT")
+    job_id = env.get("SLURM_JOB_ID", "")
+    return 20000 + int(job_id) % 20000 if job_id.isdigit() else DEFAULT_MASTER_PORT
+
+
+def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
+    """torchrun's RANK/WORLD_SIZE first, then Slurm's SLURM_PROCID/SLURM_NTASKS, else one process."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
+        if missing:
+            raise LaunchError(
+                f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not",
+                where="environment",
+                fix="launch with torchrun, or export MASTER_ADDR and MASTER_PORT",
+            )
+        launch = LaunchEnv(
+            rank=_int_var(env, "RANK"),
+            world_size=_int_var(env, "WORLD_SIZE"),
+            local_rank=_int_var(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            master_addr=env["MASTER_ADDR"],
+            master_port=_int_var(env, "MASTER_PORT"),
+            launcher="torchrun",
+        )
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if "MASTER_ADDR" in env:
+            master_addr = env["MASTER_ADDR"]
+        elif nodelist:
+            master_addr = expand_nodelist(nodelist)[0]
+        else:
+            raise LaunchError(
+                "running under Slurm but neither MASTER_ADDR nor SLURM_JOB_NODELIST is set",
+                where="environment",
+                fix="launch with srun inside an sbatch/salloc allocation, or export MASTER_ADDR",
+            )
+        launch = LaunchEnv(
+            rank=_int_var(env, "SLURM_PROCID"),
+            world_size=_int_var(env, "SLURM_NTASKS"),
+            local_rank=_int_var(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            master_addr=master_addr,
+            master_port=_slurm_master_port(env),
+            launcher="slurm",
+        )
+    else:
+        launch = LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
+                           int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)), "single")
+    if not 0 <= launch.rank < launch.world_size:
+        raise LaunchError(
+            f"rank {launch.rank} is outside the world of {launch.world_size} processes",
+            where=f"{launch.launcher} environment",
+            fix="check the launcher's task count",
+        )
+    return launch

@@ -1,0 +1,1 @@
+"""Model definitions on megatron-core: layer specs, norms and the Qwen2.5-VL bundle."""

@@ -1,0 +1,70 @@
+"""Run a function in N local processes joined by a gloo process group, as torchrun would launch them."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, results: Any) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+    )
+    try:
+        # Serialised to bytes: tensors sent through the queue as shared memory would vanish with
+        # this process before the parent reads them.
+        buffer = io.BytesIO()
+        torch.save(fn(*args), buffer)
+        results.put((rank, "ok", buffer.getvalue()))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 600) -> list[Any]:
+    """Call `fn(*args)` on ranks 0..world_size-1 (spawned processes); return the results by rank.
+
+    `fn` must be importable by name (a module-level function). A failure on any rank raises here with
+    that rank's traceback.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(rank, world_size, port, fn, args, results), daemon=False)
+        for rank in range(world_size)
+    ]
+    for proc in procs:
+        proc.start()
+    by_rank: dict[int, Any] = {}
+    errors = []
+    try:
+        for _ in procs:
+            rank, status, payload = results.get(timeout=timeout_s)
+            if status == "error":
+                errors.append(f"rank {rank} failed:\n{payload}")
+                break
+            by_rank[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+    finally:
+        for proc in procs:
+            if errors:
+                proc.terminate()
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    return [by_rank[rank] for rank in range(world_size)]

@@ -1,0 +1,110 @@
+"""A tiny megatron-core GPT (Qwen2-style blocks) and helpers to give every parallel layout the same weights.
+
+The parity tests build the model once as a single process, keep its full state dict, and load the
+matching shard into each tensor/pipeline-parallel rank with `load_full_state_dict`; `shard_full_tensor`
+also cuts reference gradients the same way so they compare with each rank's own.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+from xr_nemo.models.specs import local_block_spec
+
+VOCAB_SIZE = 128
+SEQ_LEN = 32
+
+
+def tiny_gpt_config(
+    num_layers: int = 4, sequence_parallel: bool = False, **overrides: object
+) -> TransformerConfig:
+    """fp32, dropout-free, unfused: deterministic on CPU and comparable across layouts."""
+    kwargs: dict[str, object] = dict(
+        num_layers=num_layers,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        num_query_groups=2,
+        normalization="RMSNorm",
+        layernorm_epsilon=1e-6,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        params_dtype=torch.float32,
+        use_cpu_initialization=True,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        sequence_parallel=sequence_parallel,
+        pipeline_dtype=torch.float32,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_tiny_gpt(config: TransformerConfig) -> GPTModel:
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=local_block_spec(config),
+        vocab_size=VOCAB_SIZE,
+        max_sequence_length=SEQ_LEN,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+    )
+
+
+def global_name(local_name: str, layer_offset: int) -> str:
+    """Name of a parameter in the single-process model: layer numbers shifted by the stage's offset."""
+    return re.sub(
+        r"^decoder\.layers\.(\d+)\.",
+        lambda m: f"decoder.layers.{int(m.group(1)) + layer_offset}.",
+        local_name,
+    )
+
+
+def shard_full_tensor(full: torch.Tensor, param: torch.nn.Parameter, name: str, gated: bool) -> torch.Tensor:
+    """This tensor-parallel rank's slice of a full tensor, as megatron-core lays the parameter out."""
+    if not getattr(param, "tensor_model_parallel", False):
+        return full
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    dim = param.partition_dim
+    if gated and name.endswith("mlp.linear_fc1.weight"):
+        # Each rank holds [gate shard; up shard], not a contiguous slice of [gate; up].
+        gate, up = torch.chunk(full, 2, dim=0)
+        return torch.cat([torch.chunk(gate, tp_size, 0)[tp_rank], torch.chunk(up, tp_size, 0)[tp_rank]])
+    return torch.chunk(full, tp_size, dim=dim)[tp_rank]
+
+
+def load_full_state_dict(model: GPTModel, full: dict[str, torch.Tensor]) -> None:
+    offset = get_transformer_layer_offset(model.config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            shard = shard_full_tensor(full[global_name(name, offset)], param, name, model.config.gated_linear_unit)
+            param.copy_(shard)
+
+
+def sharded_reference(model: GPTModel, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full tensors (weights or gradients) cut to this rank's parameters, keyed by local name."""
+    offset = get_transformer_layer_offset(model.config)
+    return {
+        name: shard_full_tensor(full[global_name(name, offset)], param, name, model.config.gated_linear_unit)
+        for name, param in model.named_parameters()
+    }
