@@ -82,8 +82,10 @@ def model_parallel_worker(reference: dict, parallel, num_microbatches: int) -> d
     inputs, positions, labels = _batch()
     micro = GLOBAL_BATCH // num_microbatches
     batches = iter(
-        [(inputs[i : i + micro], positions[i : i + micro], labels[i : i + micro])
-         for i in range(0, GLOBAL_BATCH, micro)]
+        [
+            (inputs[i : i + micro], positions[i : i + micro], labels[i : i + micro])
+            for i in range(0, GLOBAL_BATCH, micro)
+        ]
     )
 
     def forward_step(data_iterator, model):
@@ -147,8 +149,14 @@ def data_parallel_worker(reference: dict, learning_rate: float) -> dict:
         module=model,
     )
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=learning_rate, adam_eps=learning_rate, weight_decay=0.0,
-                        use_distributed_optimizer=True, clip_grad=0.0),
+        OptimizerConfig(
+            optimizer="adam",
+            lr=learning_rate,
+            adam_eps=learning_rate,
+            weight_decay=0.0,
+            use_distributed_optimizer=True,
+            clip_grad=0.0,
+        ),
         [ddp],
     )
     rank = parallel_state.get_data_parallel_rank()
@@ -164,7 +172,9 @@ def data_parallel_worker(reference: dict, learning_rate: float) -> dict:
     dist.all_reduce(global_loss)
     global_loss /= parallel_state.get_data_parallel_world_size()
     expected = sharded_reference(model, _reference_adam_step(reference, learning_rate))
-    moved = max((reference["weights"][n] - p.detach()).abs().max().item() for n, p in model.named_parameters())
+    moved = max(
+        (reference["weights"][n] - p.detach()).abs().max().item() for n, p in model.named_parameters()
+    )
     diffs = {n: (p.detach() - expected[n]).abs().max().item() for n, p in model.named_parameters()}
     shutdown()
     return {"loss": global_loss.item(), "grad_diffs": diffs, "update_ok": update_ok, "moved": moved}
@@ -182,7 +192,9 @@ def _assert_matches(results: list[dict], reference: dict) -> None:
         assert abs(loss - reference["loss"]) <= TOL, (loss, reference["loss"])
     for rank, result in enumerate(results):
         worst = max(result["grad_diffs"], key=result["grad_diffs"].get)
-        assert result["grad_diffs"][worst] <= TOL, f"rank {rank}: {worst} differs by {result['grad_diffs'][worst]}"
+        assert result["grad_diffs"][worst] <= TOL, (
+            f"rank {rank}: {worst} differs by {result['grad_diffs'][worst]}"
+        )
         assert len(result["grad_diffs"]) > 0
 
 

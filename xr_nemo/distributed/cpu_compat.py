@@ -45,7 +45,18 @@ CUDA_TYPE_CHECKS = (
     ("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32"),
 )
 
-_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "randn", "rand", "zeros_like", "empty_like")
+_FACTORIES = (
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "tensor",
+    "arange",
+    "randn",
+    "rand",
+    "zeros_like",
+    "empty_like",
+)
 
 _applied = False
 
@@ -97,10 +108,12 @@ class _TorchOnCpu:
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(torch, name)
         if name in _FACTORIES:
+
             def factory(*args: Any, **kwargs: Any) -> torch.Tensor:
                 if "device" in kwargs:
                     kwargs["device"] = _on_cpu(kwargs["device"])
                 return attribute(*args, **kwargs)
+
             return factory
         return attribute
 

@@ -104,8 +104,14 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             launcher="slurm",
         )
     else:
-        launch = LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
-                           int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)), "single")
+        launch = LaunchEnv(
+            0,
+            1,
+            0,
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
+            "single",
+        )
     if not 0 <= launch.rank < launch.world_size:
         raise LaunchError(
             f"rank {launch.rank} is outside the world of {launch.world_size} processes",

@@ -39,7 +39,9 @@ class Norm:
     """Builds the norm `config.normalization` names. A class, not a function: megatron-core's
     `build_module` calls classes but returns plain functions uncalled."""
 
-    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_unused) -> torch.nn.Module:
+    def __new__(
+        cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_unused
+    ) -> torch.nn.Module:
         if config.normalization == "RMSNorm":
             return RMSNorm(config, hidden_size, eps)
         if config.normalization == "LayerNorm":

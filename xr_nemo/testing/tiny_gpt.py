@@ -97,7 +97,9 @@ def load_full_state_dict(model: GPTModel, full: dict[str, torch.Tensor]) -> None
     offset = get_transformer_layer_offset(model.config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            shard = shard_full_tensor(full[global_name(name, offset)], param, name, model.config.gated_linear_unit)
+            shard = shard_full_tensor(
+                full[global_name(name, offset)], param, name, model.config.gated_linear_unit
+            )
             param.copy_(shard)
 
 

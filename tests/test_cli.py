@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from xr_nemo.cli import main
+
+
+def test_tiny_model_command_writes_a_checkpoint(tmp_path, capsys):
+    assert main(["tiny-model", str(tmp_path / "m"), "--tied"]) == 0
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    assert str(tmp_path / "m") in capsys.readouterr().out
+
+
+def test_user_error_exits_2_with_a_message_and_no_traceback(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("do not lose me")
+    result = subprocess.run(
+        [sys.executable, "-m", "xr_nemo.cli", "tiny-model", str(tmp_path / "busy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "do not lose me"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    from xr_nemo.errors import XrNemoError
+
+    with pytest.raises(XrNemoError):
+        main(["--debug", "tiny-model", str(tmp_path / "busy")])
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_tensor_parallel_follows_single_process(tmp_path):
+    from xr_nemo.demo.pipeline import run_demo
+
+    report = run_demo(tmp_path / "demo", steps=6).read_text()
+    assert "| 0 |" in report and "| 5 |" in report
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    for row in rows:
+        single, tensor_parallel = float(row[2]), float(row[3])
+        assert abs(single - tensor_parallel) < 1e-5
+    assert float(rows[-1][2]) < float(rows[0][2])  # the toy task is being learned
+    assert (tmp_path / "demo" / "tiny-qwen25-vl" / "config.json").exists()

@@ -1,0 +1,59 @@
+"""Process groups and megatron-core parallel state from a torchrun-like launch (2 CPU processes)."""
+
+import pytest
+
+from xr_nemo.testing.multiprocess import run_distributed
+
+
+def layout_worker(tensor_parallel: int, pipeline_parallel: int) -> dict:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from xr_nemo.config import ParallelConfig
+    from xr_nemo.distributed import initialize, shutdown
+
+    context = initialize(ParallelConfig(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel))
+    result = {
+        "backend": context.backend,
+        "rank": dist.get_rank(),
+        "dp": (parallel_state.get_data_parallel_world_size(), context.data_parallel_size),
+        "tp": (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_tensor_model_parallel_rank(),
+        ),
+        "pp": (
+            parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_rank(),
+        ),
+    }
+    shutdown()
+    assert not dist.is_initialized()
+    return result
+
+
+def bad_layout_worker() -> str:
+    from xr_nemo.config import ParallelConfig
+    from xr_nemo.distributed import initialize
+    from xr_nemo.errors import ConfigError
+
+    try:
+        initialize(ParallelConfig(tensor_parallel=4))
+    except ConfigError as error:
+        return str(error)
+    return "no error"
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (1, 2)])
+def test_parallel_state_matches_the_requested_layout(tp, pp):
+    results = run_distributed(layout_worker, 2, tp, pp)
+    for rank, result in enumerate(results):
+        assert result["backend"] == "gloo"
+        assert result["rank"] == rank
+        assert result["dp"] == (2 // (tp * pp),) * 2
+        assert result["tp"] == (tp, rank if tp == 2 else 0)
+        assert result["pp"] == (pp, rank if pp == 2 else 0)
+
+
+def test_layout_that_does_not_divide_the_world_fails_before_any_group_is_made():
+    messages = run_distributed(bad_layout_worker, 2)
+    assert all("world size 2 is not divisible" in message for message in messages)

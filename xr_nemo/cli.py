@@ -1,0 +1,69 @@
+"""`xr-nemo`: the command line. User errors print a message and exit 2; `--debug` shows tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from xr_nemo.errors import XrNemoError
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from xr_nemo.demo.pipeline import run_demo
+
+    run_demo(args.run_dir, steps=args.steps)
+
+
+def _tiny_model(args: argparse.Namespace) -> None:
+    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    out = Path(args.out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise XrNemoError(
+            f"{out} already exists and is not an empty directory",
+            where="tiny-model OUT_DIR",
+            fix="choose a new directory, or pass --overwrite to replace the files in it",
+        )
+    spec = TinyQwen25VLSpec(tie_word_embeddings=args.tied)
+    print(build_tiny_qwen25_vl(args.out_dir, spec, key_naming=args.key_naming, seed=args.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xr-nemo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the end-to-end toy pipeline on CPU")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=30)
+    demo.set_defaults(handler=_demo)
+
+    tiny = commands.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint (HF layout)")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--key-naming", choices=["hub", "transformers"], default="hub")
+    tiny.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
+    tiny.set_defaults(handler=_tiny_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except XrNemoError as error:
+        if args.debug:
+            raise
+        print(f"xr-nemo: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xr-nemo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The toy end-to-end run behind `make demo`."""

@@ -1,0 +1,1 @@
+"""Generation engines behind one interface: vLLM (colocated, refit) and a reference engine for tests."""

@@ -1,0 +1,164 @@
+"""Build a tiny Qwen2.5-VL checkpoint in Hugging Face layout, fully offline.
+
+Same architecture and file set as `Qwen/Qwen2.5-VL-7B-Instruct` (config, safetensors weights,
+tokenizer with Qwen's special tokens and `<think>`/`</think>`, chat template, image processor config,
+generation config), with sizes as arguments. Weights are random but seeded. vLLM's CPU attention
+accepts head_dim 64 (not 16), hence the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import save_file
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from xr_nemo.testing.tokenizer import build_tokenizer
+
+KeyNaming = Literal["hub", "transformers"]
+
+
+@dataclass
+class TinyQwen25VLSpec:
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    tie_word_embeddings: bool = False
+    rope_theta: float = 1_000_000.0
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_num_heads: int = 2
+    fullatt_block_indexes: list[int] = field(default_factory=lambda: [1])
+    window_size: int = 112
+    max_position_embeddings: int = 2048
+    bpe_vocab_size: int = 512
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mrope_section(self) -> list[int]:
+        """Qwen2.5-VL's 16:24:24 split of the rotary half-dimension (temporal, height, width)."""
+        half = self.head_dim // 2
+        temporal = half // 4
+        height = (half - temporal) // 2
+        return [temporal, height, half - temporal - height]
+
+
+def tiny_config(spec: TinyQwen25VLSpec, vocab_size: int, token_ids: dict[str, int]) -> Qwen2_5_VLConfig:
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "mrope_section": spec.mrope_section,
+        },
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=token_ids["<|im_end|>"],
+        pad_token_id=token_ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=spec.vision_intermediate_size,
+        num_heads=spec.vision_num_heads,
+        out_hidden_size=spec.hidden_size,
+        fullatt_block_indexes=spec.fullatt_block_indexes,
+        window_size=spec.window_size,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=token_ids["<|image_pad|>"],
+        video_token_id=token_ids["<|video_pad|>"],
+        vision_start_token_id=token_ids["<|vision_start|>"],
+        vision_end_token_id=token_ids["<|vision_end|>"],
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def hub_name(in_memory_name: str) -> str:
+    """Transformers 5's in-memory parameter name → the hub checkpoints' name."""
+    if in_memory_name.startswith("model.language_model."):
+        return "model." + in_memory_name[len("model.language_model.") :]
+    if in_memory_name.startswith("model.visual."):
+        return in_memory_name[len("model.") :]
+    return in_memory_name
+
+
+def build_tiny_qwen25_vl(
+    out_dir: str | Path,
+    spec: TinyQwen25VLSpec | None = None,
+    *,
+    key_naming: KeyNaming = "hub",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a tiny Qwen2.5-VL checkpoint to `out_dir` and return the path.
+
+    `key_naming="hub"` writes `model.layers.*`, `visual.*`, `lm_head.*` (the hub's and
+    `save_pretrained`'s naming); `"transformers"` writes the in-memory `model.language_model.*`,
+    `model.visual.*` naming that some checkpoints carry.
+    """
+    spec = spec or TinyQwen25VLSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(spec.bpe_vocab_size)
+    token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
+    vocab_size = len(tokenizer)
+    vocab_size += -vocab_size % 64  # padded like the hub vocab; rows past the tokenizer stay unused
+    config = tiny_config(spec, vocab_size, token_ids)
+    config.dtype = dtype
+
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    with torch.no_grad():  # norms away from 1 so that conversions that drop them are caught
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+
+    state = model.state_dict()
+    if spec.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    if key_naming == "hub":
+        state = {hub_name(name): tensor for name, tensor in state.items()}
+    elif key_naming != "transformers":
+        raise ValueError(f"key_naming must be 'hub' or 'transformers', got {key_naming!r}")
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, out / "model.safetensors", metadata={"format": "pt"}
+    )
+    config.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
+        pad_token_id=token_ids["<|endoftext|>"],
+        do_sample=False,
+    ).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, temporal_patch_size=2, merge_size=2
+    ).save_pretrained(out)
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
+    return out
