@@ -1,0 +1,1 @@
+"""Qwen2.5-VL on megatron-core: mrope position ids, configuration from an HF config, the model."""
