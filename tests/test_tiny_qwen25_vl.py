@@ -9,7 +9,8 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl, hub_name
+from xr_nemo.conversion.naming import to_hub_name
+from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 from xr_nemo.testing.tokenizer import REASONING_TOKENS, SPECIAL_TOKENS
 
 EXPECTED_FILES = {
@@ -43,9 +44,9 @@ def test_checkpoint_loads_in_transformers_with_every_tensor_from_the_file(tmp_pa
     assert ("lm_head.weight" in stored) is not tied
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
-    loaded = {hub_name(name): tensor for name, tensor in model.state_dict().items()}
+    loaded = {to_hub_name(name): tensor for name, tensor in model.state_dict().items()}
     for name, tensor in stored.items():
-        assert torch.equal(loaded[hub_name(name)], tensor), name
+        assert torch.equal(loaded[to_hub_name(name)], tensor), name
     if tied:
         assert torch.equal(loaded["lm_head.weight"], loaded["model.embed_tokens.weight"])
     assert len(stored) == len(loaded) - int(tied)

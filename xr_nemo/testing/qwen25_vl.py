@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from xr_nemo.conversion.naming import to_hub_name
 from xr_nemo.testing.tokenizer import build_tokenizer
 
 KeyNaming = Literal["hub", "transformers"]
@@ -99,15 +100,6 @@ def tiny_config(spec: TinyQwen25VLSpec, vocab_size: int, token_ids: dict[str, in
     return config
 
 
-def hub_name(in_memory_name: str) -> str:
-    """Transformers 5's in-memory parameter name → the hub checkpoints' name."""
-    if in_memory_name.startswith("model.language_model."):
-        return "model." + in_memory_name[len("model.language_model.") :]
-    if in_memory_name.startswith("model.visual."):
-        return in_memory_name[len("model.") :]
-    return in_memory_name
-
-
 def build_tiny_qwen25_vl(
     out_dir: str | Path,
     spec: TinyQwen25VLSpec | None = None,
@@ -143,7 +135,7 @@ def build_tiny_qwen25_vl(
     if spec.tie_word_embeddings:
         state.pop("lm_head.weight")
     if key_naming == "hub":
-        state = {hub_name(name): tensor for name, tensor in state.items()}
+        state = {to_hub_name(name): tensor for name, tensor in state.items()}
     elif key_naming != "transformers":
         raise ValueError(f"key_naming must be 'hub' or 'transformers', got {key_naming!r}")
     save_file(

@@ -1,7 +1,7 @@
 """A tiny megatron-core GPT (Qwen2-style blocks) and helpers to give every parallel layout the same weights.
 
 The parity tests build the model once as a single process, keep its full state dict, and load the
-matching shard into each tensor/pipeline-parallel rank with `load_full_state_dict`; `shard_full_tensor`
+matching shard into each tensor/pipeline-parallel rank with `load_full_state_dict`; `sharded_reference`
 also cuts reference gradients the same way so they compare with each rank's own.
 """
 
@@ -16,6 +16,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
+from xr_nemo.conversion.sharding import shard_for_this_rank
 from xr_nemo.models.specs import local_block_spec
 
 VOCAB_SIZE = 128
@@ -79,25 +80,11 @@ def global_name(local_name: str, layer_offset: int) -> str:
     )
 
 
-def shard_full_tensor(full: torch.Tensor, param: torch.nn.Parameter, name: str, gated: bool) -> torch.Tensor:
-    """This tensor-parallel rank's slice of a full tensor, as megatron-core lays the parameter out."""
-    if not getattr(param, "tensor_model_parallel", False):
-        return full
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    dim = param.partition_dim
-    if gated and name.endswith("mlp.linear_fc1.weight"):
-        # Each rank holds [gate shard; up shard], not a contiguous slice of [gate; up].
-        gate, up = torch.chunk(full, 2, dim=0)
-        return torch.cat([torch.chunk(gate, tp_size, 0)[tp_rank], torch.chunk(up, tp_size, 0)[tp_rank]])
-    return torch.chunk(full, tp_size, dim=dim)[tp_rank]
-
-
 def load_full_state_dict(model: GPTModel, full: dict[str, torch.Tensor]) -> None:
     offset = get_transformer_layer_offset(model.config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            shard = shard_full_tensor(
+            shard = shard_for_this_rank(
                 full[global_name(name, offset)], param, name, model.config.gated_linear_unit
             )
             param.copy_(shard)
@@ -107,6 +94,8 @@ def sharded_reference(model: GPTModel, full: dict[str, torch.Tensor]) -> dict[st
     """The full tensors (weights or gradients) cut to this rank's parameters, keyed by local name."""
     offset = get_transformer_layer_offset(model.config)
     return {
-        name: shard_full_tensor(full[global_name(name, offset)], param, name, model.config.gated_linear_unit)
+        name: shard_for_this_rank(
+            full[global_name(name, offset)], param, name, model.config.gated_linear_unit
+        )
         for name, param in model.named_parameters()
     }

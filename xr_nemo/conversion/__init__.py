@@ -1,0 +1,1 @@
+"""HF ⇄ Megatron conversion: name/layout mappings, tensor-parallel sharding, streaming IO."""

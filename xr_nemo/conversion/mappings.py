@@ -1,0 +1,115 @@
+"""Conversion as data: one small mapping object per parameter family, HF (hub naming) ⇄ Megatron.
+
+Mappings work on full, unsharded tensors; tensor-parallel sharding lives in `sharding.py`. Name
+patterns use `*` for a layer number. The same table drives import, export and in-memory refit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from megatron.core.transformer import TransformerConfig
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A Megatron parameter built from one or more HF tensors, copied as they are."""
+
+    megatron: str
+    hf: tuple[str, ...]
+
+    def to_megatron(self, tensors: list[torch.Tensor], config: TransformerConfig) -> torch.Tensor:
+        (tensor,) = tensors
+        return tensor
+
+    def to_hf(self, tensor: torch.Tensor, config: TransformerConfig) -> list[torch.Tensor]:
+        return [tensor]
+
+    def resolve(self, layer: str | None) -> tuple[str, tuple[str, ...]]:
+        """Concrete names for one layer number (patterns without `*` ignore it)."""
+        fill = (lambda p: p.replace("*", layer)) if layer is not None else (lambda p: p)
+        return fill(self.megatron), tuple(fill(p) for p in self.hf)
+
+    def match_megatron(self, name: str) -> str | None:
+        """The layer number in `name` if it matches this mapping ("" for a match without one)."""
+        found = re.fullmatch(re.escape(self.megatron).replace(r"\*", r"(\d+)"), name)
+        if found is None:
+            return None
+        return found.group(1) if found.groups() else ""
+
+
+@dataclass(frozen=True)
+class QKVMapping(Mapping):
+    """HF q/k/v projections ⇄ Megatron's fused `linear_qkv`, interleaved per query group:
+    [q heads of group 0, k of group 0, v of group 0, q heads of group 1, …]."""
+
+    def to_megatron(self, tensors: list[torch.Tensor], config: TransformerConfig) -> torch.Tensor:
+        q, k, v = tensors
+        groups, head_dim = config.num_query_groups, config.kv_channels
+        rest = q.shape[1:]
+        per_group = [
+            q.reshape(groups, -1, *rest),
+            k.reshape(groups, head_dim, *rest),
+            v.reshape(groups, head_dim, *rest),
+        ]
+        return torch.cat(per_group, dim=1).reshape(-1, *rest)
+
+    def to_hf(self, tensor: torch.Tensor, config: TransformerConfig) -> list[torch.Tensor]:
+        groups, head_dim = config.num_query_groups, config.kv_channels
+        q_rows = config.num_attention_heads // groups * head_dim
+        rest = tensor.shape[1:]
+        q, k, v = tensor.reshape(groups, q_rows + 2 * head_dim, *rest).split(
+            [q_rows, head_dim, head_dim], dim=1
+        )
+        return [part.reshape(-1, *rest).contiguous() for part in (q, k, v)]
+
+
+@dataclass(frozen=True)
+class GatedMLPMapping(Mapping):
+    """HF gate_proj and up_proj ⇄ Megatron's `linear_fc1` = [gate; up]."""
+
+    def to_megatron(self, tensors: list[torch.Tensor], config: TransformerConfig) -> torch.Tensor:
+        return torch.cat(tensors, dim=0)
+
+    def to_hf(self, tensor: torch.Tensor, config: TransformerConfig) -> list[torch.Tensor]:
+        return [part.contiguous() for part in torch.chunk(tensor, 2, dim=0)]
+
+
+def _layer(hf: str, megatron: str, kind: type[Mapping] = Mapping, *more_hf: str) -> Mapping:
+    return kind(f"decoder.layers.*.{megatron}", tuple(f"model.layers.*.{name}" for name in (hf, *more_hf)))
+
+
+QWEN25_VL_LANGUAGE_MAPPINGS: tuple[Mapping, ...] = (
+    Mapping("embedding.word_embeddings.weight", ("model.embed_tokens.weight",)),
+    _layer("input_layernorm.weight", "input_layernorm.weight"),
+    _layer(
+        "self_attn.q_proj.weight",
+        "self_attention.linear_qkv.weight",
+        QKVMapping,
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+    ),
+    _layer(
+        "self_attn.q_proj.bias",
+        "self_attention.linear_qkv.bias",
+        QKVMapping,
+        "self_attn.k_proj.bias",
+        "self_attn.v_proj.bias",
+    ),
+    _layer("self_attn.o_proj.weight", "self_attention.linear_proj.weight"),
+    _layer("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"),
+    _layer("mlp.gate_proj.weight", "mlp.linear_fc1.weight", GatedMLPMapping, "mlp.up_proj.weight"),
+    _layer("mlp.down_proj.weight", "mlp.linear_fc2.weight"),
+    Mapping("decoder.final_layernorm.weight", ("model.norm.weight",)),
+    Mapping("output_layer.weight", ("lm_head.weight",)),
+)
+
+
+def find_mapping(megatron_name: str, mappings: tuple[Mapping, ...]) -> tuple[Mapping, str | None]:
+    for mapping in mappings:
+        layer = mapping.match_megatron(megatron_name)
+        if layer is not None:
+            return mapping, layer or None
+    raise KeyError(f"no mapping for Megatron parameter {megatron_name!r}")

@@ -1,0 +1,16 @@
+"""The two Hugging Face key namings of Qwen2.5-VL checkpoints.
+
+The hub (and `save_pretrained`) writes `model.layers.*`, `model.embed_tokens.*`, `model.norm.*`,
+`visual.*`, `lm_head.*`; Transformers 5 names the same parameters `model.language_model.*` and
+`model.visual.*` in memory, and some checkpoints carry those names. Mappings speak the hub naming.
+"""
+
+from __future__ import annotations
+
+
+def to_hub_name(name: str) -> str:
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model.") :]
+    if name.startswith("model.visual."):
+        return name[len("model.") :]
+    return name
