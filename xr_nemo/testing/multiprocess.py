@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -56,13 +58,22 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
         proc.start()
     by_rank: dict[int, Any] = {}
     errors = []
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in procs:
-            rank, status, payload = results.get(timeout=timeout_s)
+        while len(by_rank) < world_size and not errors:
+            try:
+                rank, status, payload = results.get(timeout=2)
+            except queue.Empty:
+                died = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in by_rank]
+                if died:
+                    errors.append(f"rank {died[0]} died with exit code {procs[died[0]].exitcode}")
+                elif time.monotonic() > deadline:
+                    errors.append(f"no result within {timeout_s} s")
+                continue
             if status == "error":
                 errors.append(f"rank {rank} failed:\n{payload}")
                 break
-            by_rank[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+            by_rank[rank] = torch.load(io.BytesIO(payload), weights_only=True)
     finally:
         for proc in procs:
             if errors:
