@@ -13,6 +13,16 @@ from megatron.core.transformer.transformer_block import (
 
 from xr_nemo.models.norms import Norm
 
+# TransformerConfig settings the local spec needs: these fused kernels come from Apex/TE or CUDA only.
+LOCAL_SPEC_SETTINGS: dict[str, bool] = dict(
+    bias_activation_fusion=False,
+    bias_dropout_fusion=False,
+    masked_softmax_fusion=False,
+    persist_layer_norm=False,
+    apply_rope_fusion=False,
+    gradient_accumulation_fusion=False,
+)
+
 
 def local_block_spec(config: TransformerConfig, vp_stage: int | None = None) -> ModuleSpec:
     """megatron-core's local spec with norms that support sequence parallelism, final norm included."""

@@ -17,7 +17,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from xr_nemo.conversion.sharding import shard_for_this_rank
-from xr_nemo.models.specs import local_block_spec
+from xr_nemo.models.specs import LOCAL_SPEC_SETTINGS, local_block_spec
 
 VOCAB_SIZE = 128
 SEQ_LEN = 32
@@ -43,12 +43,7 @@ def tiny_gpt_config(
         attention_dropout=0.0,
         params_dtype=torch.float32,
         use_cpu_initialization=True,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        **LOCAL_SPEC_SETTINGS,
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
         sequence_parallel=sequence_parallel,

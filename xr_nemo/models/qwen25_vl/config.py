@@ -11,6 +11,7 @@ from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.errors import ConfigError
+from xr_nemo.models.specs import LOCAL_SPEC_SETTINGS
 
 SUPPORTED_ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration",)
 
@@ -83,12 +84,7 @@ def language_model_config(
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=not torch.cuda.is_available(),
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        **LOCAL_SPEC_SETTINGS,
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         context_parallel_size=parallel.context_parallel,
