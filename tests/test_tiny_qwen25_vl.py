@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from xr_nemo.conversion.naming import to_hub_name
+from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 from xr_nemo.testing.tokenizer import REASONING_TOKENS, SPECIAL_TOKENS
 
@@ -89,12 +90,12 @@ def test_image_goes_through_the_vision_tower(tmp_path):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
     image = Image.new("RGB", (84, 56), (200, 30, 30))
     pixels = processor(images=[image], return_tensors="pt")
-    pad_count = int(pixels["image_grid_thw"].prod()) // processor.merge_size**2
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
         tokenize=False,
         add_generation_prompt=True,
-    ).replace("<|image_pad|>", "<|image_pad|>" * pad_count)
+    )
+    prompt = expand_image_placeholders(prompt, pixels["image_grid_thw"], processor.merge_size)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         with_image = model(input_ids=ids, **pixels).logits
@@ -102,3 +103,11 @@ def test_image_goes_through_the_vision_tower(tmp_path):
         with_other_image = model(input_ids=ids, **other).logits
     assert torch.isfinite(with_image).all()
     assert not torch.allclose(with_image, with_other_image)
+
+
+def test_image_placeholders_expand_per_image_in_order():
+    grids = torch.tensor([[1, 4, 6], [1, 2, 2]])  # 6 and 1 merged patches
+    prompt = "a<|image_pad|>b<|image_pad|>c"
+    assert expand_image_placeholders(prompt, grids, 2) == "a" + "<|image_pad|>" * 6 + "b<|image_pad|>c"
+    with pytest.raises(ValueError, match="1 <\\|image_pad\\|> but 2 images"):
+        expand_image_placeholders("a<|image_pad|>", grids, 2)

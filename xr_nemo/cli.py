@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from xr_nemo.demo import DEFAULT_STEPS
 from xr_nemo.errors import XrNemoError
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the end-to-end toy pipeline on CPU")
     demo.add_argument("--run-dir", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=30)
+    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     demo.set_defaults(handler=_demo)
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint (HF layout)")

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from xr_nemo.config import ParallelConfig
+from xr_nemo.demo import DEFAULT_STEPS
 from xr_nemo.demo.parallel_training import train_worker
+from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 from xr_nemo.testing.multiprocess import run_distributed
 from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
-
-DEFAULT_STEPS = 30
 
 
 def _checkpoint(run_dir: Path) -> tuple[Path, str]:
@@ -40,14 +40,12 @@ def _read_image_and_text(model_dir: Path) -> tuple[int, int]:
     processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
     pixels = processor(images=[Image.new("RGB", (112, 56), (255, 255, 255))], return_tensors="pt")
-    pads = int(pixels["image_grid_thw"].prod()) // processor.merge_size**2
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is 12 + 35?"}]}
     ]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    image_ids = tokenizer(
-        prompt.replace("<|image_pad|>", "<|image_pad|>" * pads), return_tensors="pt"
-    ).input_ids
+    prompt = expand_image_placeholders(prompt, pixels["image_grid_thw"], processor.merge_size)
+    image_ids = tokenizer(prompt, return_tensors="pt").input_ids
     text_ids = tokenizer("What is 12 + 35?", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=image_ids, **pixels).logits).all()

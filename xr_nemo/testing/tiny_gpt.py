@@ -76,13 +76,10 @@ def global_name(local_name: str, layer_offset: int) -> str:
 
 
 def load_full_state_dict(model: GPTModel, full: dict[str, torch.Tensor]) -> None:
-    offset = get_transformer_layer_offset(model.config)
+    shards = sharded_reference(model, full)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            shard = shard_for_this_rank(
-                full[global_name(name, offset)], param, name, model.config.gated_linear_unit
-            )
-            param.copy_(shard)
+            param.copy_(shards[name])
 
 
 def sharded_reference(model: GPTModel, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
