@@ -6,7 +6,7 @@ from megatron.core.transformer import TransformerConfig
 from transformers import AutoConfig
 
 from xr_nemo.config import ParallelConfig
-from xr_nemo.conversion.mappings import QWEN25_VL_LANGUAGE_MAPPINGS, GatedMLPMapping, QKVMapping, find_mapping
+from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, GatedMLPMapping, QKVMapping, find_mapping
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
 from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
@@ -61,15 +61,19 @@ def test_gated_mlp_is_gate_then_up():
     )
 
 
-def test_every_layer_parameter_has_exactly_one_mapping():
+def test_names_resolve_through_layer_and_suffix_wildcards():
     mapping, layer = find_mapping(
-        "decoder.layers.17.self_attention.linear_qkv.bias", QWEN25_VL_LANGUAGE_MAPPINGS
+        "language_model.decoder.layers.17.self_attention.linear_qkv.bias", QWEN25_VL_MAPPINGS
     )
     assert layer == "17"
     assert mapping.resolve(layer)[1] == tuple(f"model.layers.17.self_attn.{p}_proj.bias" for p in "qkv")
-    assert find_mapping("decoder.final_layernorm.weight", QWEN25_VL_LANGUAGE_MAPPINGS)[1] is None
+    assert mapping.match_hf("model.layers.17.self_attn.q_proj.bias") == "17"
+    assert mapping.match_hf("model.layers.17.self_attn.k_proj.bias") is None
+    assert find_mapping("language_model.decoder.final_layernorm.weight", QWEN25_VL_MAPPINGS)[1] is None
+    vision, suffix = find_mapping("visual.blocks.3.attn.qkv.weight", QWEN25_VL_MAPPINGS)
+    assert vision.resolve(suffix) == ("visual.blocks.3.attn.qkv.weight", ("visual.blocks.3.attn.qkv.weight",))
     with pytest.raises(KeyError, match="no mapping"):
-        find_mapping("decoder.layers.0.unknown.weight", QWEN25_VL_LANGUAGE_MAPPINGS)
+        find_mapping("language_model.decoder.layers.0.unknown.weight", QWEN25_VL_MAPPINGS)
 
 
 def test_config_errors_name_the_key_and_the_fix(tmp_path):

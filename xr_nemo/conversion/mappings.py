@@ -1,7 +1,8 @@
 """Conversion as data: one small mapping object per parameter family, HF (hub naming) ⇄ Megatron.
 
 Mappings work on full, unsharded tensors; tensor-parallel sharding lives in `sharding.py`. Name
-patterns use `*` for a layer number. The same table drives import, export and in-memory refit.
+patterns use `*` for a layer number and `**` for any dotted suffix. Megatron names are checkpoint keys
+(global layer numbers). The same table drives import, export and in-memory refit.
 """
 
 from __future__ import annotations
@@ -27,17 +28,31 @@ class Mapping:
     def to_hf(self, tensor: torch.Tensor, config: TransformerConfig) -> list[torch.Tensor]:
         return [tensor]
 
-    def resolve(self, layer: str | None) -> tuple[str, tuple[str, ...]]:
-        """Concrete names for one layer number (patterns without `*` ignore it)."""
-        fill = (lambda p: p.replace("*", layer)) if layer is not None else (lambda p: p)
-        return fill(self.megatron), tuple(fill(p) for p in self.hf)
+    def resolve(self, wildcard: str | None) -> tuple[str, tuple[str, ...]]:
+        """Concrete names for one wildcard value (a layer number, or a suffix for `**`)."""
+        return _fill(self.megatron, wildcard), tuple(_fill(p, wildcard) for p in self.hf)
 
     def match_megatron(self, name: str) -> str | None:
-        """The layer number in `name` if it matches this mapping ("" for a match without one)."""
-        found = re.fullmatch(re.escape(self.megatron).replace(r"\*", r"(\d+)"), name)
-        if found is None:
-            return None
-        return found.group(1) if found.groups() else ""
+        """The wildcard value in `name` if it matches this mapping ("" for a match without one)."""
+        return _match(self.megatron, name)
+
+    def match_hf(self, name: str) -> str | None:
+        """The wildcard value if `name` is this mapping's first HF tensor ("" without a wildcard)."""
+        return _match(self.hf[0], name)
+
+
+def _fill(pattern: str, wildcard: str | None) -> str:
+    if wildcard is None:
+        return pattern
+    return pattern.replace("**", wildcard) if "**" in pattern else pattern.replace("*", wildcard)
+
+
+def _match(pattern: str, name: str) -> str | None:
+    regex = re.escape(pattern).replace(r"\*\*", "(.+)").replace(r"\*", r"(\d+)")
+    found = re.fullmatch(regex, name)
+    if found is None:
+        return None
+    return found.group(1) if found.groups() else ""
 
 
 @dataclass(frozen=True)
@@ -77,12 +92,16 @@ class GatedMLPMapping(Mapping):
         return [part.contiguous() for part in torch.chunk(tensor, 2, dim=0)]
 
 
+LANGUAGE_MODEL = "language_model"
+
+
 def _layer(hf: str, megatron: str, kind: type[Mapping] = Mapping, *more_hf: str) -> Mapping:
-    return kind(f"decoder.layers.*.{megatron}", tuple(f"model.layers.*.{name}" for name in (hf, *more_hf)))
+    hf_names = tuple(f"model.layers.*.{name}" for name in (hf, *more_hf))
+    return kind(f"{LANGUAGE_MODEL}.decoder.layers.*.{megatron}", hf_names)
 
 
-QWEN25_VL_LANGUAGE_MAPPINGS: tuple[Mapping, ...] = (
-    Mapping("embedding.word_embeddings.weight", ("model.embed_tokens.weight",)),
+QWEN25_VL_MAPPINGS: tuple[Mapping, ...] = (
+    Mapping(f"{LANGUAGE_MODEL}.embedding.word_embeddings.weight", ("model.embed_tokens.weight",)),
     _layer("input_layernorm.weight", "input_layernorm.weight"),
     _layer(
         "self_attn.q_proj.weight",
@@ -102,14 +121,16 @@ QWEN25_VL_LANGUAGE_MAPPINGS: tuple[Mapping, ...] = (
     _layer("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"),
     _layer("mlp.gate_proj.weight", "mlp.linear_fc1.weight", GatedMLPMapping, "mlp.up_proj.weight"),
     _layer("mlp.down_proj.weight", "mlp.linear_fc2.weight"),
-    Mapping("decoder.final_layernorm.weight", ("model.norm.weight",)),
-    Mapping("output_layer.weight", ("lm_head.weight",)),
+    Mapping(f"{LANGUAGE_MODEL}.decoder.final_layernorm.weight", ("model.norm.weight",)),
+    Mapping(f"{LANGUAGE_MODEL}.output_layer.weight", ("lm_head.weight",)),
+    # The vision tower is Transformers' module under the hub's names, replicated.
+    Mapping("visual.**", ("visual.**",)),
 )
 
 
 def find_mapping(megatron_name: str, mappings: tuple[Mapping, ...]) -> tuple[Mapping, str | None]:
     for mapping in mappings:
-        layer = mapping.match_megatron(megatron_name)
-        if layer is not None:
-            return mapping, layer or None
+        wildcard = mapping.match_megatron(megatron_name)
+        if wildcard is not None:
+            return mapping, wildcard or None
     raise KeyError(f"no mapping for Megatron parameter {megatron_name!r}")

@@ -14,3 +14,12 @@ def to_hub_name(name: str) -> str:
     if name.startswith("model.visual."):
         return name[len("model.") :]
     return name
+
+
+def to_transformers_name(hub_name: str) -> str:
+    """The in-memory Transformers 5 name of a hub-named tensor."""
+    if hub_name.startswith("visual."):
+        return "model." + hub_name
+    if hub_name.startswith("model."):
+        return "model.language_model." + hub_name[len("model.") :]
+    return hub_name

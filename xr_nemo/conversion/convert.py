@@ -1,0 +1,205 @@
+"""HF ⇄ Megatron checkpoint conversion for Qwen2.5-VL, one tensor at a time.
+
+An imported checkpoint directory holds the torch_dist tensors (global shapes: loadable at any TP/PP),
+the HF side files under `hf/` (config, tokenizer, processor, chat template) needed to go back, and
+`xr_nemo.json` describing where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, Qwen2_5_VLConfig
+
+from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.conversion.dist_checkpoint import (
+    DistCheckpointReader,
+    checkpoint_layout,
+    parameter_names,
+    write_dist_checkpoint,
+)
+from xr_nemo.conversion.hf_checkpoint import (
+    ConversionError,
+    HFCheckpointReader,
+    SafetensorsShardWriter,
+    copy_side_files,
+    expected_hf_shapes,
+)
+from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, Mapping, find_mapping
+from xr_nemo.conversion.naming import to_transformers_name
+from xr_nemo.io.atomic_dir import atomic_output_dir
+from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
+
+HF_FILES_DIR = "hf"
+INFO_FILE = "xr_nemo.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+KEY_NAMINGS = ("hub", "transformers")
+
+
+def load_hf_config(directory: Path, what: str) -> Qwen2_5_VLConfig:
+    if not (directory / "config.json").is_file():
+        raise ConversionError(f"no config.json in {directory}", where=str(directory), fix=f"pass {what}")
+    try:
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+    except (ValueError, OSError) as error:
+        raise ConversionError(
+            f"cannot read the model config: {error}", where=str(directory / "config.json"), fix=f"pass {what}"
+        ) from error
+    check_architecture(config, str(directory))
+    return config
+
+
+def hf_sources(parameter_names: list[str]) -> dict[str, tuple[Mapping, tuple[str, ...]]]:
+    """Parameter name → (mapping, HF tensor names it is made of)."""
+    sources = {}
+    for name in parameter_names:
+        try:
+            mapping, wildcard = find_mapping(name, QWEN25_VL_MAPPINGS)
+        except KeyError:
+            raise ConversionError(
+                f"model parameter {name} has no conversion mapping",
+                where="xr_nemo/conversion/mappings.py",
+                fix="this is a bug: every parameter of the model needs a mapping; please report it",
+            ) from None
+        sources[name] = (mapping, mapping.resolve(wildcard)[1])
+    return sources
+
+
+def _check_tensors(
+    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str
+) -> None:
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ConversionError(
+            f"{len(missing)} tensor(s) the config requires are missing, e.g. {missing[:3]}",
+            where=where,
+            fix="the checkpoint is incomplete or does not match its config.json",
+        )
+    wrong = [(name, found[name], shape) for name, shape in expected.items() if tuple(found[name]) != shape]
+    if wrong:
+        name, got, want = wrong[0]
+        more = f" ({len(wrong) - 1} more mismatches)" if len(wrong) > 1 else ""
+        raise ConversionError(
+            f"tensor {name} has shape {list(got)} but config.json implies {list(want)}{more}",
+            where=where,
+            fix="the weights and config.json come from different models; use the matching config.json",
+        )
+
+
+def import_hf(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    parallel: ParallelConfig | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """HF checkpoint → megatron-core torch_dist checkpoint. `parallel` is checked against the model (the
+    checkpoint itself loads at any layout); `dtype` defaults to the stored embedding's dtype."""
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    parallel = parallel or ParallelConfig()
+    hf_config = load_hf_config(hf_dir, "a Hugging Face Qwen2.5-VL checkpoint directory")
+    megatron_config, _ = language_model_config(hf_config, parallel)
+    layers = hf_config.text_config.num_hidden_layers
+    if layers % parallel.pipeline_parallel:
+        raise ConversionError(
+            f"{layers} layers do not split into pipeline_parallel={parallel.pipeline_parallel} equal stages",
+            where="--pp",
+            fix="choose a pipeline-parallel size that divides text_config.num_hidden_layers",
+        )
+    reader = HFCheckpointReader(hf_dir)
+    expected = expected_hf_shapes(hf_config)
+    stored = {name: tensor.shape for name, tensor in reader.tensors.items()}
+    _check_tensors(stored, expected, str(hf_dir))
+    unexpected = sorted(set(stored) - set(expected) - {"lm_head.weight"})
+    if unexpected:
+        raise ConversionError(
+            f"{len(unexpected)} stored tensor(s) are not parameters of this config, e.g. {unexpected[:3]}",
+            where=str(hf_dir),
+            fix="the weights and config.json come from different models; use the matching config.json",
+        )
+    if hf_config.tie_word_embeddings and "lm_head.weight" in stored:
+        tqdm.write(
+            "note: tie_word_embeddings is set, so the stored lm_head.weight is ignored (as Transformers does)"
+        )
+    dtype = dtype or reader.tensors["model.embed_tokens.weight"].dtype
+
+    with checkpoint_layout(hf_config, dtype) as layout, atomic_output_dir(out_dir, overwrite) as staging:
+        sources = hf_sources(parameter_names(layout))
+        bar = tqdm(total=len(sources), desc="import", unit="tensor", disable=not progress)
+
+        def produce(name: str) -> torch.Tensor:
+            mapping, hf_names = sources[name]
+            tensor = mapping.to_megatron([reader.read(n) for n in hf_names], megatron_config)
+            bar.update()
+            return tensor.to(dtype)
+
+        write_dist_checkpoint(staging, layout, produce)
+        bar.close()
+        copy_side_files(hf_dir, staging / HF_FILES_DIR)
+        info = {
+            "format": "xr-nemo/qwen2_5_vl/torch_dist",
+            "source": str(hf_dir.resolve()),
+            "dtype": str(dtype).removeprefix("torch."),
+            "checked_layout": {
+                "tensor_parallel": parallel.tensor_parallel,
+                "pipeline_parallel": parallel.pipeline_parallel,
+            },
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
+
+
+def export_hf(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    key_naming: str = "hub",
+    dtype: torch.dtype | None = None,
+    hf_files: str | Path | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """megatron-core torch_dist checkpoint → HF directory (safetensors shards and index, config, tokenizer
+    and processor files). `hf_files` defaults to the checkpoint's own `hf/` directory; `dtype` to the
+    stored one."""
+    if key_naming not in KEY_NAMINGS:
+        raise ConversionError(
+            f"unknown key naming {key_naming!r}", where="--key-naming", fix=f"use {KEY_NAMINGS}"
+        )
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    side = Path(hf_files) if hf_files else checkpoint_dir / HF_FILES_DIR
+    hf_config = load_hf_config(side, "--hf-files DIR holding the model's config.json and tokenizer files")
+    megatron_config, _ = language_model_config(hf_config)
+    expected = expected_hf_shapes(hf_config)
+    rename = to_transformers_name if key_naming == "transformers" else str
+
+    with checkpoint_layout(hf_config, torch.float32) as layout:
+        reader = DistCheckpointReader(checkpoint_dir, layout)
+        sources = hf_sources(reader.names())
+        produced = {hf_name for _, hf_names in sources.values() for hf_name in hf_names}
+        _check_tensors(
+            {name: expected[name] for name in produced & set(expected)}, expected, str(checkpoint_dir)
+        )
+        with atomic_output_dir(out_dir, overwrite) as staging:
+            writer = SafetensorsShardWriter(staging, max_shard_bytes)
+            for name in tqdm(reader.names(), desc="export", unit="tensor", disable=not progress):
+                mapping, hf_names = sources[name]
+                for hf_name, tensor in zip(
+                    hf_names, mapping.to_hf(reader.read(name), megatron_config), strict=True
+                ):
+                    writer.add(rename(hf_name), tensor if dtype is None else tensor.to(dtype))
+            writer.finish()
+            copy_side_files(side, staging)
+            if dtype is not None:
+                _record_dtype(staging / "config.json", dtype)
+    return out_dir
+
+
+def _record_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

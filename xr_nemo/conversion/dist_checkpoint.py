@@ -1,0 +1,227 @@
+"""megatron-core `dist_checkpointing` (torch_dist) checkpoints, streamed one tensor at a time.
+
+The checkpoint layout is megatron-core's own: the sharded state dict of the model built on the meta
+device at TP=1/PP=1 (stacked layer axes, TE-compatible norm keys, gate/up halves). torch_dist stores
+global shapes, so the checkpoint loads at any tensor/pipeline-parallel layout. Writing goes through
+PyTorch Distributed Checkpoint with a planner that builds each chunk when the writer asks for it (one
+file per chunk); reading loads one parameter at a time through megatron-core's loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed
+import torch.distributed.checkpoint as dcp
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.core import CheckpointingConfig, maybe_load_config, save_config
+from megatron.core.dist_checkpointing.mapping import (
+    ShardedStateDict,
+    ShardedTensor,
+    ShardedTensorFactory,
+    apply_factories,
+)
+from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
+    CachedMetadataFileSystemReader,
+)
+from megatron.core.dist_checkpointing.strategies.torch import (
+    _replace_state_dict_keys_with_sharded_keys,
+    mcore_to_pyt_state_dict,
+)
+from torch.distributed.checkpoint import FileSystemWriter, TensorStorageMetadata
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+from torch.distributed.checkpoint.planner import LoadPlan, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+from transformers import Qwen2_5_VLConfig
+
+from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.errors import XrNemoError
+
+COMMON_STATE_FILE = "common.pt"
+
+ProduceParam = Callable[[str], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkSource:
+    """Where one stored chunk comes from: a view (on the meta device) into a full parameter."""
+
+    param: str
+    param_shape: torch.Size
+    view: torch.Tensor
+
+
+@contextmanager
+def checkpoint_layout(hf_config: Qwen2_5_VLConfig, dtype: torch.dtype) -> Iterator[ShardedStateDict]:
+    """The model's sharded state dict at TP=1/PP=1, on the meta device (no memory), keyed by parameter
+    name. Starts a one-process group for megatron-core's parallel state when none is running."""
+    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+
+    owns_group = not torch.distributed.is_initialized()
+    if owns_group:
+        initialize(ParallelConfig())
+    elif torch.distributed.get_world_size() != 1:
+        raise XrNemoError(
+            "checkpoint conversion runs in one process",
+            where=f"rank {torch.distributed.get_rank()} of {torch.distributed.get_world_size()}",
+            fix="run `xr-nemo convert` outside torchrun/srun with more than one task",
+        )
+    try:
+        with torch.device("meta"):
+            model = Qwen25VLModel(hf_config, params_dtype=dtype)
+        yield model.sharded_state_dict()
+    finally:
+        if owns_group:
+            shutdown()
+
+
+class _ProducingSavePlanner(DefaultSavePlanner):
+    """Plans from meta tensors; builds each chunk's data only when it is written, and keeps a produced
+    parameter only until all of its chunks are written."""
+
+    def __init__(
+        self, sources: dict[tuple[str, tuple[int, ...]], _ChunkSource], produce: ProduceParam
+    ) -> None:
+        super().__init__()
+        self._sources = sources
+        self._produce = produce
+        self._chunks_left: dict[str, int] = {}
+        for source in sources.values():
+            self._chunks_left[source.param] = self._chunks_left.get(source.param, 0) + 1
+        self._produced: dict[str, torch.Tensor] = {}
+
+    def resolve_data(self, write_item: WriteItem):
+        if write_item.type == WriteItemType.BYTE_IO:
+            return self.lookup_object(write_item.index)  # already serialized, as megatron-core does
+        source = self._sources[(write_item.index.fqn, tuple(write_item.index.offset))]
+        name, view = source.param, source.view
+        if name not in self._produced:
+            full = self._produce(name)
+            if full.shape != source.param_shape or full.dtype != view.dtype:
+                raise XrNemoError(
+                    f"produced {list(full.shape)} {full.dtype}, "
+                    f"the model has {list(source.param_shape)} {view.dtype}",
+                    where=f"parameter {name}",
+                    fix="the weights do not match the model config",
+                )
+            self._produced[name] = full
+        full = self._produced[name]
+        chunk = full.as_strided(view.shape, view.stride(), view.storage_offset())
+        self._chunks_left[name] -= 1
+        if not self._chunks_left[name]:
+            del self._produced[name]
+        return chunk.reshape(write_item.tensor_data.chunk.sizes)
+
+
+def _expand_chunks(layout: ShardedStateDict) -> dict[str, tuple[torch.Size, list[ShardedTensor]]]:
+    """Parameter name → (full shape, the stored chunks it is made of; views into it). Applies the layout's
+    factories in place (gate/up halves become two chunks)."""
+    shapes = {name: entry.data.shape for name, entry in layout.items() if _is_tensor(entry)}
+    apply_factories(layout)
+    chunks = {}
+    for name, shape in shapes.items():
+        entry = layout[name]
+        chunks[name] = (shape, entry if isinstance(entry, list) else [entry])
+    return chunks
+
+
+def write_dist_checkpoint(out_dir: Path, layout: ShardedStateDict, produce: ProduceParam) -> None:
+    """Write a torch_dist checkpoint in `layout` (from `checkpoint_layout`), calling `produce(name)` for
+    each full parameter (TP=1 layout, the model's dtype)."""
+    sources = {
+        (chunk.key, tuple(chunk.global_offset)): _ChunkSource(name, shape, chunk.data)
+        for name, (shape, chunks) in _expand_chunks(layout).items()
+        for chunk in chunks
+    }
+    grouped, _, _ = _replace_state_dict_keys_with_sharded_keys(layout)
+    state = mcore_to_pyt_state_dict(grouped, is_loading=False)
+    writer = FileSystemWriter(out_dir, single_file_per_rank=False, thread_count=1, sync_files=True)
+    dcp.save(state, storage_writer=writer, planner=_ProducingSavePlanner(sources, produce), no_dist=True)
+    torch.save({}, out_dir / COMMON_STATE_FILE)
+    save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(out_dir))
+
+
+def _is_tensor(entry: object) -> bool:
+    return isinstance(entry, ShardedTensor | ShardedTensorFactory)
+
+
+def parameter_names(layout: ShardedStateDict) -> list[str]:
+    """The tensors of a layout (not the `_extra_state` objects beside them)."""
+    return [name for name, entry in layout.items() if _is_tensor(entry)]
+
+
+class DistCheckpointReader:
+    """Full parameters (TP=1 layout) of a torch_dist checkpoint, one at a time, whatever layout wrote it."""
+
+    def __init__(self, checkpoint_dir: str | Path, layout: ShardedStateDict) -> None:
+        self.dir = Path(checkpoint_dir)
+        config = maybe_load_config(str(self.dir))
+        if config is None or config.sharded_backend != "torch_dist":
+            raise XrNemoError(
+                "not a megatron-core torch_dist checkpoint (no metadata.json naming torch_dist)",
+                where=str(self.dir),
+                fix="pass a directory written by `xr-nemo convert import` or by training",
+            )
+        self._reader = CachedMetadataFileSystemReader(str(self.dir))
+        metadata = self._reader.read_metadata().state_dict_metadata
+        self.stored = {key: meta for key, meta in metadata.items() if isinstance(meta, TensorStorageMetadata)}
+        self._chunks = _expand_chunks(layout)
+        missing = sorted({c.key for _, chunks in self._chunks.values() for c in chunks} - set(self.stored))
+        if missing:
+            raise XrNemoError(
+                f"{len(missing)} model tensor(s) are missing from the checkpoint, e.g. {missing[:3]}",
+                where=str(self.dir),
+                fix="the checkpoint was written for another model config; pass its config (--hf-files)",
+            )
+
+    def names(self) -> list[str]:
+        return list(self._chunks)
+
+    def read(self, name: str) -> torch.Tensor:
+        """Assemble one parameter from whatever chunks (layers, TP shards) the checkpoint stores."""
+        shape, chunks = self._chunks[name]
+        full = torch.empty(shape, dtype=self.stored[chunks[0].key].properties.dtype)
+        regions = {}
+        for chunk in chunks:
+            region = full.as_strided(chunk.data.shape, chunk.data.stride(), chunk.data.storage_offset())
+            regions[(chunk.key, tuple(chunk.global_offset))] = region.view(
+                (1,) * chunk.prepend_axis_num + tuple(region.shape)
+            )
+        planner = _RegionLoadPlanner(regions, self.stored)
+        dcp.load({}, storage_reader=self._reader, planner=planner, no_dist=True)
+        return full
+
+
+class _RegionLoadPlanner(DefaultLoadPlanner):
+    """Reads given regions of stored tensors (not whole tensors) into given destination tensors."""
+
+    def __init__(
+        self,
+        regions: dict[tuple[str, tuple[int, ...]], torch.Tensor],
+        stored: dict[str, TensorStorageMetadata],
+    ) -> None:
+        super().__init__()
+        self._regions = regions
+        self._stored = stored
+
+    def create_local_plan(self) -> LoadPlan:
+        items = []
+        for (key, offset), destination in self._regions.items():
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offset), sizes=destination.shape)
+            items += create_read_items_for_chunk_list(key, self._stored[key], [chunk])
+        return LoadPlan(items)
+
+    def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
+        return self._regions[(index.fqn, tuple(index.offset))]
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
+    """Load a model's weights from a torch_dist checkpoint at the model's own parallel layout."""
+    state = dist_checkpointing.load(model.sharded_state_dict(), str(checkpoint_dir))
+    model.load_state_dict(state)

@@ -1,0 +1,51 @@
+"""Write a directory completely or not at all.
+
+Everything goes into a hidden temporary sibling that is renamed into place only once the body has
+succeeded, so an interrupted write never leaves a half-written output and never touches an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xr_nemo.errors import XrNemoError
+
+
+def is_nonempty(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+@contextmanager
+def atomic_output_dir(
+    target: str | Path, overwrite: bool = False, option: str = "--overwrite"
+) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `target` when the block ends without an exception."""
+    target = Path(target).resolve()
+    if is_nonempty(target) and not overwrite:
+        raise XrNemoError(
+            f"{target} already exists and is not empty",
+            where="output directory",
+            fix=f"choose a new directory, or pass {option} to replace it",
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(replaced)
+        staging.rename(target)
+        if replaced.is_dir():
+            shutil.rmtree(replaced)
+        else:
+            replaced.unlink()
+    else:
+        staging.rename(target)

@@ -1,0 +1,81 @@
+"""Qwen2.5-VL on megatron-core: the language model is a GPTModel with mrope, the vision tower sits on
+the first pipeline stage, and image features enter as the decoder input."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer import MegatronModule
+from transformers import Qwen2_5_VLConfig
+
+from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.models.qwen25_vl.config import language_model_config
+from xr_nemo.models.qwen25_vl.language_model import build_language_model
+from xr_nemo.models.qwen25_vl.vision import build_vision_tower, image_features, scatter_image_features
+
+
+class Qwen25VLModel(MegatronModule):
+    """Parameter (and checkpoint) names: `language_model.*` as megatron-core's GPTModel names them,
+    `visual.*` as the Hugging Face hub names them."""
+
+    def __init__(
+        self,
+        hf_config: Qwen2_5_VLConfig,
+        parallel: ParallelConfig | None = None,
+        params_dtype: torch.dtype = torch.float32,
+        train_vision: bool = False,
+    ) -> None:
+        config, shape = language_model_config(hf_config, parallel, params_dtype)
+        super().__init__(config)
+        self.image_token_id = hf_config.image_token_id
+        self.pre_process = parallel_state.is_pipeline_first_stage()
+        self.post_process = parallel_state.is_pipeline_last_stage()
+        self.share_embeddings_and_output_weights = shape.tie_word_embeddings
+        self.language_model = build_language_model(config, shape)
+        self.visual = (
+            build_vision_tower(hf_config.vision_config, params_dtype, train_vision)
+            if self.pre_process
+            else None
+        )
+
+    def set_input_tensor(self, input_tensor: torch.Tensor | list[torch.Tensor]) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self) -> torch.Tensor:
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, seq, vocab / TP] (or per-token loss given `labels`) on the last stage, hidden
+        states elsewhere. `position_ids` are the 3-D mrope ids [3, batch, seq]."""
+        decoder_input = None
+        if self.pre_process and pixel_values is not None:
+            decoder_input = self._embed_with_images(input_ids, pixel_values, image_grid_thw)
+        return self.language_model(
+            input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels
+        )
+
+    def _embed_with_images(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> torch.Tensor:
+        """Token embeddings [seq, batch, hidden] (sequence-parallel split when enabled) with the image
+        features in place of the image placeholders."""
+        embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
+        if self.config.sequence_parallel:
+            # The split's backward takes the local slice; the region after it is sequence-parallel.
+            embeddings = tensor_parallel.gather_from_sequence_parallel_region(
+                embeddings, tensor_parallel_output_grad=False
+            )
+        features = image_features(self.visual, pixel_values, image_grid_thw)
+        by_row = scatter_image_features(embeddings.transpose(0, 1), input_ids, features, self.image_token_id)
+        embeddings = by_row.transpose(0, 1).contiguous()
+        if self.config.sequence_parallel:
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+        return embeddings
