@@ -32,6 +32,12 @@ def test_cuda_type_checks_still_exist(module_name, qualified_name):
     assert "torch.cuda." in inspect.getsource(function) and "Tensor" in inspect.getsource(function)
 
 
+@pytest.mark.parametrize(("module_name", "qualified_name"), cpu_compat.CUDA_MOVES)
+def test_cuda_moves_still_exist(module_name, qualified_name):
+    owner, attribute = cpu_compat.resolve(module_name, qualified_name)
+    assert ".cuda()" in inspect.getsource(inspect.unwrap(getattr(owner, attribute)))
+
+
 def test_rng_state_helpers_still_exist():
     random = importlib.import_module("megatron.core.tensor_parallel.random")
     for name in ("_get_cuda_rng_state", "_set_cuda_rng_state", "model_parallel_cuda_manual_seed"):
@@ -74,8 +80,17 @@ def test_patched_torch_maps_cuda_placement_to_cpu_and_leaves_torch_alone():
 
 def test_tensor_type_reports_cuda_names_only_inside_wrapped_functions():
     seen = []
-    wrapped = cpu_compat._reporting_cuda_type_names(lambda: seen.append(torch.zeros(1).type()))
+    reporting = cpu_compat._while_running("type", cpu_compat._type_with_cuda_names)
+    wrapped = reporting(lambda: seen.append(torch.zeros(1).type()))
     wrapped()
     assert seen == ["torch.cuda.FloatTensor"]
     assert torch.zeros(1).type() == "torch.FloatTensor"
     assert torch.zeros(1).type(torch.float64).dtype == torch.float64
+
+
+def test_tensor_cuda_is_a_no_op_only_inside_wrapped_functions():
+    tensor = torch.zeros(2)
+    staying = cpu_compat._while_running("cuda", cpu_compat._stay_on_cpu)
+    assert staying(lambda: tensor.cuda())() is tensor
+    with pytest.raises((AssertionError, RuntimeError)):
+        tensor.cuda()

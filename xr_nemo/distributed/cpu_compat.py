@@ -6,7 +6,8 @@ token counters, the CUDA RNG state for its model-parallel RNG tracker, and its o
 parameters whose `Tensor.type()` names a CUDA type. On a machine without CUDA,
 `apply()` gives exactly those modules a `torch` whose CUDA entry points act on the CPU, and points the
 tracker's RNG-state helpers at the CPU generator, and makes `Tensor.type()` report CUDA type names
-only while the functions in `CUDA_TYPE_CHECKS` run. Nothing changes for any other module, and nothing at
+only while the functions in `CUDA_TYPE_CHECKS` run, and `Tensor.cuda()` a no-op while those in
+`CUDA_MOVES` run. Nothing changes for any other module, and nothing at
 all when CUDA is present. `PATCHED_MODULES` is the list a megatron-core upgrade must be checked
 against (with `CUDA_TYPE_CHECKS`); the tests fail if a listed name moves or no longer needs patching.
 """
@@ -43,6 +44,14 @@ CUDA_TYPE_CHECKS = (
     ("megatron.core.optimizer.optimizer", "Float16OptimizerWithFloat16Params.__init__"),
     ("megatron.core.optimizer.clip_grads", "clip_grad_by_total_norm_fp32"),
     ("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32"),
+)
+
+# (module, qualified name) of the functions that move tensors with `tensor.cuda()`.
+CUDA_MOVES = (
+    (
+        "megatron.core.models.common.language_module.language_module",
+        "LanguageModule.setup_embeddings_and_output_layer",
+    ),
 )
 
 _FACTORIES = (
@@ -132,7 +141,6 @@ _CUDA_TYPE_NAMES = {
     "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
 }
 _tensor_type = torch.Tensor.type
-_cuda_type_depth = 0
 
 
 def _type_with_cuda_names(self: torch.Tensor, dtype: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -142,22 +150,31 @@ def _type_with_cuda_names(self: torch.Tensor, dtype: Any = None, *args: Any, **k
     return _tensor_type(self, dtype, *args, **kwargs)
 
 
-def _reporting_cuda_type_names(fn: Callable) -> Callable:
-    """Run `fn` with `Tensor.type()` naming CPU float tensors as their CUDA counterparts."""
+def _stay_on_cpu(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return self
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _cuda_type_depth
-        _cuda_type_depth += 1
-        torch.Tensor.type = _type_with_cuda_names
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _cuda_type_depth -= 1
-            if _cuda_type_depth == 0:
-                torch.Tensor.type = _tensor_type
 
-    return wrapper
+def _while_running(method: str, replacement: Callable) -> Callable[[Callable], Callable]:
+    """A decorator running functions with `torch.Tensor.<method>` replaced (re-entrant, shared depth)."""
+    original = getattr(torch.Tensor, method)
+    depth = 0
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal depth
+            depth += 1
+            setattr(torch.Tensor, method, replacement)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth -= 1
+                if depth == 0:
+                    setattr(torch.Tensor, method, original)
+
+        return wrapper
+
+    return decorate
 
 
 def resolve(module_name: str, qualified_name: str) -> tuple[Any, str]:
@@ -181,7 +198,12 @@ def apply() -> None:
     random = importlib.import_module("megatron.core.tensor_parallel.random")
     random._get_cuda_rng_state = _get_rng_state
     random._set_cuda_rng_state = _set_rng_state
-    for module_name, qualified_name in CUDA_TYPE_CHECKS:
-        owner, attribute = resolve(module_name, qualified_name)
-        setattr(owner, attribute, _reporting_cuda_type_names(getattr(owner, attribute)))
+    for functions, method, replacement in (
+        (CUDA_TYPE_CHECKS, "type", _type_with_cuda_names),
+        (CUDA_MOVES, "cuda", _stay_on_cpu),
+    ):
+        decorate = _while_running(method, replacement)
+        for module_name, qualified_name in functions:
+            owner, attribute = resolve(module_name, qualified_name)
+            setattr(owner, attribute, decorate(getattr(owner, attribute)))
     _applied = True

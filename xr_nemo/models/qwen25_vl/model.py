@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.transformer import MegatronModule
 from transformers import Qwen2_5_VLConfig
 
@@ -27,6 +28,7 @@ class Qwen25VLModel(MegatronModule):
     ) -> None:
         config, shape = language_model_config(hf_config, parallel, params_dtype)
         super().__init__(config)
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron-core's pipeline schedules
         self.image_token_id = hf_config.image_token_id
         self.pre_process = parallel_state.is_pipeline_first_stage()
         self.post_process = parallel_state.is_pipeline_last_stage()
