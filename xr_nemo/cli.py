@@ -31,6 +31,68 @@ def _tiny_model(args: argparse.Namespace) -> None:
     print(build_tiny_qwen25_vl(args.out_dir, spec, key_naming=args.key_naming, seed=args.seed))
 
 
+def _convert_import(args: argparse.Namespace) -> None:
+    from xr_nemo.config.parallel import ParallelConfig
+    from xr_nemo.conversion.convert import DTYPES, import_hf
+
+    parallel = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    print(import_hf(args.hf_dir, args.out_dir, parallel, dtype=dtype, overwrite=args.overwrite))
+
+
+def _convert_export(args: argparse.Namespace) -> None:
+    from xr_nemo.conversion.convert import DTYPES, export_hf
+
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    out = export_hf(
+        args.checkpoint_dir,
+        args.out_dir,
+        key_naming=args.key_naming,
+        dtype=dtype,
+        hf_files=args.hf_files,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        overwrite=args.overwrite,
+    )
+    print(out)
+
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    from xr_nemo.conversion.convert import DEFAULT_MAX_SHARD_BYTES, DTYPES, KEY_NAMINGS
+
+    convert = commands.add_parser(
+        "convert", help="convert checkpoints between Hugging Face and megatron-core"
+    )
+    directions = convert.add_subparsers(dest="direction", required=True)
+    to_megatron = directions.add_parser("import", help="HF Qwen2.5-VL directory → megatron-core torch_dist")
+    to_megatron.add_argument("hf_dir")
+    to_megatron.add_argument("out_dir")
+    to_megatron.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel size to check the model against"
+    )
+    to_megatron.add_argument(
+        "--pp", type=int, default=1, help="pipeline-parallel size to check the model against"
+    )
+    to_megatron.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="store weights in this dtype (default: as is)"
+    )
+    to_megatron.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    to_megatron.set_defaults(handler=_convert_import)
+
+    to_hf = directions.add_parser("export", help="megatron-core torch_dist checkpoint → HF directory")
+    to_hf.add_argument("checkpoint_dir")
+    to_hf.add_argument("out_dir")
+    to_hf.add_argument("--key-naming", choices=KEY_NAMINGS, default="hub")
+    to_hf.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="write weights in this dtype (default: as stored)"
+    )
+    to_hf.add_argument(
+        "--hf-files", help="directory with config.json and tokenizer files (default: CHECKPOINT/hf)"
+    )
+    to_hf.add_argument("--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1024**3)
+    to_hf.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    to_hf.set_defaults(handler=_convert_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xr-nemo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -48,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     tiny.set_defaults(handler=_tiny_model)
+
+    _add_convert(commands)
     return parser
 
 

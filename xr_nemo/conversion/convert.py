@@ -37,6 +37,7 @@ HF_FILES_DIR = "hf"
 INFO_FILE = "xr_nemo.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 KEY_NAMINGS = ("hub", "transformers")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def load_hf_config(directory: Path, what: str) -> Qwen2_5_VLConfig:

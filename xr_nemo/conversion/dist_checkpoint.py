@@ -33,6 +33,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (
     mcore_to_pyt_state_dict,
 )
 from torch.distributed.checkpoint import FileSystemWriter, TensorStorageMetadata
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 from torch.distributed.checkpoint.planner import LoadPlan, WriteItem, WriteItemType
@@ -142,9 +143,22 @@ def write_dist_checkpoint(out_dir: Path, layout: ShardedStateDict, produce: Prod
     grouped, _, _ = _replace_state_dict_keys_with_sharded_keys(layout)
     state = mcore_to_pyt_state_dict(grouped, is_loading=False)
     writer = FileSystemWriter(out_dir, single_file_per_rank=False, thread_count=1, sync_files=True)
-    dcp.save(state, storage_writer=writer, planner=_ProducingSavePlanner(sources, produce), no_dist=True)
+    with _original_errors():
+        dcp.save(state, storage_writer=writer, planner=_ProducingSavePlanner(sources, produce), no_dist=True)
     torch.save({}, out_dir / COMMON_STATE_FILE)
     save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(out_dir))
+
+
+@contextmanager
+def _original_errors() -> Iterator[None]:
+    """PyTorch Distributed Checkpoint wraps every failure; re-raise the one that happened."""
+    try:
+        yield
+    except CheckpointException as error:
+        failures = [failure[0] for failure in error.failures.values()]
+        if len(failures) == 1 and isinstance(failures[0], Exception):
+            raise failures[0] from None
+        raise
 
 
 def _is_tensor(entry: object) -> bool:
@@ -194,7 +208,8 @@ class DistCheckpointReader:
                 (1,) * chunk.prepend_axis_num + tuple(region.shape)
             )
         planner = _RegionLoadPlanner(regions, self.stored)
-        dcp.load({}, storage_reader=self._reader, planner=planner, no_dist=True)
+        with _original_errors():
+            dcp.load({}, storage_reader=self._reader, planner=planner, no_dist=True)
         return full
 
 

@@ -35,6 +35,8 @@ PATCHED_MODULES = (
     "megatron.core.optimizer.clip_grads",
     "megatron.core.transformer.module",
     "megatron.core.transformer.utils",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
     "megatron.core.utils",
 )
 
