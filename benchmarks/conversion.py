@@ -25,12 +25,15 @@ from xr_nemo.conversion.hf_checkpoint import SafetensorsShardWriter, expected_hf
 
 SHARD_BYTES = 4 * 1024**3
 
+# Peak RSS from VmHWM: unlike ru_maxrss it starts afresh at exec, so it is the step's own.
 _MEASURED_STEP = """
-import resource, sys, time
+import re, time
 from xr_nemo.conversion.convert import export_hf, import_hf
 start = time.perf_counter()
 {call}
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+seconds = time.perf_counter() - start
+status = open("/proc/self/status").read()
+print(seconds, int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024)
 """
 
 
