@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xr_nemo.demo import DEFAULT_STEPS
 from xr_nemo.errors import XrNemoError
+from xr_nemo.io.atomic_dir import is_nonempty
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -21,7 +22,7 @@ def _tiny_model(args: argparse.Namespace) -> None:
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     out = Path(args.out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+    if is_nonempty(out) and not args.overwrite:
         raise XrNemoError(
             f"{out} already exists and is not an empty directory",
             where="tiny-model OUT_DIR",

@@ -202,12 +202,9 @@ class SafetensorsShardWriter:
         self._pending, self._pending_bytes = {}, 0
 
 
-def copy_side_files(source: Path, destination: Path) -> list[str]:
+def copy_side_files(source: Path, destination: Path) -> None:
     """Copy the config, tokenizer, processor and chat-template files that exist in `source`."""
     destination.mkdir(parents=True, exist_ok=True)
-    copied = []
     for name in SIDE_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, destination / name)
-            copied.append(name)
-    return copied

@@ -7,9 +7,10 @@ parameters whose `Tensor.type()` names a CUDA type. On a machine without CUDA,
 `apply()` gives exactly those modules a `torch` whose CUDA entry points act on the CPU, and points the
 tracker's RNG-state helpers at the CPU generator, and makes `Tensor.type()` report CUDA type names
 only while the functions in `CUDA_TYPE_CHECKS` run, and `Tensor.cuda()` a no-op while those in
-`CUDA_MOVES` run. Nothing changes for any other module, and nothing at
-all when CUDA is present. `PATCHED_MODULES` is the list a megatron-core upgrade must be checked
-against (with `CUDA_TYPE_CHECKS`); the tests fail if a listed name moves or no longer needs patching.
+`CUDA_MOVES` run. Nothing changes for any other module, and nothing at all when CUDA is present.
+`PATCHED_MODULES` is the list a megatron-core upgrade must be checked against (with
+`CUDA_TYPE_CHECKS` and `CUDA_MOVES`); the tests fail if a listed name moves or no longer needs
+patching.
 """
 
 from __future__ import annotations

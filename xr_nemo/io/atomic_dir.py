@@ -21,16 +21,14 @@ def is_nonempty(path: Path) -> bool:
 
 
 @contextmanager
-def atomic_output_dir(
-    target: str | Path, overwrite: bool = False, option: str = "--overwrite"
-) -> Iterator[Path]:
+def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes `target` when the block ends without an exception."""
     target = Path(target).resolve()
     if is_nonempty(target) and not overwrite:
         raise XrNemoError(
             f"{target} already exists and is not empty",
             where="output directory",
-            fix=f"choose a new directory, or pass {option} to replace it",
+            fix="choose a new directory, or pass --overwrite to replace it",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
