@@ -18,6 +18,32 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.run_dir, steps=args.steps)
 
 
+def load_recipe(name: str, stage: str):
+    """`recipes.<name>.<stage>()`: the recipe's typed config."""
+    import importlib
+
+    from xr_nemo.errors import ConfigError
+
+    try:
+        module = importlib.import_module(f"recipes.{name}")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"no recipe named {name!r}",
+            where="--recipe",
+            fix="see recipes/ for the names (tiny_cpu, xreasoner_7b, …)",
+        ) from exc
+    if not hasattr(module, stage):
+        raise ConfigError(f"recipe {name!r} has no {stage}() stage", where="--recipe")
+    return getattr(module, stage)()
+
+
+def _sft(args: argparse.Namespace) -> None:
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.sft.run import run_sft
+
+    run_sft(apply_overrides(load_recipe(args.recipe, "sft"), args.overrides))
+
+
 def _tiny_model(args: argparse.Namespace) -> None:
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
@@ -112,11 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     tiny.set_defaults(handler=_tiny_model)
 
+    sft = commands.add_parser(
+        "sft", help="supervised fine-tuning (stage 1); run under torchrun/srun for more than one process"
+    )
+    sft.add_argument("--recipe", default="tiny_cpu", help="recipe module in recipes/ (default: tiny_cpu)")
+    sft.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. trainer.max_steps=200 parallel.tp=4"
+    )
+    sft.set_defaults(handler=_sft)
+
     _add_convert(commands)
     return parser
 
 
+# Notices every CPU run prints about optional GPU packages; they are not the user's business.
+QUIET_WARNINGS = (
+    r".*Transformer Engine and Apex are not installed.*",
+    r".*Apex is not installed.*",
+    r".*pynvml package is deprecated.*",
+    r".*Please use DTensor instead.*",
+    r".*`load_state_dict` is deprecated.*",
+    r".*is deprecated. Please use `torch.distributed.*",
+    r".*full scope is deprecated.*",
+    r".*\.grad attribute of a Tensor that is not a leaf.*",
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

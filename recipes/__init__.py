@@ -1,0 +1,1 @@
+"""Recipes: functions returning typed configs. `xr-nemo sft --recipe NAME` calls `recipes.NAME.sft()`."""

@@ -1,0 +1,103 @@
+"""Hydra's override grammar (`key=value`, `+key=value`, `~key`, lists, quoting) on typed configs."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xr_nemo.errors import ConfigError
+
+T = TypeVar("T")
+
+# Short spellings of the parallel layout, as other Megatron front ends write them.
+ALIASES = {
+    "parallel.tp": "model.tensor_parallel",
+    "parallel.pp": "model.pipeline_parallel",
+    "parallel.cp": "model.context_parallel",
+    "parallel.sp": "model.sequence_parallel",
+}
+
+
+def _all_keys(node: DictConfig, prefix: str = "", missing_only: bool = False) -> list[str]:
+    keys = []
+    for key in node.keys():  # noqa: SIM118 (`in node` skips values still missing)
+        if OmegaConf.is_missing(node, key):
+            keys.append(f"{prefix}{key}")
+        elif isinstance(node[key], DictConfig):
+            keys += _all_keys(node[key], f"{prefix}{key}.", missing_only)
+        elif not missing_only:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _first_line(exc: OmegaConfBaseException) -> str:
+    return str(exc.msg).splitlines()[0]
+
+
+def apply_overrides(config: T, overrides: Sequence[str]) -> T:
+    """Return a copy of the dataclass `config` with `overrides` applied, type-checked and resolved."""
+    node = OmegaConf.structured(config)
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ConfigError(
+            str(exc), where="command-line overrides", fix="write overrides as key=value"
+        ) from exc
+    for override in parsed:
+        key = ALIASES.get(override.key_or_group, override.key_or_group)
+        text = override.input_line
+        try:
+            if override.is_delete():
+                raise ConfigError(f"cannot delete {key}: the config is typed", where=text)
+            if not _exists(node, key):
+                close = difflib.get_close_matches(key, _all_keys(node) + list(ALIASES), n=3)
+                raise ConfigError(
+                    f"unknown config key {key!r}",
+                    where=f"override {text!r}",
+                    fix=f"did you mean {' or '.join(close)}?" if close else "see `config.yaml` of a run",
+                )
+            OmegaConf.update(node, key, override.value(), merge=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(
+                f"invalid value for {key}: {_first_line(exc)}",
+                where=f"override {text!r}",
+                fix="check the type",
+            ) from exc
+    return to_object(node, type(config))
+
+
+def _exists(node: DictConfig, key: str) -> bool:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(node, parent_key) if parent_key else node
+    return isinstance(parent, DictConfig) and leaf in parent.keys()  # noqa: SIM118 (as above)
+
+
+def to_object(node: DictConfig, kind: type[T]) -> T:
+    missing = _all_keys(node, missing_only=True)
+    if missing:
+        raise ConfigError(
+            f"required config value(s) not set: {', '.join(missing)}",
+            where="recipe + overrides",
+            fix=" ".join(f"{key}=…" for key in missing),
+        )
+    try:
+        OmegaConf.resolve(node)
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve the config: {_first_line(exc)}", where=str(exc.full_key)) from exc
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
+def load_config(path: str | Path, kind: type[T]) -> T:
+    node = OmegaConf.merge(OmegaConf.structured(kind), OmegaConf.load(path))
+    return to_object(node, kind)

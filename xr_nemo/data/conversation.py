@@ -1,0 +1,132 @@
+"""Records of the supported schemas → chat messages, with the reasoning format applied.
+
+Schemas: OpenThoughts (`system` + `conversations` of `{from, value}`), `messages` (`{role, content}`),
+and `{prompt, response}`. Reasoning: OpenThoughts' `<|begin_of_thought|> … <|end_of_thought|>
+<|begin_of_solution|> … <|end_of_solution|>` becomes `<think>\n…\n</think>\n\n…`, the answer optionally
+inside `<answer> … </answer>`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from xr_nemo.data.records import DataError, Record
+
+SCHEMAS = ("openthoughts", "messages", "prompt_response")
+ROLE_NAMES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+_OPEN_THOUGHTS = re.compile(
+    r"<\|begin_of_thought\|>(?P<thought>.*?)<\|end_of_thought\|>\s*"
+    r"<\|begin_of_solution\|>(?P<solution>.*?)(?:<\|end_of_solution\|>|$)",
+    re.DOTALL,
+)
+_THINK = re.compile(r"<think>(?P<thought>.*?)</think>(?P<solution>.*)", re.DOTALL)
+
+Message = dict[str, str]
+
+
+def detect_schema(fields: dict[str, Any]) -> str | None:
+    if "conversations" in fields:
+        return "openthoughts"
+    if "messages" in fields:
+        return "messages"
+    if "prompt" in fields and "response" in fields:
+        return "prompt_response"
+    return None
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{what} must be a string, got {type(value).__name__}", where=where)
+    return value
+
+
+def _turns(record: Record, key: str, role_key: str, text_key: str) -> list[Message]:
+    turns = record.fields.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"'{key}' must be a non-empty list", where=record.where, fix="drop or fix the record")
+    messages = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            raise DataError(
+                f"{key}[{index}] must be an object with '{role_key}' and '{text_key}'", where=record.where
+            )
+        role = ROLE_NAMES.get(turn[role_key])
+        if role is None:
+            raise DataError(
+                f"{key}[{index}] has unknown role {turn[role_key]!r}",
+                where=record.where,
+                fix=f"use one of {sorted(ROLE_NAMES)}",
+            )
+        messages.append(
+            {"role": role, "content": _text(turn[text_key], f"{key}[{index}].{text_key}", record.where)}
+        )
+    return messages
+
+
+def to_messages(record: Record, schema: str = "auto") -> list[Message]:
+    """Validated messages: optional system first, then user/assistant turns, ending with the assistant."""
+    kind = detect_schema(record.fields) if schema == "auto" else schema
+    if kind == "openthoughts":
+        messages = _turns(record, "conversations", "from", "value")
+        system = record.fields.get("system")
+        if system:
+            messages.insert(0, {"role": "system", "content": _text(system, "system", record.where)})
+    elif kind == "messages":
+        messages = _turns(record, "messages", "role", "content")
+    elif kind == "prompt_response":
+        messages = [
+            {"role": "user", "content": _text(record.fields.get("prompt"), "prompt", record.where)},
+            {"role": "assistant", "content": _text(record.fields.get("response"), "response", record.where)},
+        ]
+    else:
+        raise DataError(
+            f"cannot tell the schema from the fields {sorted(record.fields)}",
+            where=record.where,
+            fix="records need 'conversations' (OpenThoughts), 'messages', or 'prompt' and 'response'",
+        )
+    _check_order(messages, record.where)
+    return messages
+
+
+def _check_order(messages: list[Message], where: str) -> None:
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if not body or body[-1]["role"] != "assistant":
+        raise DataError("the conversation must end with an assistant turn", where=where)
+    for index, message in enumerate(body):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise DataError(
+                f"turn {index} is {message['role']!r}, expected {expected!r} (user and assistant alternate)",
+                where=where,
+            )
+    if any(not message["content"].strip() for message in body):
+        raise DataError("a user or assistant turn is empty", where=where)
+
+
+def reasoning_format(response: str, answer_tags: bool) -> str:
+    """Thoughts in `<think> … </think>`, then the answer (inside `<answer> … </answer>` if asked)."""
+    match = _OPEN_THOUGHTS.search(response) or _THINK.search(response)
+    if match is None:
+        return f"<answer>\n{response.strip()}\n</answer>" if answer_tags else response
+    thought, solution = match["thought"].strip(), match["solution"].strip()
+    if answer_tags:
+        solution = f"<answer>\n{solution}\n</answer>"
+    return f"<think>\n{thought}\n</think>\n\n{solution}"
+
+
+def prepare(record: Record, schema: str, answer_tags: bool, system_prompt: str | None) -> list[Message]:
+    messages = to_messages(record, schema)
+    if system_prompt is not None:
+        messages = [m for m in messages if m["role"] != "system"]
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return [
+        {**m, "content": reasoning_format(m["content"], answer_tags)} if m["role"] == "assistant" else m
+        for m in messages
+    ]

@@ -1,0 +1,27 @@
+"""The SFT forward step for megatron-core's schedules: next-token loss summed over assistant tokens.
+
+The loss function returns (sum, token count) so megatron-core normalises by the tokens of the whole
+global batch (`calculate_per_token_loss`): every assistant token weighs the same whatever the packing,
+micro-batching or data-parallel split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import torch
+
+
+def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    loss_sum = (per_token_loss.float() * loss_mask).sum()
+    tokens = loss_mask.sum().to(torch.int)
+    return loss_sum, tokens, {"loss": torch.stack([loss_sum.detach(), tokens.float()])}
+
+
+def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
+    batch = next(data_iterator)
+    per_token_loss = model(
+        batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
+    )
+    return per_token_loss, partial(loss_func, batch["loss_mask"])

@@ -1,0 +1,162 @@
+"""Training checkpoints: megatron-core `dist_checkpointing` (torch_dist, reshardable), written atomically.
+
+Layout of `<run.dir>/checkpoints/`: `step_N/` (written as `step_N.tmp/`, renamed when complete), and
+`latest` (the name of the newest complete one, replaced last). A checkpoint holds the model's tensors at
+the top level (so `xr-nemo convert export` reads it as it is), the optimizer under `optimizer`, the
+training state (`train_state`, common) and every rank's RNG states, plus the HF side files in `hf/`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.optimizer import MegatronOptimizer
+
+from xr_nemo.conversion.convert import HF_FILES_DIR
+from xr_nemo.conversion.hf_checkpoint import copy_side_files
+from xr_nemo.errors import XrNemoError
+from xr_nemo.training.optimizer import load_optimizer_state, optimizer_state_to_load, optimizer_state_to_save
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAIN_STATE = "train_state"
+OPTIMIZER = "optimizer"
+RNG = "rng_state"
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state(), "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _rng_entry(data: Any) -> ShardedObject:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return ShardedObject(RNG, data, (world,), (rank,), replica_id=0)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = checkpoints_dir(run_dir) / LATEST
+    if not pointer.exists():
+        return None
+    target = checkpoints_dir(run_dir) / pointer.read_text().strip()
+    if not target.is_dir():
+        raise XrNemoError(
+            f"{pointer} names {target.name}, which does not exist",
+            where=str(pointer),
+            fix="delete the pointer to start over, or restore the checkpoint",
+        )
+    return target
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: MegatronOptimizer,
+    train_state: dict[str, Any],
+    hf_dir: str | Path,
+    keep_last: int | None,
+) -> Path:
+    """Collective: every rank calls it. Returns the final directory."""
+    root = checkpoints_dir(run_dir)
+    final, staging = root / f"step_{step}", root / f"step_{step}.tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted save
+        staging.mkdir(parents=True)
+    _barrier()
+    state = model.sharded_state_dict()
+    state[OPTIMIZER] = optimizer_state_to_save(optimizer, state)
+    state[TRAIN_STATE] = {**train_state, "world_size": dist.get_world_size()}
+    state[RNG] = _rng_entry(_rng_state())
+    dist_checkpointing.save(state, str(staging))
+    _barrier()
+    if dist.get_rank() == 0:
+        copy_side_files(Path(hf_dir), staging / HF_FILES_DIR)
+        if final.exists():  # re-saving a step: swap, so a complete copy exists at every moment
+            old = root / f"step_{step}.old"
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, final)
+        _write_atomically(root / LATEST, final.name + "\n")
+        _prune(root, keep_last)
+    _barrier()
+    return final
+
+
+def _prune(root: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    steps = sorted(
+        (int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.name[5:].isdigit()
+    )
+    for _, path in steps[: max(0, len(steps) - keep_last)]:
+        shutil.rmtree(path)
+
+
+def read_train_state(checkpoint: str | Path) -> dict[str, Any]:
+    common = dist_checkpointing.load_common_state_dict(str(checkpoint))
+    return dict(common[TRAIN_STATE])
+
+
+def load_checkpoint(
+    checkpoint: str | Path, model: torch.nn.Module, optimizer: MegatronOptimizer
+) -> dict[str, Any]:
+    """Collective. Restores model, optimizer and (at the same world size) RNG states; returns the
+    training state. A checkpoint from another layout loads too (torch_dist reshards); RNG states then
+    start fresh."""
+    checkpoint = str(checkpoint)
+    train_state = read_train_state(checkpoint)
+    same_world = train_state.get("world_size") == dist.get_world_size()
+    state = model.sharded_state_dict()
+    state[OPTIMIZER] = optimizer_state_to_load(optimizer, state)
+    if same_world:
+        state[RNG] = _rng_entry(_rng_state())
+    loaded = dist_checkpointing.load(state, checkpoint)
+    rng = loaded.pop(RNG, None)
+    optimizer_state = loaded.pop(OPTIMIZER)
+    loaded.pop(TRAIN_STATE, None)
+    model.load_state_dict(loaded)
+    load_optimizer_state(optimizer, optimizer_state)
+    if rng is not None:
+        _set_rng_state(rng)
+    else:
+        warnings.warn(
+            f"{checkpoint} was written by {train_state.get('world_size')} ranks, this run has "
+            f"{dist.get_world_size()}: RNG states start fresh",
+            stacklevel=2,
+        )
+    return train_state

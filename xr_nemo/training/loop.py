@@ -1,0 +1,166 @@
+"""The optimizer-step loop: micro-batches through megatron-core's schedule, LR schedule, gradient
+clipping, metrics, validation, checkpoints and exact resume. Knows no model and no loss: it gets a
+forward step and a function from the step number to this rank's micro-batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from tqdm import tqdm
+
+from xr_nemo.config.schema import SFTConfig
+from xr_nemo.errors import ConfigError
+from xr_nemo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xr_nemo.training.metrics import MetricsWriter
+from xr_nemo.training.optimizer import set_learning_rate
+from xr_nemo.training.schedule import learning_rate
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainingJob:
+    model: torch.nn.Module  # unwrapped: its sharded state dict is the checkpoint
+    wrapped: torch.nn.Module  # megatron-core DistributedDataParallel around it
+    optimizer: MegatronOptimizer
+    forward_step: Callable
+    train_microbatches: Callable[[int], list[Batch]]  # step → this rank's micro-batches
+    validation_microbatches: Callable[[], list[list[Batch]]] | None
+    steps_per_epoch: int
+    hf_dir: Path
+
+
+def resume_point(config: SFTConfig) -> Path | None:
+    resume = config.trainer.resume
+    if resume == "never":
+        if latest_checkpoint(config.run.dir) is not None:
+            raise ConfigError(
+                f"{config.run.dir} already has checkpoints and trainer.resume=never",
+                where="run.dir",
+                fix="use a new run.dir, or trainer.resume=auto to continue",
+            )
+        return None
+    if resume == "auto":
+        return latest_checkpoint(config.run.dir)
+    if not Path(resume).is_dir():
+        raise ConfigError(f"checkpoint {resume} does not exist", where="trainer.resume")
+    return Path(resume)
+
+
+def _sum_over_data_and_pipeline(values: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    dist.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
+    return values
+
+
+def _run_schedule(job: TrainingJob, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
+    """[loss sum, loss tokens] over the global batch, on every rank."""
+    first = microbatches[0]["tokens"]
+    outputs = get_forward_backward_func()(
+        forward_step_func=job.forward_step,
+        data_iterator=iter(microbatches),
+        model=[job.wrapped],
+        num_microbatches=len(microbatches),
+        seq_length=first.shape[1],
+        micro_batch_size=first.shape[0],
+        forward_only=forward_only,
+    )
+    totals = torch.zeros(2, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage():
+        for output in outputs:
+            totals += output["loss"].double().cpu()
+    return _sum_over_data_and_pipeline(totals)
+
+
+def _validation_loss(job: TrainingJob) -> float:
+    job.wrapped.eval()
+    totals = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for microbatches in job.validation_microbatches():
+            totals += _run_schedule(job, microbatches, forward_only=True)
+    job.wrapped.train()
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def _token_counts(microbatches: list[Batch]) -> torch.Tensor:
+    """[samples, real tokens, computed tokens] over the data-parallel group."""
+    counts = torch.tensor(
+        [[int(b["num_samples"]), int(b["real_tokens"]), b["tokens"].numel()] for b in microbatches],
+        dtype=torch.float64,
+    ).sum(0)
+    dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+    return counts
+
+
+def train(config: SFTConfig, job: TrainingJob) -> int:
+    """Run to the end (or `trainer.max_steps`); return the last step. Collective."""
+    trainer = config.trainer
+    total_steps = job.steps_per_epoch * trainer.epochs
+    last_step = min(total_steps, trainer.max_steps) if trainer.max_steps is not None else total_steps
+    model_config = job.model.config
+    model_config.calculate_per_token_loss = True
+    model_config.finalize_model_grads_func = finalize_model_grads
+
+    step, consumed = 0, 0
+    resume = resume_point(config)
+    if resume is not None:
+        state = load_checkpoint(resume, job.model, job.optimizer)
+        step, consumed = state["step"], state["consumed_samples"]
+    is_writer = dist.get_rank() == 0
+    metrics = MetricsWriter(config.run.dir, resumed_step=step) if is_writer else None
+    bar = tqdm(
+        total=last_step, initial=step, desc="train", unit="step", disable=not (is_writer and trainer.progress)
+    )
+
+    def checkpoint(at: int) -> None:
+        train_state = {"step": at, "consumed_samples": consumed, "epoch": at // job.steps_per_epoch}
+        save_checkpoint(
+            config.run.dir, at, job.model, job.optimizer, train_state, job.hf_dir, config.checkpoint.keep_last
+        )
+
+    job.wrapped.train()
+    while step < last_step:
+        lr = learning_rate(step, config.optim.lr, config.scheduler, total_steps, job.steps_per_epoch)
+        set_learning_rate(job.optimizer, lr)
+        microbatches = job.train_microbatches(step)
+        start = time.perf_counter()
+        job.wrapped.zero_grad_buffer()
+        job.optimizer.zero_grad()
+        loss_sum, loss_tokens = _run_schedule(job, microbatches, forward_only=False)
+        _, grad_norm, _ = job.optimizer.step()
+        elapsed = time.perf_counter() - start
+        samples, real, computed = _token_counts(microbatches).tolist()
+        step += 1
+        consumed += int(samples)
+        values = {
+            "loss": (loss_sum / loss_tokens.clamp(min=1)).item(),
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_s": real / elapsed,
+            "padding_fraction": 1 - real / computed,
+            "consumed_samples": consumed,
+            "epoch": (step - 1) // job.steps_per_epoch,
+            "step_time_s": elapsed,
+        }
+        if job.validation_microbatches is not None and trainer.val_every and step % trainer.val_every == 0:
+            values["val_loss"] = _validation_loss(job)
+        if metrics is not None:
+            metrics.write(step, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.update()
+        every = config.checkpoint.every_steps
+        if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
+            checkpoint(step)
+    bar.close()
+    if metrics is not None:
+        metrics.close()
+    return step

@@ -1,0 +1,44 @@
+"""Per-step metrics to `metrics.jsonl` and TensorBoard in the run directory (rank 0 writes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str | Path, resumed_step: int) -> None:
+        """Records of steps after `resumed_step` (from a run that died after its last checkpoint) are
+        dropped, so the file reads as one uninterrupted run."""
+        self.path = Path(run_dir) / METRICS_FILE
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resumed_step
+            ]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+        self._board = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resumed_step + 1)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+        for name, value in values.items():
+            self._board.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._board.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
