@@ -203,18 +203,23 @@ def tokenize_dataset(
         return TokenizedDataset(directory, TokenizeStats(**json.loads(done.read_text())))
     directory.mkdir(parents=True, exist_ok=True)
     stats = TokenizeStats()
-    workers = max(1, data.num_workers)
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        jobs = (
-            (directory / f"chunk_{index:06d}.npz", chunk, data.max_length, data.overlong)
-            for index, chunk in enumerate(_conversation_chunks(source, split, data, stats))
-        )
-        pending = (job for job in jobs if not job[0].exists())
-        bar = tqdm(desc=f"tokenize {Path(source).name}", unit="chunk", disable=not progress)
-        for _ in pool.imap(_tokenize_chunk, pending):
+    jobs = (
+        (directory / f"chunk_{index:06d}.npz", chunk, data.max_length, data.overlong)
+        for index, chunk in enumerate(_conversation_chunks(source, split, data, stats))
+    )
+    pending = (job for job in jobs if not job[0].exists())
+    bar = tqdm(desc=f"tokenize {Path(source).name}", unit="chunk", disable=not progress)
+    if data.num_workers <= 1:  # no pool to start: small data and tests
+        _init_worker(str(tokenizer_dir))
+        for job in pending:
+            _tokenize_chunk(job)
             bar.update()
-        bar.close()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(data.num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+            for _ in pool.imap(_tokenize_chunk, pending):
+                bar.update()
+    bar.close()
     for chunk in sorted(directory.glob("chunk_*.npz")):
         truncated, dropped = np.load(chunk, allow_pickle=False)["stats"]
         stats.truncated += int(truncated)

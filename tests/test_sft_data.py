@@ -1,0 +1,192 @@
+"""SFT data path: schemas, bad input with file:line, loss masks through the chat template, packing,
+the per-step batch plan, config overrides and learning-rate schedules."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xr_nemo.config.overrides import apply_overrides
+from xr_nemo.config.schema import DataConfig, SchedulerConfig, SFTConfig
+from xr_nemo.data.batches import BatchPlan
+from xr_nemo.data.conversation import prepare, reasoning_format
+from xr_nemo.data.packing import best_fit_decreasing, collate
+from xr_nemo.data.records import DataError, Record, read_records
+from xr_nemo.data.tokenize import tokenize_dataset, tokenize_messages
+from xr_nemo.errors import ConfigError
+from xr_nemo.testing.tokenizer import build_tokenizer, save_tokenizer
+from xr_nemo.training.schedule import learning_rate
+
+OPEN_THOUGHTS = {
+    "system": "Think first.",
+    "conversations": [
+        {"from": "user", "value": "What is 2+3?"},
+        {
+            "from": "assistant",
+            "value": "<|begin_of_thought|>\n2 plus 3 is 5.\n<|end_of_thought|>\n\n"
+            "<|begin_of_solution|>\nThe answer is 5.\n<|end_of_solution|>",
+        },
+    ],
+}
+MESSAGES = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+PROMPT_RESPONSE = {"prompt": "Name a prime.", "response": "7"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(build_tokenizer(), directory)
+    return directory
+
+
+def write_jsonl(path, rows):
+    path.write_bytes(
+        b"".join(row if isinstance(row, bytes) else (json.dumps(row) + "\n").encode() for row in rows)
+    )
+    return path
+
+
+def test_three_schemas_become_chatml_messages_with_reasoning_tags():
+    ot = prepare(Record("f:1", OPEN_THOUGHTS), "auto", answer_tags=True, system_prompt=None)
+    assert [m["role"] for m in ot] == ["system", "user", "assistant"]
+    assert ot[2]["content"] == "<think>\n2 plus 3 is 5.\n</think>\n\n<answer>\nThe answer is 5.\n</answer>"
+    assert prepare(Record("f:2", MESSAGES), "auto", False, None)[1]["content"] == "Hello!"
+    replaced = prepare(Record("f:3", PROMPT_RESPONSE), "auto", False, "Be brief.")
+    assert replaced[0] == {"role": "system", "content": "Be brief."}
+    assert reasoning_format("<think>a</think> b", answer_tags=False) == "<think>\na\n</think>\n\nb"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (b"{not json\n", "malformed JSON"),
+        ({"conversations": []}, "non-empty list"),
+        ({"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]}, "unknown role"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "expected 'user'"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "end with an assistant"),
+        ({"text": "no schema"}, "cannot tell the schema"),
+        (b"\xff\xfe bad bytes\n", "not UTF-8"),
+        ({"prompt": "x", "response": 3}, "must be a string"),
+    ],
+)
+def test_bad_records_stop_with_file_and_line(tmp_path, tokenizer_dir, row, message):
+    path = write_jsonl(tmp_path / "data.jsonl", [OPEN_THOUGHTS, row, MESSAGES])
+    data = DataConfig(train=str(path), num_workers=1)
+    with pytest.raises(DataError) as error:
+        tokenize_dataset(str(path), "train", tokenizer_dir, data, tmp_path / "cache", progress=False)
+    assert message in error.value.what
+    assert error.value.where.endswith("data.jsonl:2")
+    assert "data.on_error=skip" in error.value.render()
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, tokenizer_dir):
+    path = write_jsonl(tmp_path / "data.jsonl", [OPEN_THOUGHTS, b"{oops\n", {"messages": []}, MESSAGES])
+    data = DataConfig(train=str(path), on_error="skip", num_workers=1)
+    dataset = tokenize_dataset(str(path), "train", tokenizer_dir, data, tmp_path / "cache", progress=False)
+    assert len(dataset) == 2
+    assert (dataset.stats.records, dataset.stats.skipped_bad) == (4, 2)
+    assert dataset.stats.bad_examples[0].startswith(f"{path}:2")
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    messages = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A one"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A two"},
+    ]
+    ids, mask = tokenize_messages(tokenizer, messages)
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "A one<|im_end|>\nA two<|im_end|>\n"
+
+
+def test_tokenisation_is_cached_and_overlong_samples_truncate_or_drop(tmp_path, tokenizer_dir):
+    long = {"prompt": "Q", "response": "word " * 200}
+    path = write_jsonl(tmp_path / "data.jsonl", [MESSAGES, long])
+    truncate = DataConfig(train=str(path), max_length=64, num_workers=1)
+    first = tokenize_dataset(str(path), "train", tokenizer_dir, truncate, tmp_path / "cache", progress=False)
+    assert first.lengths.max() == 64 and first.stats.truncated == 1
+    cached = list((tmp_path / "cache").glob("tokenized-*/chunk_*.npz"))
+    mtime = cached[0].stat().st_mtime_ns
+    again = tokenize_dataset(str(path), "train", tokenizer_dir, truncate, tmp_path / "cache", progress=False)
+    assert np.array_equal(again.ids, first.ids) and cached[0].stat().st_mtime_ns == mtime
+    drop = DataConfig(train=str(path), max_length=64, overlong="drop", num_workers=1)
+    dropped = tokenize_dataset(str(path), "train", tokenizer_dir, drop, tmp_path / "cache", progress=False)
+    assert len(dropped) == 1 and dropped.stats.dropped_overlong == 1
+
+
+def test_best_fit_decreasing_fills_bins_and_keeps_every_sample():
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in np.clip(rng.lognormal(5, 1, 2000), 10, 4096)]
+    bins = best_fit_decreasing(lengths, 4096)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 4096 for b in bins)
+    assert sum(lengths) / (4096 * len(bins)) > 0.98
+
+
+def test_packed_sequence_restarts_positions_and_masks_across_samples():
+    first = (np.array([5, 6, 7, 8]), np.array([0, 0, 1, 1], bool))
+    second = (np.array([9, 10, 11]), np.array([0, 1, 1], bool))
+    batch = collate([[first, second]], pad_id=0, length=7)
+    assert batch["tokens"].tolist() == [[5, 6, 7, 9, 10, 0, 0]]
+    assert batch["labels"].tolist() == [[6, 7, 8, 10, 11, 0, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 1, 1, 0, 0]]
+    assert batch["position_ids"].shape == (3, 1, 7)
+    assert (batch["position_ids"][:, 0] == torch.tensor([0, 1, 2, 0, 1, 0, 0])).all()
+    allowed = ~batch["attention_mask"][0, 0]
+    expected = torch.zeros(7, 7, dtype=torch.bool)
+    for start, end in ((0, 3), (3, 5), (5, 7)):
+        expected[start:end, start:end] = torch.tril(torch.ones(end - start, end - start, dtype=torch.bool))
+    assert torch.equal(allowed, expected)
+
+
+def test_batch_plan_is_a_function_of_the_step():
+    lengths = np.array([30, 20, 50, 10, 40, 60, 25, 35])
+    plan = BatchPlan.build(lengths, packing=True, seq_length=64, global_batch_size=2, seed=3)
+    again = BatchPlan.build(lengths, packing=True, seq_length=64, global_batch_size=2, seed=3)
+    assert [plan.global_batch(s) for s in range(6)] == [again.global_batch(s) for s in range(6)]
+    epoch = [i for s in range(plan.steps_per_epoch) for seq in plan.global_batch(s) for i in seq]
+    assert len(set(epoch)) == len(epoch)
+    assert plan.global_batch(0) != plan.global_batch(plan.steps_per_epoch)  # reshuffled per epoch
+    ranks = [plan.microbatches(1, r, 2, 1) for r in range(2)]
+    assert [seq for r in ranks for micro in r for seq in micro] == plan.global_batch(1)
+
+
+def test_overrides_follow_hydra_grammar_and_reject_unknown_keys():
+    config = apply_overrides(
+        SFTConfig(),
+        ["model.hf_dir=/m", "data.train=/d", "trainer.max_steps=200", "parallel.tp=4", "run.dir=/r"],
+    )
+    assert (config.trainer.max_steps, config.model.tensor_parallel, config.run.dir) == (200, 4, "/r")
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_stepz'") as error:
+        apply_overrides(SFTConfig(), ["trainer.max_stepz=3"])
+    assert "trainer.max_steps" in error.value.fix
+    with pytest.raises(ConfigError, match="required config value"):
+        apply_overrides(SFTConfig(), [])
+
+
+def test_learning_rate_schedules():
+    decay = SchedulerConfig(name="epoch_decay", epoch_decay=0.8)
+    assert [learning_rate(s, 1.0, decay, 12, 4) for s in (0, 3, 4, 8, 11)] == pytest.approx(
+        [1, 1, 0.8, 0.64, 0.64]
+    )
+    cosine = SchedulerConfig(name="cosine", warmup_steps=2, min_lr=0.1)
+    assert learning_rate(0, 1.0, cosine, 12, 4) == pytest.approx(0.5)
+    assert learning_rate(2, 1.0, cosine, 12, 4) == pytest.approx(1.0)
+    assert learning_rate(7, 1.0, cosine, 12, 4) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))
+    )
+    assert learning_rate(12, 1.0, cosine, 12, 4) == pytest.approx(0.1)
+    warm = SchedulerConfig(name="constant", warmup_fraction=0.25)
+    assert [learning_rate(s, 1.0, warm, 8, 4) for s in (0, 1, 2)] == pytest.approx([0.5, 1, 1])
+
+
+def test_hub_free_reader_reports_missing_paths(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list(read_records(str(tmp_path / "absent.jsonl")))
