@@ -1,0 +1,152 @@
+"""SFT end to end on the tiny model: the loss falls and the export carries the training; TP=2, PP=2 and
+DP=2 follow the single-process loss curve; kill -9 then resume gives the uninterrupted run's losses
+exactly; packed and unpacked training give the same losses on the same samples."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from xr_nemo.testing.multiprocess import run_distributed
+
+pytestmark = pytest.mark.slow
+
+
+def sft_worker(overrides: list[str]) -> list[float] | None:
+    from xr_nemo.cli import load_recipe
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.sft.run import run_sft
+    from xr_nemo.training.metrics import read_metrics
+
+    config = apply_overrides(load_recipe("tiny_cpu", "sft"), overrides)
+    run_sft(config)
+    return [row["loss"] for row in read_metrics(config.run.dir)] if int(os.environ["RANK"]) == 0 else None
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny HF model and its imported checkpoint, shared by every run."""
+    from xr_nemo.conversion.convert import import_hf
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    root = tmp_path_factory.mktemp("sft")
+    hf_dir = build_tiny_qwen25_vl(root / "hf")
+    checkpoint = import_hf(hf_dir, root / "megatron", progress=False)
+    return root, [f"model.hf_dir={hf_dir}", f"model.checkpoint={checkpoint}", "trainer.progress=false"]
+
+
+def run(base, world_size: int, name: str, *overrides: str) -> list[float]:
+    root, common = base
+    args = [*common, f"run.dir={root / name}", f"data.cache_dir={root / 'cache'}", *overrides]
+    return run_distributed(sft_worker, world_size, args)[0]
+
+
+def test_loss_falls_and_the_export_carries_the_training(base):
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from xr_nemo.data.conversation import prepare
+    from xr_nemo.data.records import read_records
+    from xr_nemo.data.tokenize import tokenize_messages
+
+    losses = run(
+        base,
+        1,
+        "overfit",
+        "data.max_samples=4",
+        "data.packing=false",
+        "trainer.global_batch_size=4",
+        "trainer.epochs=30",
+        "scheduler.name=constant",
+        "export.hf=true",
+        "checkpoint.every_steps=null",
+    )
+    assert len(losses) == 30
+    assert losses[-1] < 0.3 * losses[0], losses
+
+    root, _ = base
+    tokenizer = AutoTokenizer.from_pretrained(root / "hf")
+    from recipes.tiny_cpu import SAMPLE_DATA
+
+    record = next(iter(read_records(str(SAMPLE_DATA))))
+    ids, mask = tokenize_messages(tokenizer, prepare(record, "auto", False, None))
+    ids = torch.tensor([ids])
+    labels = torch.where(torch.tensor([mask]), ids, -100)  # the assistant tokens, as trained
+
+    def lm_loss(directory):
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory).eval()
+        with torch.no_grad():
+            return model(input_ids=ids, labels=labels).loss.item()
+
+    assert lm_loss(root / "overfit" / "hf") < 0.5 * lm_loss(root / "hf")
+
+
+@pytest.mark.parametrize(
+    ("world_size", "layout"),
+    [(2, ["parallel.tp=2"]), (2, ["parallel.pp=2"]), (2, [])],
+    ids=["tp2", "pp2", "dp2"],
+)
+def test_parallel_layouts_follow_the_single_process_loss_curve(base, world_size, layout):
+    common = ["data.max_samples=16", "trainer.max_steps=4", "checkpoint.every_steps=null"]
+    single = run(base, 1, "single", *common)
+    parallel = run(base, world_size, f"parallel-{'-'.join(layout) or 'dp'}", *common, *layout)
+    assert parallel == pytest.approx(single, abs=2e-5, rel=0)
+
+
+def _cli(run_dir, base, *overrides):
+    _, common = base
+    return [sys.executable, "-m", "xr_nemo.cli", "sft", *common, f"run.dir={run_dir}", *overrides]
+
+
+def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
+    from xr_nemo.training.metrics import read_metrics
+
+    steps = [
+        "data.max_samples=24",
+        "trainer.max_steps=8",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=2",
+    ]
+    subprocess.run(_cli(tmp_path / "whole", base, *steps), check=True, capture_output=True)
+    whole = [row["loss"] for row in read_metrics(tmp_path / "whole")]
+
+    victim = subprocess.Popen(
+        _cli(tmp_path / "killed", base, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "step_4").exists():
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 4"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done_before = len(read_metrics(tmp_path / "killed"))
+    assert done_before < 8
+
+    subprocess.run(
+        _cli(tmp_path / "killed", base, *steps, "trainer.resume=auto"), check=True, capture_output=True
+    )
+    resumed = [row["loss"] for row in read_metrics(tmp_path / "killed")]
+    assert resumed == whole
+    kept = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert kept == ["latest", "step_6", "step_8"]
+
+
+def test_packed_and_unpacked_training_give_the_same_losses(base):
+    from recipes.tiny_cpu import SAMPLE_DATA
+    from xr_nemo.config.schema import DataConfig
+    from xr_nemo.data.batches import BatchPlan
+    from xr_nemo.data.tokenize import tokenize_dataset
+
+    root, _ = base
+    data = DataConfig(train=str(SAMPLE_DATA), max_samples=6, max_length=1024, num_workers=1)
+    dataset = tokenize_dataset(str(SAMPLE_DATA), "train", root / "hf", data, root / "cache", progress=False)
+    packed_sequences = len(BatchPlan.build(dataset.lengths, True, 1024, 1, 0).sequences)
+    assert packed_sequences < 6
+    # One global batch holds all six samples either way, so every step sees the same data.
+    common = ["data.max_samples=6", "trainer.max_steps=3", "checkpoint.every_steps=null"]
+    packed = run(base, 1, "packed", *common, f"trainer.global_batch_size={packed_sequences}")
+    unpacked = run(base, 1, "unpacked", *common, "data.packing=false", "trainer.global_batch_size=6")
+    assert packed == pytest.approx(unpacked, abs=1e-5, rel=0)
