@@ -30,10 +30,10 @@ def sft_worker(overrides: list[str]) -> list[float] | None:
 def base(tmp_path_factory):
     """A tiny HF model and its imported checkpoint, shared by every run."""
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     root = tmp_path_factory.mktemp("sft")
-    hf_dir = build_tiny_qwen25_vl(root / "hf")
+    hf_dir = build_tiny_qwen25_vl(root / "hf", TinyQwen25VLSpec(num_kv_heads=2))
     checkpoint = import_hf(hf_dir, root / "megatron", progress=False)
     return root, [f"model.hf_dir={hf_dir}", f"model.checkpoint={checkpoint}", "trainer.progress=false"]
 
@@ -92,13 +92,19 @@ def test_loss_falls_and_the_export_carries_the_training(base):
 def test_parallel_layouts_follow_the_single_process_loss_curve(base, world_size, layout):
     common = ["data.max_samples=16", "trainer.max_steps=4", "checkpoint.every_steps=null"]
     single = run(base, 1, "single", *common)
-    parallel = run(base, world_size, f"parallel-{'-'.join(layout) or 'dp'}", *common, *layout)
+    name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
+    parallel = run(base, world_size, f"parallel-{name}", *common, *layout)
     assert parallel == pytest.approx(single, abs=2e-5, rel=0)
 
 
 def _cli(run_dir, base, *overrides):
     _, common = base
     return [sys.executable, "-m", "xr_nemo.cli", "sft", *common, f"run.dir={run_dir}", *overrides]
+
+
+def _run_cli(*args):
+    result = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
@@ -110,7 +116,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
         "checkpoint.every_steps=2",
         "checkpoint.keep_last=2",
     ]
-    subprocess.run(_cli(tmp_path / "whole", base, *steps), check=True, capture_output=True)
+    _run_cli(tmp_path / "whole", base, *steps)
     whole = [row["loss"] for row in read_metrics(tmp_path / "whole")]
 
     victim = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,6 +65,13 @@ def _slurm_master_port(env: Mapping[str, str]) -> int:
     return 20000 + int(job_id) % 20000 if job_id.isdigit() else DEFAULT_MASTER_PORT
 
 
+def _free_local_port() -> int:
+    """A lone process needs no agreed port; a free one lets several run side by side."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
     """torchrun's RANK/WORLD_SIZE first, then Slurm's SLURM_PROCID/SLURM_NTASKS, else one process."""
     env = os.environ if env is None else env
@@ -109,7 +117,7 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             1,
             0,
             env.get("MASTER_ADDR", "127.0.0.1"),
-            int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)),
+            int(env["MASTER_PORT"]) if "MASTER_PORT" in env else _free_local_port(),
             "single",
         )
     if not 0 <= launch.rank < launch.world_size:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -64,9 +63,6 @@ def _on_rank_zero_first(fn, *args, **kwargs):
 def _xr_nemo(*args: str) -> None:
     """Run an `xr-nemo` command in a fresh single process (conversion sets up its own parallel state)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        env["MASTER_PORT"] = str(sock.getsockname()[1])
     result = subprocess.run(
         [sys.executable, "-m", "xr_nemo.cli", *args], capture_output=True, text=True, env=env
     )
@@ -80,9 +76,9 @@ def _prepare_model_dir(config: SFTConfig) -> None:
     if (hf_dir / "config.json").exists():
         return
     if config.model.synthetic == "tiny":
-        from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+        from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
-        build_tiny_qwen25_vl(hf_dir)
+        build_tiny_qwen25_vl(hf_dir, TinyQwen25VLSpec(num_kv_heads=2))  # splits over 2 TP ranks
         return
     raise ConfigError(
         f"{hf_dir} has no config.json",
