@@ -41,11 +41,9 @@ def tokenize_messages(
         if message["role"] != "assistant":
             continue
         prompt_end = len(render(messages[:index], tokenize=False, add_generation_prompt=True))
-        turn_end = len(render(messages[: index + 1], tokenize=False))
-        if not (
-            cursor <= prompt_end <= turn_end
-            and full[:turn_end] == render(messages[: index + 1], tokenize=False)
-        ):
+        through_turn = render(messages[: index + 1], tokenize=False)
+        turn_end = len(through_turn)
+        if not (cursor <= prompt_end <= turn_end and full[:turn_end] == through_turn):
             raise DataError("the chat template does not render conversations prefix by prefix")
         for start, end, trained in ((cursor, prompt_end, False), (prompt_end, turn_end, True)):
             piece = tokenizer(full[start:end], add_special_tokens=False)["input_ids"]
@@ -80,7 +78,9 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _tokenize_chunk(job: tuple[Path, list[list[Message]], int, str]) -> TokenizeStats:
+def _tokenize_chunk(job: tuple[Path, list[list[Message]], int, str]) -> None:
+    """Write one chunk file; its truncated/dropped counts go in the file (an interrupted run's chunks
+    are counted the same way as this run's)."""
     out, conversations, max_length, overlong = job
     stats = TokenizeStats()
     all_ids, all_masks, offsets = [], [], [0]
@@ -104,7 +104,6 @@ def _tokenize_chunk(job: tuple[Path, list[list[Message]], int, str]) -> Tokenize
         stats=np.asarray([stats.truncated, stats.dropped_overlong], dtype=np.int64),
     )
     os.replace(tmp, out)
-    return stats
 
 
 def _fingerprint(source: str, split: str, tokenizer_dir: Path, data: DataConfig) -> str:

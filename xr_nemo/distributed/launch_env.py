@@ -11,6 +11,24 @@ from dataclasses import dataclass
 from xr_nemo.errors import LaunchError
 
 DEFAULT_MASTER_PORT = 29500
+# What torchrun and Slurm set: a child command started without them runs as a job of its own.
+LAUNCHER_VARIABLES = frozenset(
+    {
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "GROUP_RANK",
+        "ROLE_RANK",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+        "SLURM_NODEID",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +83,7 @@ def _slurm_master_port(env: Mapping[str, str]) -> int:
     return 20000 + int(job_id) % 20000 if job_id.isdigit() else DEFAULT_MASTER_PORT
 
 
-def _free_local_port() -> int:
+def free_local_port() -> int:
     """A lone process needs no agreed port; a free one lets several run side by side."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,7 +135,7 @@ def read_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             1,
             0,
             env.get("MASTER_ADDR", "127.0.0.1"),
-            int(env["MASTER_PORT"]) if "MASTER_PORT" in env else _free_local_port(),
+            int(env["MASTER_PORT"]) if "MASTER_PORT" in env else free_local_port(),
             "single",
         )
     if not 0 <= launch.rank < launch.world_size:

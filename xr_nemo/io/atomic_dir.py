@@ -1,4 +1,4 @@
-"""Write a directory completely or not at all.
+"""Write a directory, or a small text file, completely or not at all.
 
 Everything goes into a hidden temporary sibling that is renamed into place only once the body has
 succeeded, so an interrupted write never leaves a half-written output and never touches an existing one.
@@ -18,6 +18,13 @@ from xr_nemo.errors import XrNemoError
 
 def is_nonempty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Readers see the old text or the new one, never a mix (rename is atomic on one file system)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from xr_nemo.data.batches import BatchPlan
 from xr_nemo.data.packing import collate
 from xr_nemo.data.tokenize import TokenizedDataset, tokenize_dataset
 from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.distributed.launch_env import LAUNCHER_VARIABLES
 from xr_nemo.errors import ConfigError, XrNemoError
 from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
@@ -30,22 +31,6 @@ from xr_nemo.training.loop import TrainingJob, resume_point, train
 from xr_nemo.training.optimizer import build_optimizer
 
 BASE_CHECKPOINT = "base_checkpoint"
-# What torchrun and Slurm set: a child command must not think it is one rank of this job.
-LAUNCHER_VARIABLES = {
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "TORCHELASTIC_RUN_ID",
-    "SLURM_PROCID",
-    "SLURM_NTASKS",
-    "SLURM_LOCALID",
-    "SLURM_NODEID",
-}
 
 
 def _say(message: str) -> None:
@@ -221,7 +206,8 @@ def run_sft(config: SFTConfig) -> Path:
         model = Qwen25VLModel(
             hf_config, config.model, params_dtype=dtype, train_vision=config.model.train_vision
         )
-        if resume_point(config) is None:
+        resume_from = resume_point(config)
+        if resume_from is None:
             load_model_weights(model, _initial_checkpoint(config))
         wrapped = DistributedDataParallel(
             model.config,
@@ -242,6 +228,7 @@ def run_sft(config: SFTConfig) -> Path:
             validation_microbatches=validation_source,
             steps_per_epoch=plan.steps_per_epoch,
             hf_dir=Path(config.model.hf_dir),
+            resume_from=resume_from,
         )
         last_step = train(config, job)
         final = checkpoints_dir(run_dir) / f"step_{last_step}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -14,11 +13,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from xr_nemo.distributed.launch_env import free_local_port
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, results: Any) -> None:
@@ -49,7 +44,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
     """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = free_port()
+    port = free_local_port()
     procs = [
         ctx.Process(target=_worker, args=(rank, world_size, port, fn, args, results), daemon=False)
         for rank in range(world_size)

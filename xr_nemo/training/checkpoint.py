@@ -23,6 +23,7 @@ from megatron.core.optimizer import MegatronOptimizer
 from xr_nemo.conversion.convert import HF_FILES_DIR
 from xr_nemo.conversion.hf_checkpoint import copy_side_files
 from xr_nemo.errors import XrNemoError
+from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.training.optimizer import load_optimizer_state, optimizer_state_to_load, optimizer_state_to_save
 
 CHECKPOINTS = "checkpoints"
@@ -74,12 +75,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return target
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -111,7 +106,7 @@ def save_checkpoint(
             shutil.rmtree(old)
         else:
             os.replace(staging, final)
-        _write_atomically(root / LATEST, final.name + "\n")
+        write_text_atomically(root / LATEST, final.name + "\n")
         _prune(root, keep_last)
     _barrier()
     return final

@@ -37,6 +37,7 @@ class TrainingJob:
     validation_microbatches: Callable[[], list[list[Batch]]] | None
     steps_per_epoch: int
     hf_dir: Path
+    resume_from: Path | None  # a checkpoint to continue from (see `resume_point`)
 
 
 def resume_point(config: SFTConfig) -> Path | None:
@@ -111,9 +112,8 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
     model_config.finalize_model_grads_func = finalize_model_grads
 
     step, consumed = 0, 0
-    resume = resume_point(config)
-    if resume is not None:
-        state = load_checkpoint(resume, job.model, job.optimizer)
+    if job.resume_from is not None:
+        state = load_checkpoint(job.resume_from, job.model, job.optimizer)
         step, consumed = state["step"], state["consumed_samples"]
     is_writer = dist.get_rank() == 0
     metrics = MetricsWriter(config.run.dir, resumed_step=step) if is_writer else None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+from xr_nemo.io.atomic_dir import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -22,9 +23,7 @@ class MetricsWriter:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resumed_step
             ]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_text_atomically(self.path, "".join(f"{line}\n" for line in kept))
         self._file = self.path.open("a")
         self._board = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resumed_step + 1)
 
