@@ -22,6 +22,7 @@ ALIASES = {
     "parallel.pp": "model.pipeline_parallel",
     "parallel.cp": "model.context_parallel",
     "parallel.sp": "model.sequence_parallel",
+    "init.checkpoint": "model.checkpoint",  # GRPO starts from an SFT run: `init.checkpoint=<run dir>`
 }
 
 

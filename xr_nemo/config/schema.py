@@ -1,5 +1,6 @@
-"""The typed configuration of a training run. Recipes return an `SFTConfig`; `key=value` overrides land
-on it (see `overrides.py`); the resolved config is saved as `config.yaml` in the run directory."""
+"""The typed configuration of a training run. Recipes return an `SFTConfig` or a `GRPOConfig`;
+`key=value` overrides land on it (see `overrides.py`); the resolved config is saved as `config.yaml` in
+the run directory."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ class ModelConfig(ParallelConfig):
     """The model and how it is split. `hf_dir` holds config.json, tokenizer and chat template (and the
     weights, when `checkpoint` is not given: they are imported into the run directory once)."""
 
-    hf_dir: str = "???"
-    checkpoint: str | None = None
+    hf_dir: str | None = "???"  # None: the `hf/` side files of `checkpoint`
+    checkpoint: str | None = None  # a checkpoint, or a run directory (its latest checkpoint)
     synthetic: str | None = None  # "tiny": build a tiny random Qwen2.5-VL at hf_dir if it is absent
     train_vision: bool = False
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
@@ -97,5 +98,76 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass
+class PromptDataConfig:
+    train: str = "???"  # hub name, or local .jsonl/.json/.parquet (Orz-Math pairs or {prompt, answer})
+    split: str = "train"
+    schema: str = "auto"  # auto | orz | prompt_answer
+    system_prompt: str | None = None  # default: the reasoning prompt (think, then <answer>)
+    max_prompt_length: int = 1024  # tokens; longer prompts are dropped and counted
+    on_error: str = "raise"  # raise | skip
+    max_samples: int | None = None
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vllm (colocated, refit in memory) | reference (our model; tests, TP on CPU)
+    n: int = 8  # completions per prompt (the group)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 4096
+    thinking_budget: int | None = None  # forced exiting: append </think> after this many tokens
+    gpu_memory_utilization: float = 0.5  # vLLM's share of device memory (of CPU memory on CPU)
+
+
+@dataclass
+class GRPOAlgorithmConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # > clip_low: "clip-higher"
+    kl_coef: float = 0.01  # k3 estimator against the initial policy; 0 skips the reference model
+    loss_aggregation: str = "token"  # token | sequence
+    normalize_std: bool = True  # divide advantages by the group's reward std
+    updates_per_rollout: int = 1  # optimizer steps (mini-batches) per rollout batch
+    importance_cap: float | None = 2.0  # truncated importance sampling vs the engine's logprobs; None: off
+    dynamic_sampling: bool = False  # drop groups with equal rewards and sample more prompts
+    max_sampling_rounds: int = 3
+    overlong: str = "keep"  # keep | mask (responses cut by max_new_tokens carry no loss)
+    overlong_penalty: float = 0.0  # subtracted from the reward of a cut response
+
+
+@dataclass
+class RewardConfig:
+    correctness: str = "auto"  # auto (choice when the item has options, else math) | math | choice
+    format_weight: float = 0.0
+    workers: int = 2
+    timeout_s: float = 10.0  # per answer; a worker that overruns is killed and the answer scores 0
+
+
+@dataclass
+class GRPOTrainerConfig:
+    seed: int = 1234
+    epochs: int = 1  # passes over the prompts
+    max_steps: int | None = None
+    prompts_per_step: int = 128  # rollout batch, over all data-parallel ranks
+    micro_batch_size: int = 4  # sequences per forward pass
+    resume: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class GRPOConfig:
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/grpo"))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hf_dir=None))
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOAlgorithmConfig = field(default_factory=GRPOAlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

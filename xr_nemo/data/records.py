@@ -13,6 +13,9 @@ from xr_nemo.errors import XrNemoError
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+TURN_PAIR = "turn_pair"  # the field a .json list item (not an object) is read into
+
+
 class DataError(XrNemoError):
     """A data file or record is malformed."""
 
@@ -90,7 +93,12 @@ def _json(path: Path) -> Iterator[Record | DataError]:
         return
     for index, fields in enumerate(rows):
         where = f"{path} item {index}"
-        yield Record(where, fields) if isinstance(fields, dict) else DataError("not an object", where=where)
+        if isinstance(fields, list):  # Orz-Math's [question turn, answer turn] pairs
+            yield Record(where, {TURN_PAIR: fields})
+        elif isinstance(fields, dict):
+            yield Record(where, fields)
+        else:
+            yield DataError("not an object", where=where)
 
 
 def _parquet(path: Path) -> Iterator[Record]:

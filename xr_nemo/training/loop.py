@@ -57,29 +57,42 @@ def resume_point(config: SFTConfig) -> Path | None:
     return Path(resume)
 
 
-def _sum_over_data_and_pipeline(values: torch.Tensor) -> torch.Tensor:
+def sum_over_data_and_pipeline(values: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
     dist.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
     return values
 
 
-def _run_schedule(job: TrainingJob, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
-    """[loss sum, loss tokens] over the global batch, on every rank."""
+def run_schedule(
+    forward_step: Callable, model: torch.nn.Module, microbatches: list[Batch], forward_only: bool
+) -> list[dict[str, torch.Tensor]]:
+    """Micro-batches through megatron-core's schedule (pipelined when PP > 1); the loss functions'
+    reports on the last pipeline stage, one per micro-batch, and nothing elsewhere."""
     first = microbatches[0]["tokens"]
-    outputs = get_forward_backward_func()(
-        forward_step_func=job.forward_step,
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
         data_iterator=iter(microbatches),
-        model=[job.wrapped],
+        model=[model],
         num_microbatches=len(microbatches),
         seq_length=first.shape[1],
         micro_batch_size=first.shape[0],
         forward_only=forward_only,
     )
-    totals = torch.zeros(2, dtype=torch.float64)
+
+
+def summed_report(outputs: list[dict[str, torch.Tensor]], key: str, width: int) -> torch.Tensor:
+    """`key` of every micro-batch's report summed over micro-batches, data- and pipeline-parallel ranks."""
+    totals = torch.zeros(width, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage():
         for output in outputs:
-            totals += output["loss"].double().cpu()
-    return _sum_over_data_and_pipeline(totals)
+            totals += output[key].double().cpu()
+    return sum_over_data_and_pipeline(totals)
+
+
+def _run_schedule(job: TrainingJob, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
+    """[loss sum, loss tokens] over the global batch, on every rank."""
+    outputs = run_schedule(job.forward_step, job.wrapped, microbatches, forward_only)
+    return summed_report(outputs, "loss", 2)
 
 
 def _validation_loss(job: TrainingJob) -> float:

@@ -1,0 +1,123 @@
+"""One interface for rollout engines, and forced exiting on top of any of them.
+
+An engine samples one completion per (prompt, seed) pair — `n` completions of a prompt are `n` seeds —
+so a completion depends only on its prompt, its seed and the weights: never on batching, engine
+internals or which rank produced it. That makes rollouts reproducible on resume.
+
+Forced exiting (X-Reasoner's fix for endless thinking after long-CoT SFT): when a completion reaches the
+thinking budget without closing `</think>`, `</think>` is appended and the model continues with the
+answer budget. Appended tokens are marked as not sampled, so they carry no policy-gradient loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    thinking_budget: int | None = None  # forced exiting after this many tokens; None: never
+    end_thinking_ids: tuple[int, ...] = ()  # the tokens of "</think>" (forced exiting appends them)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]  # per token, under the engine's sampling distribution
+    sampled: list[bool] = field(default_factory=list)  # False for tokens the engine was made to append
+    finished: bool = False  # ended by a stop token (not by the token budget)
+    forced_exit: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.sampled:
+            self.sampled = [True] * len(self.token_ids)
+
+
+class Engine(Protocol):
+    def sample(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> list[Completion]:
+        """One completion per (prompt, seed), up to `sampling.max_new_tokens`, ended by a stop token."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
+
+    def sleep(self) -> None:
+        """Release memory (KV cache) while training runs."""
+
+    def wake(self) -> None: ...
+
+
+def generate(
+    engine: Engine, prompts: Sequence[list[int]], n: int, seed: int, sampling: Sampling
+) -> list[list[Completion]]:
+    """`n` completions per prompt; completion j of prompt i uses seed `seed + i·n + j`."""
+    flat_prompts = [prompt for prompt in prompts for _ in range(n)]
+    seeds = [seed + k for k in range(len(flat_prompts))]
+    flat = _sample_with_forced_exit(engine, flat_prompts, seeds, sampling)
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def _sample_with_forced_exit(
+    engine: Engine, prompts: list[list[int]], seeds: list[int], sampling: Sampling
+) -> list[Completion]:
+    budget = sampling.thinking_budget
+    if budget is None or budget >= sampling.max_new_tokens:
+        return engine.sample(prompts, seeds, sampling)
+    if not sampling.end_thinking_ids:
+        raise ValueError("forced exiting needs the token ids of </think> (Sampling.end_thinking_ids)")
+    thinking = engine.sample(prompts, seeds, _with_budget(sampling, budget))
+    open_ones = [i for i, c in enumerate(thinking) if not c.finished]
+    answer_budget = sampling.max_new_tokens - budget
+    continued_prompts = []
+    for i in open_ones:
+        completion = thinking[i]
+        if not _contains(completion.token_ids, sampling.end_thinking_ids):
+            forced = list(sampling.end_thinking_ids)[:answer_budget]
+            completion.token_ids += forced
+            completion.logprobs += [0.0] * len(forced)
+            completion.sampled += [False] * len(forced)
+            completion.forced_exit = True
+        continued_prompts.append(prompts[i] + completion.token_ids)
+    remaining = [
+        answer_budget - (len(thinking[i].token_ids) - budget) for i in open_ones
+    ]  # the forced tokens count against the answer budget
+    todo = [k for k, left in enumerate(remaining) if left > 0]
+    if todo:
+        # `sample` takes one budget for all; continue each with the smallest common budget per group
+        for left in sorted({remaining[k] for k in todo}):
+            group = [k for k in todo if remaining[k] == left]
+            answers = engine.sample(
+                [continued_prompts[k] for k in group],
+                [seeds[open_ones[k]] + 1_000_003 for k in group],
+                _with_budget(sampling, left),
+            )
+            for k, answer in zip(group, answers, strict=True):
+                completion = thinking[open_ones[k]]
+                completion.token_ids += answer.token_ids
+                completion.logprobs += answer.logprobs
+                completion.sampled += answer.sampled
+                completion.finished = answer.finished
+    return thinking
+
+
+def _with_budget(sampling: Sampling, tokens: int) -> Sampling:
+    return Sampling(
+        max_new_tokens=tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        stop_token_ids=sampling.stop_token_ids,
+    )
+
+
+def _contains(tokens: list[int], pattern: tuple[int, ...]) -> bool:
+    width = len(pattern)
+    return any(tuple(tokens[i : i + width]) == pattern for i in range(len(tokens) - width + 1))

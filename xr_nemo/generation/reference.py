@@ -1,0 +1,91 @@
+"""The reference engine: plain forward passes of our Megatron model with per-completion seeded sampling.
+
+No KV cache — every new token re-reads the whole sequence — so it is for tiny models and tests, where it
+is the independent check on the vLLM engine and runs at any tensor-parallel size (the full-vocabulary
+logits are gathered, so every tensor-parallel rank draws the same tokens). Pipeline parallelism is not
+supported. Collective over the tensor-parallel group: its ranks must call it with the same arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+
+from xr_nemo.errors import ConfigError
+from xr_nemo.generation.engine import Completion, Sampling
+from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
+
+
+class ReferenceEngine:
+    def __init__(self, model: torch.nn.Module, pad_id: int) -> None:
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            raise ConfigError(
+                "the reference engine cannot run with pipeline parallelism",
+                where="rollout.engine=reference",
+                fix="use model.pipeline_parallel=1, or rollout.engine=vllm",
+            )
+        self.model = model
+        self.pad_id = pad_id
+
+    @torch.no_grad()
+    def _next_token_logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        lengths = torch.tensor([len(s) for s in sequences])
+        width = int(lengths.max())
+        tokens = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            tokens[row, : len(sequence)] = torch.tensor(sequence)
+        valid = torch.arange(width)[None, :] < lengths[:, None]
+        positions = torch.arange(width).expand(3, len(sequences), width)
+        logits = self.model(tokens, positions, causal_padding_mask(valid.long()))
+        last = logits[torch.arange(len(sequences)), lengths - 1]
+        return tensor_parallel.gather_from_tensor_model_parallel_region(last).float()
+
+    def sample(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> list[Completion]:
+        was_training = self.model.training
+        self.model.eval()
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        completions = [Completion([], []) for _ in prompts]
+        active = list(range(len(prompts)))
+        for _ in range(sampling.max_new_tokens):
+            if not active:
+                break
+            logits = self._next_token_logits([prompts[i] + completions[i].token_ids for i in active])
+            logprobs = torch.log_softmax(logits / max(sampling.temperature, 1e-6), dim=-1)
+            still_active = []
+            for row, i in enumerate(active):
+                token = _draw(logprobs[row], sampling, generators[i])
+                completion = completions[i]
+                completion.token_ids.append(token)
+                completion.logprobs.append(float(logprobs[row, token]))
+                completion.sampled.append(True)
+                if token in sampling.stop_token_ids:
+                    completion.finished = True
+                else:
+                    still_active.append(i)
+            active = still_active
+        self.model.train(was_training)
+        return completions
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """The engine runs the training model itself: there is nothing to load."""
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _draw(logprobs: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    if sampling.temperature == 0:
+        return int(logprobs.argmax())
+    probs = logprobs.exp()
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,88 @@
+"""The vLLM rollout engine: in-process, colocated with training, refit in memory.
+
+One engine per rank (`tensor_parallel_size=1`), created in the training process itself
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so no weights cross a process boundary: refit hands vLLM the
+gathered Hugging Face tensors through `reload_weights`. Between rollouts the engine sleeps, releasing
+its KV cache and weights on GPU (sleep mode is a no-op on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from xr_nemo.generation import vllm_cpu
+from xr_nemo.generation.engine import Completion, Sampling
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        hf_dir: str | Path,
+        max_model_len: int,
+        dtype: torch.dtype,
+        gpu_memory_utilization: float,
+        seed: int,
+    ) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        vllm_cpu.apply()
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        self.llm = LLM(
+            model=str(hf_dir),
+            dtype=str(dtype).removeprefix("torch."),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=not on_gpu,
+            enable_sleep_mode=on_gpu,
+            seed=seed,
+            logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
+            **vllm_cpu.text_only_engine_kwargs(),
+        )
+        self._asleep = False
+
+    def sample(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> list[Completion]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                stop_token_ids=list(sampling.stop_token_ids),
+                seed=seed,
+                logprobs=0,
+                detokenize=False,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
+        )
+        completions = []
+        for output in outputs:
+            result = output.outputs[0]
+            tokens = list(result.token_ids)
+            logprobs = [entry[token].logprob for entry, token in zip(result.logprobs, tokens, strict=True)]
+            completions.append(Completion(tokens, logprobs, finished=result.finish_reason == "stop"))
+        return completions
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        if torch.cuda.is_available() and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False

@@ -1,0 +1,1 @@
+"""Stage 2: GRPO with verifiable rewards — rollouts, advantages, the clipped policy loss, refit."""

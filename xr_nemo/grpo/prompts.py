@@ -1,0 +1,160 @@
+"""RL prompts with verifiable answers: Orz-Math-57k pairs and generic `{prompt, answer}` records
+(optionally multiple choice, with `options`), rendered through the chat template once, up front.
+
+Bad records stop the run with file:line (or are skipped and counted with `data.on_error=skip`), as in SFT.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
+
+REASONING_SYSTEM_PROMPT = (
+    "You are a helpful assistant. First think about the problem step by step inside <think> </think> "
+    "tags, then give the final answer inside <answer> </answer> tags."
+)
+SCHEMAS = ("orz", "prompt_answer")
+_QUESTION_KEYS = ("prompt", "question", "problem")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    where: str
+    question: str
+    answer: str
+    options: dict[str, str] | None = None  # letter → text for multiple choice; `answer` is the letter
+
+
+@dataclass
+class PromptSet:
+    items: list[PromptItem]
+    token_ids: list[list[int]]
+    skipped: list[str] = field(default_factory=list)  # "where: why" of each skipped record
+    too_long: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def detect_schema(fields: dict[str, Any]) -> str | None:
+    if TURN_PAIR in fields:
+        return "orz"
+    if any(key in fields for key in _QUESTION_KEYS) and "answer" in fields:
+        return "prompt_answer"
+    return None
+
+
+def _string(value: Any, what: str, where: str) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{what} must be a non-empty string", where=where, fix="drop or fix the record")
+    return value.strip()
+
+
+def _orz(record: Record) -> PromptItem:
+    pair = record.fields[TURN_PAIR]
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, dict) for t in pair)):
+        raise DataError("an Orz item must be [question turn, answer turn]", where=record.where)
+    question, answer = pair
+    truth = answer.get("ground_truth")
+    if not isinstance(truth, dict):
+        raise DataError("the answer turn has no 'ground_truth' object", where=record.where)
+    return PromptItem(
+        record.where,
+        _string(question.get("value"), "the question turn's 'value'", record.where),
+        _string(truth.get("value"), "'ground_truth.value'", record.where),
+    )
+
+
+def _options(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = dict(zip(string.ascii_uppercase, value, strict=False))
+    if not isinstance(value, dict) or not value:
+        raise DataError("'options' must be a non-empty list or {letter: text} object", where=where)
+    return {str(k).strip().upper(): _string(v, f"option {k}", where) for k, v in value.items()}
+
+
+def _prompt_answer(record: Record) -> PromptItem:
+    key = next(k for k in _QUESTION_KEYS if k in record.fields)
+    options = _options(record.fields.get("options"), record.where)
+    answer = _string(record.fields["answer"], "'answer'", record.where)
+    if options is not None and answer.upper() not in options:
+        matches = [letter for letter, text in options.items() if text == answer]
+        if len(matches) != 1:
+            raise DataError(
+                f"answer {answer!r} is neither an option letter nor one option's text", where=record.where
+            )
+        answer = matches[0]
+    return PromptItem(
+        record.where,
+        _string(record.fields[key], f"'{key}'", record.where),
+        answer.upper() if options else answer,
+        options,
+    )
+
+
+def to_item(record: Record, schema: str) -> PromptItem:
+    found = detect_schema(record.fields) if schema == "auto" else schema
+    if found not in SCHEMAS:
+        raise DataError(
+            f"cannot tell the record's schema (fields: {sorted(record.fields)[:8]})",
+            where=record.where,
+            fix="use Orz-Math pairs or {prompt|question|problem, answer[, options]}, or set data.schema",
+        )
+    return _orz(record) if found == "orz" else _prompt_answer(record)
+
+
+def user_text(item: PromptItem) -> str:
+    if not item.options:
+        return item.question
+    lines = [f"{letter}. {text}" for letter, text in item.options.items()]
+    return item.question + "\n\nOptions:\n" + "\n".join(lines)
+
+
+def load_prompts(
+    source: str,
+    split: str,
+    tokenizer,
+    *,
+    schema: str = "auto",
+    system_prompt: str | None = REASONING_SYSTEM_PROMPT,
+    max_prompt_length: int = 1024,
+    on_error: str = "raise",
+    max_samples: int | None = None,
+) -> PromptSet:
+    """Read, validate and tokenise every prompt; too-long prompts are dropped and counted."""
+    prompts = PromptSet([], [])
+    for record in read_records(source, split):
+        if max_samples is not None and len(prompts) >= max_samples:
+            break
+        try:
+            if isinstance(record, DataError):
+                raise record
+            item = to_item(record, schema)
+        except DataError as error:
+            if on_error != "skip":
+                raise
+            prompts.skipped.append(f"{error.where}: {error.what}")
+            continue
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": user_text(item)})
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        if len(ids) > max_prompt_length:
+            prompts.too_long += 1
+            continue
+        prompts.items.append(item)
+        prompts.token_ids.append(ids)
+    if not prompts.items:
+        raise DataError(
+            "no usable prompts",
+            where=source,
+            fix=f"check the data (skipped {len(prompts.skipped)}, too long {prompts.too_long})",
+        )
+    return prompts

@@ -1,0 +1,56 @@
+"""Find the final answer in a completion: `<answer>…</answer>`, `\\boxed{…}`, or "the answer is …".
+
+The last occurrence wins (models restate and correct themselves). Inputs are capped before any search,
+so a megabyte completion costs no more than a short one.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_SEARCH_CHARS = 20_000  # the tail of a completion that is searched for an answer
+MAX_ANSWER_CHARS = 1_000  # longer "answers" are not answers
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_IS = re.compile(r"answer(?:\s+is|:)[:\s]*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
+_BOXED = ("\\boxed{", "\\fbox{")
+
+
+def _last_boxed(text: str) -> str | None:
+    start = max(text.rfind(marker) for marker in _BOXED)
+    if start < 0:
+        return None
+    opening = text.index("{", start)
+    depth = 0
+    for position in range(opening, len(text)):
+        if text[position] == "{":
+            depth += 1
+        elif text[position] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[opening + 1 : position]
+    return None  # unclosed
+
+
+def final_answer(completion: str) -> str | None:
+    """The completion's final answer as written, or None when it gives none."""
+    text = completion[-MAX_SEARCH_CHARS:]
+    tagged = _ANSWER_TAG.findall(text)
+    if tagged:
+        inner = tagged[-1]
+        answer = _last_boxed(inner) or inner
+    else:
+        answer = _last_boxed(text)
+        if answer is None:
+            stated = _ANSWER_IS.findall(text)
+            answer = stated[-1] if stated else None
+    if answer is None:
+        return None
+    answer = answer.strip().strip("$").strip()
+    return answer if answer and len(answer) <= MAX_ANSWER_CHARS else None
+
+
+def after_thinking(completion: str) -> str:
+    """The part after the last `</think>` (the whole completion when there is none)."""
+    _, closed, rest = completion.rpartition("</think>")
+    return rest if closed else completion
