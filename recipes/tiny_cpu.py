@@ -1,13 +1,15 @@
-"""A tiny random Qwen2.5-VL on the bundled sample data: the whole SFT stage in a few minutes on a CPU."""
+"""A tiny random Qwen2.5-VL on the bundled sample data: each stage in a few minutes on a CPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import xr_nemo.data
-from xr_nemo.config.schema import SFTConfig
+from xr_nemo.config.schema import GRPOConfig, SFTConfig
 
-SAMPLE_DATA = Path(xr_nemo.data.__file__).parent / "samples" / "openthoughts_tiny.jsonl"
+SAMPLES = Path(xr_nemo.data.__file__).parent / "samples"
+SAMPLE_DATA = SAMPLES / "openthoughts_tiny.jsonl"
+SAMPLE_PROMPTS = SAMPLES / "arithmetic_prompts_tiny.jsonl"
 
 
 def sft() -> SFTConfig:
@@ -26,4 +28,23 @@ def sft() -> SFTConfig:
     config.trainer.global_batch_size = 2
     config.checkpoint.every_steps = 10
     config.checkpoint.keep_last = 2
+    return config
+
+
+def grpo() -> GRPOConfig:
+    """Continues the tiny SFT run (`xr-nemo sft` first, or point `init.checkpoint` elsewhere)."""
+    config = GRPOConfig()
+    config.run.dir = "runs/tiny_grpo"
+    config.model.checkpoint = "runs/tiny_sft"
+    config.data.train = str(SAMPLE_PROMPTS)
+    config.data.max_prompt_length = 256
+    config.rollout.engine = "vllm"
+    config.rollout.n = 4
+    config.rollout.max_new_tokens = 64
+    config.rollout.gpu_memory_utilization = 0.05
+    config.reward.workers = 1
+    config.optim.lr = 1e-4
+    config.trainer.prompts_per_step = 8
+    config.trainer.micro_batch_size = 8
+    config.checkpoint.every_steps = 4
     return config

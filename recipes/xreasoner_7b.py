@@ -1,4 +1,5 @@
-"""X-Reasoner-7B (Liu et al., 2025), stage 1: Qwen2.5-VL-7B-Instruct fine-tuned on OpenThoughts-114k.
+"""X-Reasoner-7B (Liu et al., 2025). Stage 1 (`sft`): Qwen2.5-VL-7B-Instruct fine-tuned on OpenThoughts-114k.
+Stage 2 (`grpo`): see its docstring.
 
 Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr × 0.8 after every epoch;
 4 sequences of at most 4,096 tokens per device; vision tower frozen (the data are text only).
@@ -11,7 +12,7 @@ longer context set `data.max_length=16384 trainer.seq_length=16384`.
 
 from __future__ import annotations
 
-from xr_nemo.config.schema import SFTConfig
+from xr_nemo.config.schema import GRPOConfig, SFTConfig
 
 
 def sft() -> SFTConfig:
@@ -37,6 +38,52 @@ def sft() -> SFTConfig:
     config.trainer.micro_batch_size = 1
     config.trainer.global_batch_size = 32
     config.checkpoint.every_steps = 200
+    config.checkpoint.keep_last = 3
+    config.export.hf = True
+    config.export.dtype = "bfloat16"
+    return config
+
+
+def grpo() -> GRPOConfig:
+    """Stage 2: GRPO on Orz-Math-57k from the stage-1 run.
+
+    Paper values: 3 epochs; lr 3e-6, weight decay 0.01, 10 % warm-up, grad-norm clip 1.0; 128 prompts
+    per step; 8 rollouts per prompt; max response 4,096 tokens; temperature 1.0; KL coefficient 0.01;
+    clip ratio 0.2 with a higher upper clip ("clip-higher"); token-level loss normalisation.
+
+    Our defaults elsewhere: the upper clip is 0.28 (the paper does not publish it; 0.28 is DAPO's);
+    constant lr after warm-up; one optimizer step per rollout batch; truncated importance sampling
+    (cap 2) against vLLM's log-probabilities. `data.train` expects Orz's `orz_math_57k_collected.json`
+    (a list of [question, answer] turn pairs) downloaded next to the run.
+    """
+    config = GRPOConfig()
+    config.run.dir = "runs/xreasoner_7b_grpo"
+    config.model.checkpoint = "runs/xreasoner_7b_sft"
+    config.model.tensor_parallel = 4
+    config.model.sequence_parallel = True
+    config.data.train = "orz_math_57k_collected.json"
+    config.data.schema = "orz"
+    config.data.max_prompt_length = 1024
+    config.rollout.engine = "vllm"
+    config.rollout.n = 8
+    config.rollout.temperature = 1.0
+    config.rollout.max_new_tokens = 4096
+    config.rollout.gpu_memory_utilization = 0.5
+    config.grpo.clip_low = 0.2
+    config.grpo.clip_high = 0.28
+    config.grpo.kl_coef = 0.01
+    config.grpo.loss_aggregation = "token"
+    config.reward.correctness = "math"
+    config.reward.workers = 8
+    config.optim.lr = 3e-6
+    config.optim.weight_decay = 0.01
+    config.optim.clip_grad = 1.0
+    config.scheduler.name = "constant"
+    config.scheduler.warmup_fraction = 0.1
+    config.trainer.epochs = 3
+    config.trainer.prompts_per_step = 128
+    config.trainer.micro_batch_size = 4
+    config.checkpoint.every_steps = 50
     config.checkpoint.keep_last = 3
     config.export.hf = True
     config.export.dtype = "bfloat16"

@@ -44,6 +44,13 @@ def _sft(args: argparse.Namespace) -> None:
     run_sft(apply_overrides(load_recipe(args.recipe, "sft"), args.overrides))
 
 
+def _grpo(args: argparse.Namespace) -> None:
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.grpo.run import run_grpo
+
+    run_grpo(apply_overrides(load_recipe(args.recipe, "grpo"), args.overrides))
+
+
 def _tiny_model(args: argparse.Namespace) -> None:
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
@@ -146,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="config overrides, e.g. trainer.max_steps=200 parallel.tp=4"
     )
     sft.set_defaults(handler=_sft)
+
+    grpo = commands.add_parser(
+        "grpo",
+        help="GRPO with verifiable rewards (stage 2), e.g. `xr-nemo grpo init.checkpoint=runs/sft`",
+    )
+    grpo.add_argument("--recipe", default="tiny_cpu", help="recipe module in recipes/ (default: tiny_cpu)")
+    grpo.add_argument("overrides", nargs="*", help="config overrides, e.g. rollout.n=8 trainer.max_steps=50")
+    grpo.set_defaults(handler=_grpo)
 
     _add_convert(commands)
     return parser

@@ -237,6 +237,9 @@ class _RegionLoadPlanner(DefaultLoadPlanner):
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
-    """Load a model's weights from a torch_dist checkpoint at the model's own parallel layout."""
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(checkpoint_dir))
-    model.load_state_dict(state)
+    """Load a model's weights from a torch_dist checkpoint (imported or written by training) at the
+    model's own parallel layout."""
+    wanted = model.sharded_state_dict()
+    state = dist_checkpointing.load(wanted, str(checkpoint_dir))
+    # a training checkpoint also holds common state (optimizer, train_state): take the model's keys
+    model.load_state_dict({key: value for key, value in state.items() if key in wanted})

@@ -55,6 +55,9 @@ class Engine(Protocol):
 
     def wake(self) -> None: ...
 
+    def close(self) -> None:
+        """Release the engine; the last call on it."""
+
 
 def generate(
     engine: Engine, prompts: Sequence[list[int]], n: int, seed: int, sampling: Sampling

@@ -79,6 +79,9 @@ class ReferenceEngine:
     def wake(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def _draw(logprobs: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     if sampling.temperature == 0:

@@ -2,7 +2,8 @@
 
 One engine per rank (`tensor_parallel_size=1`), created in the training process itself
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so no weights cross a process boundary: refit hands vLLM the
-gathered Hugging Face tensors through `reload_weights`. Between rollouts the engine sleeps, releasing
+gathered Hugging Face tensors through `reload_weights`. The engine starts with dummy weights (only
+config and tokenizer are read from disk): call `load_weights` before sampling. Between rollouts the engine sleeps, releasing
 its KV cache and weights on GPU (sleep mode is a no-op on CPU).
 """
 
@@ -28,6 +29,7 @@ class VLLMEngine:
         seed: int,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm_cpu.apply()
         from vllm import LLM
 
@@ -40,6 +42,7 @@ class VLLMEngine:
             enforce_eager=not on_gpu,
             enable_sleep_mode=on_gpu,
             seed=seed,
+            load_format="dummy",  # weights arrive by `load_weights` before the first rollout
             logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
             **vllm_cpu.text_only_engine_kwargs(),
         )
@@ -86,3 +89,8 @@ class VLLMEngine:
         if self._asleep:
             self.llm.wake_up()
             self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down. vLLM's teardown also destroys the default process group, so call this
+        last, after the final collective; `xr_nemo.distributed.shutdown` copes with that."""
+        self.llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,66 @@
+"""Scored completions → training micro-batches: one sequence per row (prompt + completion), the loss
+on the sampled completion tokens, and per-token advantages and rollout log-probabilities laid out at
+the label positions (position t predicts token t + 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xr_nemo.data.packing import collate
+from xr_nemo.generation.engine import Completion
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Sample:
+    prompt: list[int]
+    completion: Completion
+    advantage: float
+    carries_loss: bool = True  # False: an over-long response masked out by `grpo.overlong=mask`
+
+
+def _row(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.array(sample.prompt + sample.completion.token_ids)
+    sampled = [float(s and sample.carries_loss) for s in sample.completion.sampled]
+    return ids, np.array([0.0] * len(sample.prompt) + sampled)
+
+
+def microbatch(samples: list[Sample], pad_id: int, multiple_of: int = 1) -> Batch:
+    batch = collate([[_row(s)] for s in samples], pad_id, multiple_of=multiple_of)
+    width = batch["tokens"].shape[1]
+    advantages = torch.zeros(len(samples), width)
+    rollout_logprobs = torch.zeros(len(samples), width)
+    for row, sample in enumerate(samples):
+        start, count = len(sample.prompt) - 1, len(sample.completion.token_ids)
+        advantages[row, start : start + count] = sample.advantage
+        rollout_logprobs[row, start : start + count] = torch.tensor(sample.completion.logprobs)
+    batch["advantages"] = advantages
+    batch["rollout_logprobs"] = rollout_logprobs
+    return batch
+
+
+def placeholder(pad_id: int) -> Sample:
+    """A sample without loss, for a rank that has nothing to train on in a mini-batch (every data-parallel
+    rank must take part in each optimizer step)."""
+    return Sample([pad_id, pad_id], Completion([], []), 0.0, carries_loss=False)
+
+
+def minibatches(
+    samples: list[Sample], updates: int, micro_batch_size: int, pad_id: int, multiple_of: int = 1
+) -> list[list[Batch]]:
+    """`updates` mini-batches (one optimizer step each) of micro-batches; empty ones get a placeholder."""
+    parts = np.array_split(np.arange(len(samples)), updates)
+    result = []
+    for part in parts:
+        chosen = [samples[i] for i in part] or [placeholder(pad_id)]
+        result.append(
+            [
+                microbatch(chosen[i : i + micro_batch_size], pad_id, multiple_of)
+                for i in range(0, len(chosen), micro_batch_size)
+            ]
+        )
+    return result

@@ -1,0 +1,345 @@
+"""`xr-nemo grpo`: from an SFT checkpoint to a policy trained with GRPO on verifiable rewards.
+
+Each step: refit the engine from the live model, sample `rollout.n` completions for a batch of prompts,
+score them, compute group advantages, the old (and reference) log-probabilities, and take
+`grpo.updates_per_rollout` optimizer steps. Checkpoints carry the prompt cursor; rollouts are a pure
+function of (weights, seed, cursor), so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer
+
+from xr_nemo.config.overrides import save_config
+from xr_nemo.config.schema import GRPOConfig
+from xr_nemo.conversion.dist_checkpoint import load_model_weights
+from xr_nemo.conversion.in_memory import hf_weights
+from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.errors import ConfigError
+from xr_nemo.generation.engine import Sampling
+from xr_nemo.grpo.algorithm import group_advantages
+from xr_nemo.grpo.batch import Sample, minibatches
+from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT, PromptSet, load_prompts
+from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
+from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
+from xr_nemo.rewards.pool import RewardPool, RewardSpec
+from xr_nemo.training.checkpoint import checkpoints_dir, load_checkpoint, save_checkpoint
+from xr_nemo.training.loop import resume_point, run_schedule, sum_over_data_and_pipeline, summed_report
+from xr_nemo.training.metrics import MetricsWriter
+from xr_nemo.training.optimizer import set_learning_rate
+from xr_nemo.training.schedule import learning_rate
+from xr_nemo.training.setup import (
+    build_model,
+    initial_checkpoint,
+    model_dir,
+    params_dtype,
+    prepare_model_dir,
+    run_xr_nemo,
+    wrap_for_training,
+)
+
+ENGINES = ("vllm", "reference")
+
+
+def _say(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"[grpo] {message}", flush=True)
+
+
+def _check(config: GRPOConfig) -> None:
+    if config.rollout.engine not in ENGINES:
+        raise ConfigError(
+            f"unknown engine {config.rollout.engine!r}", where="rollout.engine", fix=f"one of {ENGINES}"
+        )
+    if config.rollout.n < 2:
+        raise ConfigError(
+            "GRPO needs at least 2 completions per prompt", where="rollout.n", fix="set rollout.n ≥ 2"
+        )
+    if config.grpo.loss_aggregation not in ("token", "sequence"):
+        raise ConfigError("unknown loss aggregation", where="grpo.loss_aggregation", fix="token or sequence")
+    if config.grpo.overlong not in ("keep", "mask"):
+        raise ConfigError("unknown over-long policy", where="grpo.overlong", fix="keep or mask")
+    dp = parallel_state.get_data_parallel_world_size()
+    if config.trainer.prompts_per_step < dp:
+        raise ConfigError(
+            f"{config.trainer.prompts_per_step} prompts per step cannot be split over {dp} data-parallel"
+            " ranks",
+            where="trainer.prompts_per_step",
+            fix=f"use at least {dp}",
+        )
+
+
+def _stop_ids(tokenizer) -> tuple[int, ...]:
+    names = ("<|im_end|>", "<|endoftext|>")
+    ids = {tokenizer.convert_tokens_to_ids(name) for name in names} | {tokenizer.eos_token_id}
+    return tuple(sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id))
+
+
+def _engine(config: GRPOConfig, model, hf_dir: Path, pad_id: int, prompts: PromptSet):
+    if config.rollout.engine == "reference":
+        from xr_nemo.generation.reference import ReferenceEngine
+
+        return ReferenceEngine(model, pad_id)
+    from xr_nemo.generation.vllm_engine import VLLMEngine
+
+    longest = max(len(ids) for ids in prompts.token_ids)
+    return VLLMEngine(
+        hf_dir,
+        max_model_len=longest + config.rollout.max_new_tokens + 8,
+        dtype=params_dtype(config.model.dtype),
+        gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+        seed=config.trainer.seed + dist.get_rank(),
+    )
+
+
+def _samples(config: GRPOConfig, rollouts: StepRollouts, prompts: PromptSet) -> list[Sample]:
+    samples = []
+    for group in rollouts.kept:
+        rewards = torch.tensor(
+            [
+                s.reward - (0.0 if c.finished else config.grpo.overlong_penalty)
+                for s, c in zip(group.scores, group.completions, strict=True)
+            ]
+        )
+        advantages = group_advantages(rewards, len(rewards), config.grpo.normalize_std)
+        for completion, advantage in zip(group.completions, advantages.tolist(), strict=True):
+            carries = completion.finished or config.grpo.overlong == "keep"
+            samples.append(Sample(prompts.token_ids[group.prompt_index], completion, advantage, carries))
+    return samples
+
+
+def _attach_logprobs(step_fn, model, batches: list, key: str) -> None:
+    """Run a forward-only pass and store each micro-batch's label log-probabilities under `key` (on the
+    last pipeline stage, where the loss is computed)."""
+    with torch.no_grad():
+        outputs = run_schedule(step_fn, model, batches, forward_only=True)
+    if parallel_state.is_pipeline_last_stage():
+        for batch, output in zip(batches, outputs, strict=True):
+            batch[key] = output["logprobs"]
+
+
+def _rollout_metrics(rollouts: StepRollouts) -> dict[str, float]:
+    scores = [(s, c) for g in rollouts.generated for s, c in zip(g.scores, g.completions, strict=True)]
+    sums = torch.tensor(
+        [
+            sum(s.reward for s, _ in scores),
+            sum(s.reward**2 for s, _ in scores),
+            sum(s.correct for s, _ in scores),
+            sum(s.format for s, _ in scores),
+            sum(len(c.token_ids) for _, c in scores),
+            sum(not c.finished for _, c in scores),
+            sum(c.forced_exit for _, c in scores),
+            sum(s.timed_out for s, _ in scores),
+            len(scores),
+        ],
+        dtype=torch.float64,
+    )
+    dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+    reward, reward_sq, correct, formatted, length, cut, forced, timeouts, count = sums.tolist()
+    mean = reward / count
+    return {
+        "reward_mean": mean,
+        "reward_std": math.sqrt(max(0.0, reward_sq / count - mean**2)),
+        "accuracy": correct / count,
+        "format": formatted / count,
+        "response_length": length / count,
+        "truncated_fraction": cut / count,
+        "forced_exit_fraction": forced / count,
+        "reward_timeouts": timeouts,
+        "informative_groups": rollouts.informative / max(1, rollouts.groups_total),
+        "sampling_rounds": rollouts.rounds,
+    }
+
+
+def run_grpo(config: GRPOConfig) -> Path:
+    """Train; return the last checkpoint's directory. Collective: every rank calls it."""
+    run_dir = Path(config.run.dir)
+    initialize(config.model, seed=config.trainer.seed)
+    pool, engine = None, None
+    try:
+        _check(config)
+        if dist.get_rank() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+            prepare_model_dir(config.model)
+        dist.barrier()
+        hf_dir = model_dir(config.model)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        pad_id = tokenizer.pad_token_id or 0
+        data = config.data
+        prompts = load_prompts(
+            data.train,
+            data.split,
+            tokenizer,
+            schema=data.schema,
+            system_prompt=data.system_prompt or REASONING_SYSTEM_PROMPT,
+            max_prompt_length=data.max_prompt_length,
+            on_error=data.on_error,
+            max_samples=data.max_samples,
+        )
+        _say(f"{len(prompts)} prompts ({len(prompts.skipped)} skipped, {prompts.too_long} too long)")
+        for example in prompts.skipped[:5]:
+            _say(f"  skipped {example}")
+
+        torch.manual_seed(config.trainer.seed)
+        hf_config = AutoConfig.from_pretrained(hf_dir)
+        model = build_model(hf_config, config.model)
+        start_from = initial_checkpoint(config.model, run_dir, _say)
+        resume_from = resume_point(config)
+        if resume_from is None:
+            load_model_weights(model, start_from)
+        reference = None
+        if config.grpo.kl_coef:
+            reference = build_model(hf_config, config.model)
+            load_model_weights(reference, start_from)
+            reference.requires_grad_(False)
+        wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
+        model.config.calculate_per_token_loss = True
+        model.config.finalize_model_grads_func = finalize_model_grads
+
+        trainer = config.trainer
+        steps_per_epoch = max(1, len(prompts) // trainer.prompts_per_step)
+        total_steps = steps_per_epoch * trainer.epochs
+        last_step = min(total_steps, trainer.max_steps) if trainer.max_steps is not None else total_steps
+        step, cursor = 0, 0
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, model, optimizer)
+            step, cursor = state["step"], state["prompt_cursor"]
+            _say(f"resumed from {resume_from} at step {step}")
+
+        engine = _engine(config, model, hf_dir, pad_id, prompts)
+        first_in_replica = dist.get_rank(parallel_state.get_model_parallel_group()) == 0
+        if first_in_replica:
+            pool = RewardPool(
+                RewardSpec(config.reward.correctness, config.reward.format_weight),
+                workers=config.reward.workers,
+                timeout_s=config.reward.timeout_s,
+            )
+        stop_ids = _stop_ids(tokenizer)
+        sampling = Sampling(
+            max_new_tokens=config.rollout.max_new_tokens,
+            temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p,
+            stop_token_ids=stop_ids,
+            thinking_budget=config.rollout.thinking_budget,
+            end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
+        )
+        worker = RolloutWorker(
+            prompts,
+            engine,
+            engine_is_model_parallel=config.rollout.engine == "reference",
+            sampling=sampling,
+            n=config.rollout.n,
+            seed=trainer.seed,
+            pool=pool,
+            decode=lambda ids: tokenizer.decode(
+                [i for i in ids if i not in stop_ids], skip_special_tokens=False
+            ),
+        )
+        multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
+        temperature = config.rollout.temperature or 1.0
+        is_writer = dist.get_rank() == 0
+        metrics = MetricsWriter(run_dir, resumed_step=step) if is_writer else None
+        bar = tqdm(
+            total=last_step,
+            initial=step,
+            desc="grpo",
+            unit="step",
+            disable=not (is_writer and trainer.progress),
+        )
+        wrapped.train()
+        while step < last_step:
+            lr = learning_rate(step, config.optim.lr, config.scheduler, total_steps, steps_per_epoch)
+            set_learning_rate(optimizer, lr)
+            step_start = time.perf_counter()
+            engine.wake()
+            refit_start = time.perf_counter()
+            if config.rollout.engine == "vllm":
+                engine.load_weights(hf_weights(model))
+            refit_s = time.perf_counter() - refit_start
+            rollouts = worker.step(
+                step,
+                cursor,
+                trainer.prompts_per_step,
+                config.grpo.dynamic_sampling,
+                config.grpo.max_sampling_rounds,
+            )
+            engine.sleep()
+            cursor = rollouts.next_cursor
+            train_start = time.perf_counter()
+            samples = _samples(config, rollouts, prompts)
+            updates = minibatches(
+                samples, config.grpo.updates_per_rollout, trainer.micro_batch_size, pad_id, multiple
+            )
+            every_batch = [b for update in updates for b in update]
+            _attach_logprobs(partial(logprob_step, temperature), wrapped, every_batch, "old_logprobs")
+            if reference is not None:
+                _attach_logprobs(partial(logprob_step, temperature), reference, every_batch, "ref_logprobs")
+            report = torch.zeros(REPORT_WIDTH, dtype=torch.float64)
+            grad_norms = []
+            for update in updates:
+                wrapped.zero_grad_buffer()
+                optimizer.zero_grad()
+                outputs = run_schedule(partial(policy_step, config.grpo, temperature), wrapped, update, False)
+                report += summed_report(outputs, "report", REPORT_WIDTH)
+                _, grad_norm, _ = optimizer.step()
+                grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+            train_s = time.perf_counter() - train_start
+            step += 1
+            tokens = sum_over_data_and_pipeline(torch.tensor([float(rollouts.tokens)], dtype=torch.float64))
+            loss_sum, loss_count, clipped, kl, token_entropy, mismatch, response_tokens = report.tolist()
+            per_token = max(response_tokens, 1.0)
+            values = {
+                **_rollout_metrics(rollouts),
+                "loss": loss_sum / max(loss_count, 1.0),
+                "clip_fraction": clipped / per_token,
+                "kl": kl / per_token,
+                "entropy": token_entropy / per_token,
+                "logprob_mismatch": mismatch / per_token,
+                "grad_norm": sum(grad_norms) / len(grad_norms),
+                "lr": lr,
+                "prompt_cursor": cursor,
+                "time_generation_s": rollouts.generation_s,
+                "time_refit_s": refit_s,
+                "time_reward_s": rollouts.reward_s,
+                "time_train_s": train_s,
+                "step_time_s": time.perf_counter() - step_start,
+                "rollout_tokens_per_s": float(tokens[0]) / max(rollouts.generation_s, 1e-9),
+            }
+            if metrics is not None:
+                metrics.write(step, values)
+            bar.set_postfix(reward=f"{values['reward_mean']:.3f}", len=f"{values['response_length']:.0f}")
+            bar.update()
+            every = config.checkpoint.every_steps
+            if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
+                train_state = {"step": step, "prompt_cursor": cursor, "epoch": cursor // len(prompts)}
+                save_checkpoint(
+                    run_dir, step, model, optimizer, train_state, hf_dir, config.checkpoint.keep_last
+                )
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+        final = checkpoints_dir(run_dir) / f"step_{step}"
+        if config.export.hf and dist.get_rank() == 0:
+            args = ["convert", "export", str(final), str(run_dir / "hf"), "--overwrite"]
+            run_xr_nemo(*args, *(["--dtype", config.export.dtype] if config.export.dtype else []))
+            _say(f"exported {final} → {run_dir / 'hf'}")
+        dist.barrier()
+        _say(f"done: {final}")
+        return final
+    finally:
+        if pool is not None:
+            pool.close()
+        if engine is not None:
+            engine.close()
+        shutdown()

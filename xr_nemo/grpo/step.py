@@ -1,0 +1,95 @@
+"""Forward steps for megatron-core's schedules: per-token log-probabilities (old policy, reference
+policy), and the GRPO loss. Logits stay split over the vocabulary across tensor-parallel ranks; the
+log-probability of each label and the entropy are computed on the shards with all-reduces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from xr_nemo.config.schema import GRPOAlgorithmConfig
+from xr_nemo.grpo.algorithm import aggregate, clipped_surrogate, kl_k3, truncated_importance_weights
+
+Batch = dict[str, torch.Tensor]
+# what a training micro-batch reports, summed: loss sum, loss count, then per response token: clipped,
+# kl, entropy, |train − rollout| logprob, response tokens
+REPORT_WIDTH = 7
+
+
+def label_logprobs(vocab_parallel_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) per position, [batch, seq]; differentiable."""
+    return -tensor_parallel.vocab_parallel_cross_entropy(vocab_parallel_logits.clone(), labels)
+
+
+@torch.no_grad()
+def entropy(vocab_parallel_logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the full softmax per position, [batch, seq], from vocabulary shards."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    peak = vocab_parallel_logits.max(dim=-1, keepdim=True).values
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    shifted = vocab_parallel_logits - peak
+    exp = shifted.exp()
+    total = exp.sum(-1)
+    weighted = (exp * shifted).sum(-1)
+    dist.all_reduce(total, group=group)
+    dist.all_reduce(weighted, group=group)
+    return total.log() - weighted / total
+
+
+def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
+    zero = output.sum() * 0.0
+    return zero, torch.tensor(1, dtype=torch.int), {"logprobs": logprobs.detach()}
+
+
+def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module):
+    """Forward only: reports the label log-probabilities of each micro-batch."""
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+    if not parallel_state.is_pipeline_last_stage():
+        return output, partial(_logprob_loss, None)
+    logits = output.float() / temperature if temperature != 1.0 else output.float()
+    return output, partial(_logprob_loss, label_logprobs(logits, batch["labels"]))
+
+
+def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, output: torch.Tensor):
+    mask = batch["loss_mask"]
+    logits = output.float() / temperature if temperature != 1.0 else output.float()
+    token_entropy = entropy(logits.detach())
+    logprobs = label_logprobs(logits, batch["labels"])
+    per_token, clipped = clipped_surrogate(
+        logprobs, batch["old_logprobs"], batch["advantages"], config.clip_low, config.clip_high
+    )
+    if config.importance_cap is not None:
+        per_token = per_token * truncated_importance_weights(
+            batch["old_logprobs"], batch["rollout_logprobs"], config.importance_cap
+        )
+    kl = torch.zeros_like(per_token)
+    if config.kl_coef:
+        kl = kl_k3(logprobs, batch["ref_logprobs"])
+        per_token = per_token + config.kl_coef * kl
+    loss_sum, count = aggregate(per_token, mask, config.loss_aggregation)
+    mismatch = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()
+    report = torch.stack(
+        [
+            loss_sum.detach(),
+            count.float(),
+            (clipped * mask).sum(),
+            (kl.detach() * mask).sum(),
+            (token_entropy * mask).sum(),
+            (mismatch * mask).sum(),
+            mask.sum(),
+        ]
+    )
+    return loss_sum, count.to(torch.int), {"report": report}
+
+
+def policy_step(
+    config: GRPOAlgorithmConfig, temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module
+):
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+    return output, partial(_policy_loss, config, batch, temperature)
