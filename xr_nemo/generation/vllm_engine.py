@@ -3,8 +3,8 @@
 One engine per rank (`tensor_parallel_size=1`), created in the training process itself
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so no weights cross a process boundary: refit hands vLLM the
 gathered Hugging Face tensors through `reload_weights`. The engine starts with dummy weights (only
-config and tokenizer are read from disk): call `load_weights` before sampling. Between rollouts the engine sleeps, releasing
-its KV cache and weights on GPU (sleep mode is a no-op on CPU).
+config and tokenizer are read from disk): call `load_weights` before sampling. Between rollouts the
+engine sleeps, releasing its KV cache and weights on GPU (sleep mode is a no-op on CPU).
 """
 
 from __future__ import annotations

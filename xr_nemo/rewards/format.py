@@ -6,7 +6,8 @@ from __future__ import annotations
 def format_reward(completion: str) -> float:
     """The prompt may already open `<think>`; the completion must close it and then answer."""
     thinking, closed, rest = completion.partition("</think>")
-    if not closed or not thinking.strip() or "<think>" in rest:
+    thinking = thinking.strip().removeprefix("<think>")
+    if not closed or not thinking.strip() or "<think>" in thinking or "<think>" in rest:
         return 0.0
     rest = rest.strip()
     if not (rest.startswith("<answer>") and rest.endswith("</answer>")):

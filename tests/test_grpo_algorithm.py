@@ -1,0 +1,200 @@
+"""GRPO arithmetic against values computed by hand, forced exiting on a scripted engine, the layout of
+training micro-batches, and the prompt readers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from xr_nemo.generation.engine import Completion, Sampling, generate
+from xr_nemo.grpo.algorithm import (
+    aggregate,
+    clipped_surrogate,
+    group_advantages,
+    informative_groups,
+    kl_k3,
+    truncated_importance_weights,
+)
+from xr_nemo.grpo.batch import Sample, microbatch, minibatches
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    # group 1: mean 0.5, sample std sqrt(1/3); group 2: mean 0.75, std 0.5
+    centred = group_advantages(rewards, 4, normalize_std=False)
+    assert centred.tolist() == pytest.approx([0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75])
+    scaled = group_advantages(rewards, 4, normalize_std=True, eps=0.0)
+    s1 = math.sqrt(1 / 3)
+    assert scaled.tolist() == pytest.approx([0.5 / s1, -0.5 / s1, -0.5 / s1, 0.5 / s1, 0.5, 0.5, 0.5, -1.5])
+
+
+def test_equal_rewards_give_zero_advantage_and_no_signal():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    half = 1 / math.sqrt(2)  # (0 - 0.5) / std([0, 1]) with the sample std √½
+    assert group_advantages(rewards, 2, normalize_std=True, eps=0.0).tolist() == pytest.approx(
+        [0, 0, 0, 0, -half, half]
+    )
+    assert informative_groups(rewards, 2).tolist() == [False, False, True]
+
+
+def test_clipped_surrogate_by_hand():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.75, 0.75, 0.25, 0.25]))  # ratios 1.5, 1.5, 0.5, 0.5
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, clipped = clipped_surrogate(new, old, advantages, clip_low=0.2, clip_high=0.28)
+    # A>0, ρ=1.5: min(1.5, 1.28) = 1.28 → clipped; A<0, ρ=1.5: min(-1.5, -1.28) = -1.5 → not clipped
+    # A>0, ρ=0.5: min(0.5, 0.8) = 0.5 → not clipped; A<0, ρ=0.5: min(-0.5, -0.8) = -0.8 → clipped
+    assert loss.tolist() == pytest.approx([-1.28, 1.5, -0.5, 0.8])
+    assert clipped.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_clip_higher_lets_rare_tokens_grow_further():
+    old, new, advantage = torch.log(torch.tensor([0.1])), torch.log(torch.tensor([0.2])), torch.ones(1)
+    symmetric, _ = clipped_surrogate(new, old, advantage, 0.2, 0.2)
+    higher, _ = clipped_surrogate(new, old, advantage, 0.2, 0.28)
+    assert symmetric.item() == pytest.approx(-1.2)
+    assert higher.item() == pytest.approx(-1.28)
+
+
+def test_kl_k3_by_hand():
+    logprobs = torch.log(torch.tensor([0.5, 0.2]))
+    ref = torch.log(torch.tensor([0.25, 0.2]))
+    # r = log(0.25/0.5) = -log 2: e^r - r - 1 = 0.5 + log 2 - 1
+    assert kl_k3(logprobs, ref).tolist() == pytest.approx([0.5 + math.log(2) - 1, 0.0])
+
+
+def test_truncated_importance_weights():
+    train = torch.log(torch.tensor([0.4, 0.9, 0.1]))
+    rollout = torch.log(torch.tensor([0.2, 0.3, 0.2]))
+    assert truncated_importance_weights(train, rollout, cap=2.0).tolist() == pytest.approx([2.0, 2.0, 0.5])
+
+
+def test_token_and_sequence_aggregation_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    total, count = aggregate(per_token, mask, "token")
+    assert (total.item(), count.item()) == (10.0, 4.0)  # every token weighs the same: 10 / 4
+    total, count = aggregate(per_token, mask, "sequence")
+    assert (total.item(), count.item()) == (6.0, 2.0)  # mean of the sequence means (2 and 4)
+
+
+class ScriptedEngine:
+    """Continues the script named by the prompt's first token, to test what wraps engines."""
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+        self.calls = []
+
+    def sample(self, prompts, seeds, sampling):
+        self.calls.append((list(prompts), list(seeds), sampling.max_new_tokens))
+        out = []
+        for prompt in prompts:
+            script = self.scripts[prompt[0]]
+            done = len(prompt) - 1  # the prompt is [script] + the tokens so far
+            tokens = []
+            for token in script[done:]:
+                tokens.append(token)
+                if token in sampling.stop_token_ids or len(tokens) == sampling.max_new_tokens:
+                    break
+            out.append(
+                Completion(
+                    tokens,
+                    [-0.5] * len(tokens),
+                    finished=bool(tokens) and tokens[-1] in sampling.stop_token_ids,
+                )
+            )
+        return out
+
+
+def test_forced_exit_appends_end_of_thinking_and_lets_the_model_answer():
+    END, STOP = 99, 0
+    scripts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, STOP], [5, STOP], [5, 6, END, 7, 8, 9, 10, 11, 12]]
+    sampling = Sampling(max_new_tokens=8, stop_token_ids=(STOP,), thinking_budget=4, end_thinking_ids=(END,))
+    engine = ScriptedEngine(scripts)
+    endless, short, closed = (group[0] for group in generate(engine, [[0], [1], [2]], 1, 0, sampling))
+    assert endless.forced_exit and endless.token_ids[:5] == [5, 6, 7, 8, END]
+    assert endless.sampled[:5] == [True] * 4 + [False]
+    assert len(endless.token_ids) == 8 and not endless.finished
+    assert short.token_ids == [5, STOP] and short.finished and not short.forced_exit
+    assert not closed.forced_exit and closed.token_ids[:4] == [5, 6, END, 7] and len(closed.token_ids) == 8
+
+
+def test_generate_seeds_each_completion_by_its_position():
+    engine = ScriptedEngine([[1, 0]])
+    generate(engine, [[0], [0]], 3, 100, Sampling(max_new_tokens=2, stop_token_ids=(0,)))
+    assert engine.calls[0][1] == [100, 101, 102, 103, 104, 105]
+
+
+def test_microbatch_places_advantages_and_logprobs_at_label_positions():
+    completion = Completion([7, 8, 9], [-0.1, -0.2, -0.3], sampled=[True, False, True], finished=True)
+    batch = microbatch(
+        [Sample([1, 2], completion, 0.5), Sample([1, 2, 3, 4], Completion([5], [-1.0]), -1.0)], 0
+    )
+    # row 0: tokens 1 2 7 8 (9 is only a label); position t predicts token t + 1
+    assert batch["tokens"][0].tolist() == [1, 2, 7, 8]
+    assert batch["labels"][0].tolist() == [2, 7, 8, 9]
+    assert batch["loss_mask"][0].tolist() == [0.0, 1.0, 0.0, 1.0]  # the forced token carries no loss
+    assert batch["advantages"][0].tolist() == [0.0, 0.5, 0.5, 0.5]
+    assert batch["rollout_logprobs"][0].tolist() == pytest.approx([0.0, -0.1, -0.2, -0.3])
+    assert batch["labels"][1].tolist() == [2, 3, 4, 5]
+    assert batch["loss_mask"][1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert batch["advantages"][1].tolist() == [0.0, 0.0, 0.0, -1.0]
+
+
+def test_minibatches_split_evenly_and_fill_empty_ones():
+    samples = [Sample([1, 2], Completion([3], [-1.0]), 1.0) for _ in range(5)]
+    updates = minibatches(samples, updates=2, micro_batch_size=2, pad_id=0)
+    assert [[b["tokens"].shape[0] for b in update] for update in updates] == [[2, 1], [2]]
+    lonely = minibatches(samples[:1], updates=2, micro_batch_size=2, pad_id=0)
+    assert lonely[1][0]["loss_mask"].sum() == 0  # a placeholder: takes part, carries no loss
+
+
+def test_prompt_readers(tmp_path):
+    from xr_nemo.data.records import DataError
+    from xr_nemo.grpo.prompts import load_prompts
+    from xr_nemo.testing.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(256)
+    orz = tmp_path / "orz.json"
+    orz.write_text(
+        json.dumps(
+            [
+                [
+                    {"from": "human", "value": "What is 1+1?"},
+                    {"from": "assistant", "ground_truth": {"value": "2"}},
+                ],
+                [
+                    {"from": "human", "value": "Area?"},
+                    {"from": "assistant", "ground_truth": {"value": "\\pi"}},
+                ],
+            ]
+        )
+    )
+    prompts = load_prompts(str(orz), "train", tokenizer)
+    assert [(i.question, i.answer) for i in prompts.items] == [("What is 1+1?", "2"), ("Area?", "\\pi")]
+    text = tokenizer.decode(prompts.token_ids[0])
+    assert "What is 1+1?" in text and "<answer>" in text and text.rstrip().endswith("assistant")
+
+    mcq = tmp_path / "mcq.jsonl"
+    mcq.write_text(
+        json.dumps({"question": "Which?", "options": ["red", "blue"], "answer": "blue"})
+        + "\n"
+        + json.dumps({"question": "Which?", "options": {"A": "x", "B": "y"}, "answer": "A"})
+        + "\n"
+    )
+    items = load_prompts(str(mcq), "train", tokenizer).items
+    assert [(i.answer, i.options) for i in items] == [
+        ("B", {"A": "red", "B": "blue"}),
+        ("A", {"A": "x", "B": "y"}),
+    ]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "ok", "answer": "1"}) + "\n" + json.dumps({"prompt": "", "answer": "2"}) + "\n"
+    )
+    with pytest.raises(DataError) as error:
+        load_prompts(str(bad), "train", tokenizer)
+    assert f"{bad}:2" in str(error.value)
+    skipped = load_prompts(str(bad), "train", tokenizer, on_error="skip")
+    assert len(skipped) == 1 and skipped.skipped[0].startswith(f"{bad}:2")

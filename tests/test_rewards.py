@@ -1,0 +1,132 @@
+"""Rewards: answer extraction, agreement with math-verify on equivalent / non-equivalent answers,
+multiple choice and format, and the worker pool's hard deadline on hostile completions."""
+
+import time
+
+import pytest
+from math_verify import parse, verify
+
+from xr_nemo.rewards.choice import choice_reward
+from xr_nemo.rewards.extract import final_answer
+from xr_nemo.rewards.format import format_reward
+from xr_nemo.rewards.math import math_reward
+from xr_nemo.rewards.pool import RewardPool, RewardSpec, RewardTask
+
+# (final answer as the model writes it, gold answer, equivalent?)
+MATH_TABLE = [
+    ("\\frac{1}{2}", "0.5", True),
+    ("1/2", "\\frac{1}{2}", True),
+    ("\\dfrac{3}{4}", "0.75", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}", True),
+    ("[0, 1)", "[0,1)", True),
+    ("(0, 1]", "[0, 1)", False),
+    ("x^2 + 2x + 1", "(x+1)^2", True),
+    ("42", "42", True),
+    ("42", "24", False),
+    ("-3", "3", False),
+    ("\\pi", "3.14159265358979", True),
+    ("10\\%", "10", True),
+    ("1,000", "1000", True),
+    ("\\frac{2}{3}", "0.67", False),
+    ("\\infty", "\\infty", True),
+    ("3", "\\frac{6}{2}", True),
+    ("7", "8", False),
+]
+
+
+@pytest.mark.parametrize(("answer", "gold", "expected"), MATH_TABLE)
+def test_math_reward_agrees_with_math_verify(answer, gold, expected):
+    reference = verify(parse(f"${gold}$"), parse(f"${answer}$"))
+    assert reference == expected, "the table must agree with math-verify itself"
+    completion = f"<think>\nwork it out\n</think>\n<answer>{answer}</answer>"
+    assert math_reward(completion, gold) == float(expected)
+    assert math_reward(f"So the result is \\boxed{{{answer}}}.", gold) == float(expected)
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("<answer>5</answer>", "5"),
+        ("first \\boxed{3} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("<answer>x = \\boxed{4}</answer>", "4"),
+        ("The answer is 12.", "12"),
+        ("Final answer: $7$", "7"),
+        ("\\boxed{\\left\\{1,2\\right\\}}", "\\left\\{1,2\\right\\}"),
+        ("no conclusion at all", None),
+        ("\\boxed{unclosed", None),
+        ("<answer></answer>", None),
+    ],
+)
+def test_final_answer_extraction(completion, answer):
+    assert final_answer(completion) == answer
+
+
+def test_thinking_does_not_count_as_the_answer():
+    assert math_reward("<think>maybe \\boxed{5}</think> I give up", "5") == 0.0
+    assert math_reward("<think>maybe \\boxed{4}</think> <answer>5</answer>", "5") == 1.0
+
+
+OPTIONS = {"A": "Pneumonia", "B": "Asthma", "C": "A fever", "D": "None of the above"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reward"),
+    [
+        *[("C", 1.0), ("(C)", 1.0), ("C. A fever", 1.0), ("option C", 1.0), ("a fever", 1.0), ("c", 1.0)],
+        *[("B", 0.0), ("Asthma", 0.0), ("(D) None of the above", 0.0), ("E", 0.0), ("fever", 0.0)],
+    ],
+)
+def test_choice_reward(answer, reward):
+    assert choice_reward(f"<think>hmm</think><answer>{answer}</answer>", "C", OPTIONS) == reward
+
+
+@pytest.mark.parametrize(
+    ("completion", "reward"),
+    [
+        ("step one\n</think>\n<answer>4</answer>", 1.0),
+        ("<think>step one</think> <answer>4</answer>\n", 1.0),
+        ("<answer>4</answer>", 0.0),
+        ("<think>a</think><answer>4</answer> and more", 0.0),
+        ("<think>a</think>", 0.0),
+        ("<think></think><answer>4</answer>", 0.0),
+        ("<think>a</think><answer><answer>4</answer></answer>", 0.0),
+    ],
+)
+def test_format_reward(completion, reward):
+    assert format_reward(completion) == reward
+
+
+HOSTILE = [
+    "\\boxed{" + "{" * 3000 + "}",  # thousands of unclosed braces
+    "<answer>9^{9^{9^{9}}}</answer>",  # a number too big to ever evaluate
+    "\\boxed{" + "9" * 200_000 + "}",  # a 200,000-digit number
+    "x" * 5_000_000,  # five megabytes of nothing
+    "<answer>" + "\\frac{" * 400 + "1" + "}{2}" * 400 + "</answer>",  # deeply nested LaTeX
+    "\\boxed{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{" * 50,
+]
+
+
+def test_hostile_completions_return_within_the_deadline_and_the_pool_survives():
+    timeout = 2.0
+    with RewardPool(RewardSpec(), workers=2, timeout_s=timeout) as pool:
+        pool.score([RewardTask("\\boxed{1}", "1")])  # workers up and imported
+        start = time.monotonic()
+        scores = pool.score([RewardTask(text, "2") for text in HOSTILE])
+        elapsed = time.monotonic() - start
+        assert [s.reward for s in scores] == [0.0] * len(HOSTILE)
+        assert elapsed < timeout * len(HOSTILE) / 2 + 5, elapsed  # two workers, each answer ≤ deadline
+        again = pool.score([RewardTask("<answer>\\frac{1}{2}</answer>", "0.5")] * 4)
+        assert [s.reward for s in again] == [1.0] * 4
+
+
+def test_pool_scores_in_order_with_format_weight():
+    spec = RewardSpec(correctness="auto", format_weight=0.5)
+    tasks = [
+        RewardTask("a</think><answer>3</answer>", "3"),
+        RewardTask("<answer>3</answer>", "3"),
+        RewardTask("a</think><answer>B</answer>", "B", {"A": "x", "B": "y"}),
+        RewardTask("a</think><answer>2</answer>", "3"),
+    ]
+    with RewardPool(spec, workers=2, timeout_s=10) as pool:
+        assert [s.reward for s in pool.score(tasks)] == [1.5, 1.0, 1.5, 0.5]
