@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import MegatronOptimizer
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
@@ -26,7 +28,7 @@ from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.distributed import initialize, shutdown
 from xr_nemo.errors import ConfigError
-from xr_nemo.generation.engine import Sampling
+from xr_nemo.generation.engine import Engine, Sampling
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches
 from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT, PromptSet, load_prompts
@@ -161,11 +163,211 @@ def _rollout_metrics(rollouts: StepRollouts) -> dict[str, float]:
     }
 
 
+def _load_prompts(config: GRPOConfig, tokenizer) -> PromptSet:
+    data = config.data
+    prompts = load_prompts(
+        data.train,
+        data.split,
+        tokenizer,
+        schema=data.schema,
+        system_prompt=data.system_prompt or REASONING_SYSTEM_PROMPT,
+        max_prompt_length=data.max_prompt_length,
+        on_error=data.on_error,
+        max_samples=data.max_samples,
+    )
+    _say(f"{len(prompts)} prompts ({len(prompts.skipped)} skipped, {prompts.too_long} too long)")
+    for example in prompts.skipped[:5]:
+        _say(f"  skipped {example}")
+    return prompts
+
+
+@dataclass
+class GRPOJob:
+    config: GRPOConfig
+    model: torch.nn.Module  # unwrapped: its sharded state dict is the checkpoint
+    wrapped: torch.nn.Module
+    optimizer: MegatronOptimizer
+    reference: torch.nn.Module | None  # the frozen initial policy (KL), when grpo.kl_coef > 0
+    engine: Engine
+    worker: RolloutWorker
+    prompts: PromptSet
+    pad_id: int
+    hf_dir: Path
+    steps_per_epoch: int
+    total_steps: int
+    resume_from: Path | None
+
+
+def _build_job(config: GRPOConfig, pool: RewardPool | None) -> GRPOJob:
+    run_dir = Path(config.run.dir)
+    hf_dir = model_dir(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    pad_id = tokenizer.pad_token_id or 0
+    prompts = _load_prompts(config, tokenizer)
+
+    torch.manual_seed(config.trainer.seed)
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    model = build_model(hf_config, config.model)
+    start_from = initial_checkpoint(config.model, run_dir, _say)
+    resume_from = resume_point(config)
+    if resume_from is None:
+        load_model_weights(model, start_from)
+    reference = None
+    if config.grpo.kl_coef:
+        reference = build_model(hf_config, config.model)
+        load_model_weights(reference, start_from)
+        reference.requires_grad_(False)
+    wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
+    model.config.calculate_per_token_loss = True
+    model.config.finalize_model_grads_func = finalize_model_grads
+
+    engine = _engine(config, model, hf_dir, pad_id, prompts)
+    stop_ids = _stop_ids(tokenizer)
+    sampling = Sampling(
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        stop_token_ids=stop_ids,
+        thinking_budget=config.rollout.thinking_budget,
+        end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
+    )
+    worker = RolloutWorker(
+        prompts,
+        engine,
+        engine_is_model_parallel=config.rollout.engine == "reference",
+        sampling=sampling,
+        n=config.rollout.n,
+        seed=config.trainer.seed,
+        pool=pool,
+        decode=lambda ids: tokenizer.decode([i for i in ids if i not in stop_ids], skip_special_tokens=False),
+    )
+    steps_per_epoch = max(1, len(prompts) // config.trainer.prompts_per_step)
+    return GRPOJob(
+        config=config,
+        model=model,
+        wrapped=wrapped,
+        optimizer=optimizer,
+        reference=reference,
+        engine=engine,
+        worker=worker,
+        prompts=prompts,
+        pad_id=pad_id,
+        hf_dir=hf_dir,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.trainer.epochs,
+        resume_from=resume_from,
+    )
+
+
+def _rollouts(job: GRPOJob, step: int, cursor: int) -> tuple[StepRollouts, float]:
+    """This step's scored rollouts from freshly refit weights, and the refit time."""
+    job.engine.wake()
+    start = time.perf_counter()
+    if job.config.rollout.engine == "vllm":
+        job.engine.load_weights(hf_weights(job.model))
+    refit_s = time.perf_counter() - start
+    grpo = job.config.grpo
+    rollouts = job.worker.step(
+        step, cursor, job.config.trainer.prompts_per_step, grpo.dynamic_sampling, grpo.max_sampling_rounds
+    )
+    job.engine.sleep()
+    return rollouts, refit_s
+
+
+def _train_on(job: GRPOJob, rollouts: StepRollouts) -> dict[str, float]:
+    """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps."""
+    config = job.config
+    multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
+    temperature = config.rollout.temperature or 1.0
+    samples = _samples(config, rollouts, job.prompts)
+    updates = minibatches(
+        samples, config.grpo.updates_per_rollout, config.trainer.micro_batch_size, job.pad_id, multiple
+    )
+    every_batch = [batch for update in updates for batch in update]
+    _attach_logprobs(partial(logprob_step, temperature), job.wrapped, every_batch, "old_logprobs")
+    if job.reference is not None:
+        _attach_logprobs(partial(logprob_step, temperature), job.reference, every_batch, "ref_logprobs")
+    report = torch.zeros(REPORT_WIDTH, dtype=torch.float64)
+    grad_norms = []
+    for update in updates:
+        job.wrapped.zero_grad_buffer()
+        job.optimizer.zero_grad()
+        outputs = run_schedule(partial(policy_step, config.grpo, temperature), job.wrapped, update, False)
+        report += summed_report(outputs, "report", REPORT_WIDTH)
+        _, grad_norm, _ = job.optimizer.step()
+        grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+    loss_sum, loss_count, clipped, kl, token_entropy, mismatch, response_tokens = report.tolist()
+    per_token = max(response_tokens, 1.0)
+    return {
+        "loss": loss_sum / max(loss_count, 1.0),
+        "clip_fraction": clipped / per_token,
+        "kl": kl / per_token,
+        "entropy": token_entropy / per_token,
+        "logprob_mismatch": mismatch / per_token,
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+    }
+
+
+def _train(job: GRPOJob) -> int:
+    """The step loop; returns the last step. Collective."""
+    config, trainer = job.config, job.config.trainer
+    run_dir = Path(config.run.dir)
+    last_step = job.total_steps if trainer.max_steps is None else min(job.total_steps, trainer.max_steps)
+    step, cursor = 0, 0
+    if job.resume_from is not None:
+        state = load_checkpoint(job.resume_from, job.model, job.optimizer)
+        step, cursor = state["step"], state["prompt_cursor"]
+        _say(f"resumed from {job.resume_from} at step {step}")
+    is_writer = dist.get_rank() == 0
+    metrics = MetricsWriter(run_dir, resumed_step=step) if is_writer else None
+    bar = tqdm(
+        total=last_step, initial=step, desc="grpo", unit="step", disable=not (is_writer and trainer.progress)
+    )
+    job.wrapped.train()
+    while step < last_step:
+        lr = learning_rate(step, config.optim.lr, config.scheduler, job.total_steps, job.steps_per_epoch)
+        set_learning_rate(job.optimizer, lr)
+        step_start = time.perf_counter()
+        rollouts, refit_s = _rollouts(job, step, cursor)
+        cursor = rollouts.next_cursor
+        train_start = time.perf_counter()
+        trained = _train_on(job, rollouts)
+        train_s = time.perf_counter() - train_start
+        step += 1
+        tokens = sum_over_data_and_pipeline(torch.tensor([float(rollouts.tokens)], dtype=torch.float64))
+        values = {
+            **_rollout_metrics(rollouts),
+            **trained,
+            "lr": lr,
+            "prompt_cursor": cursor,
+            "time_generation_s": rollouts.generation_s,
+            "time_refit_s": refit_s,
+            "time_reward_s": rollouts.reward_s,
+            "time_train_s": train_s,
+            "step_time_s": time.perf_counter() - step_start,
+            "rollout_tokens_per_s": float(tokens[0]) / max(rollouts.generation_s, 1e-9),
+        }
+        if metrics is not None:
+            metrics.write(step, values)
+        bar.set_postfix(reward=f"{values['reward_mean']:.3f}", len=f"{values['response_length']:.0f}")
+        bar.update()
+        every = config.checkpoint.every_steps
+        if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
+            train_state = {"step": step, "prompt_cursor": cursor, "epoch": cursor // len(job.prompts)}
+            save_checkpoint(
+                run_dir, step, job.model, job.optimizer, train_state, job.hf_dir, config.checkpoint.keep_last
+            )
+    bar.close()
+    if metrics is not None:
+        metrics.close()
+    return step
+
+
 def run_grpo(config: GRPOConfig) -> Path:
     """Train; return the last checkpoint's directory. Collective: every rank calls it."""
     run_dir = Path(config.run.dir)
     initialize(config.model, seed=config.trainer.seed)
-    pool, engine = None, None
+    pool, job = None, None
     try:
         _check(config)
         if dist.get_rank() == 0:
@@ -173,163 +375,13 @@ def run_grpo(config: GRPOConfig) -> Path:
             save_config(config, run_dir / "config.yaml")
             prepare_model_dir(config.model)
         dist.barrier()
-        hf_dir = model_dir(config.model)
-        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        pad_id = tokenizer.pad_token_id or 0
-        data = config.data
-        prompts = load_prompts(
-            data.train,
-            data.split,
-            tokenizer,
-            schema=data.schema,
-            system_prompt=data.system_prompt or REASONING_SYSTEM_PROMPT,
-            max_prompt_length=data.max_prompt_length,
-            on_error=data.on_error,
-            max_samples=data.max_samples,
-        )
-        _say(f"{len(prompts)} prompts ({len(prompts.skipped)} skipped, {prompts.too_long} too long)")
-        for example in prompts.skipped[:5]:
-            _say(f"  skipped {example}")
-
-        torch.manual_seed(config.trainer.seed)
-        hf_config = AutoConfig.from_pretrained(hf_dir)
-        model = build_model(hf_config, config.model)
-        start_from = initial_checkpoint(config.model, run_dir, _say)
-        resume_from = resume_point(config)
-        if resume_from is None:
-            load_model_weights(model, start_from)
-        reference = None
-        if config.grpo.kl_coef:
-            reference = build_model(hf_config, config.model)
-            load_model_weights(reference, start_from)
-            reference.requires_grad_(False)
-        wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
-        model.config.calculate_per_token_loss = True
-        model.config.finalize_model_grads_func = finalize_model_grads
-
-        trainer = config.trainer
-        steps_per_epoch = max(1, len(prompts) // trainer.prompts_per_step)
-        total_steps = steps_per_epoch * trainer.epochs
-        last_step = min(total_steps, trainer.max_steps) if trainer.max_steps is not None else total_steps
-        step, cursor = 0, 0
-        if resume_from is not None:
-            state = load_checkpoint(resume_from, model, optimizer)
-            step, cursor = state["step"], state["prompt_cursor"]
-            _say(f"resumed from {resume_from} at step {step}")
-
-        engine = _engine(config, model, hf_dir, pad_id, prompts)
-        first_in_replica = dist.get_rank(parallel_state.get_model_parallel_group()) == 0
-        if first_in_replica:
-            pool = RewardPool(
-                RewardSpec(config.reward.correctness, config.reward.format_weight),
-                workers=config.reward.workers,
-                timeout_s=config.reward.timeout_s,
-            )
-        stop_ids = _stop_ids(tokenizer)
-        sampling = Sampling(
-            max_new_tokens=config.rollout.max_new_tokens,
-            temperature=config.rollout.temperature,
-            top_p=config.rollout.top_p,
-            stop_token_ids=stop_ids,
-            thinking_budget=config.rollout.thinking_budget,
-            end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
-        )
-        worker = RolloutWorker(
-            prompts,
-            engine,
-            engine_is_model_parallel=config.rollout.engine == "reference",
-            sampling=sampling,
-            n=config.rollout.n,
-            seed=trainer.seed,
-            pool=pool,
-            decode=lambda ids: tokenizer.decode(
-                [i for i in ids if i not in stop_ids], skip_special_tokens=False
-            ),
-        )
-        multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
-        temperature = config.rollout.temperature or 1.0
-        is_writer = dist.get_rank() == 0
-        metrics = MetricsWriter(run_dir, resumed_step=step) if is_writer else None
-        bar = tqdm(
-            total=last_step,
-            initial=step,
-            desc="grpo",
-            unit="step",
-            disable=not (is_writer and trainer.progress),
-        )
-        wrapped.train()
-        while step < last_step:
-            lr = learning_rate(step, config.optim.lr, config.scheduler, total_steps, steps_per_epoch)
-            set_learning_rate(optimizer, lr)
-            step_start = time.perf_counter()
-            engine.wake()
-            refit_start = time.perf_counter()
-            if config.rollout.engine == "vllm":
-                engine.load_weights(hf_weights(model))
-            refit_s = time.perf_counter() - refit_start
-            rollouts = worker.step(
-                step,
-                cursor,
-                trainer.prompts_per_step,
-                config.grpo.dynamic_sampling,
-                config.grpo.max_sampling_rounds,
-            )
-            engine.sleep()
-            cursor = rollouts.next_cursor
-            train_start = time.perf_counter()
-            samples = _samples(config, rollouts, prompts)
-            updates = minibatches(
-                samples, config.grpo.updates_per_rollout, trainer.micro_batch_size, pad_id, multiple
-            )
-            every_batch = [b for update in updates for b in update]
-            _attach_logprobs(partial(logprob_step, temperature), wrapped, every_batch, "old_logprobs")
-            if reference is not None:
-                _attach_logprobs(partial(logprob_step, temperature), reference, every_batch, "ref_logprobs")
-            report = torch.zeros(REPORT_WIDTH, dtype=torch.float64)
-            grad_norms = []
-            for update in updates:
-                wrapped.zero_grad_buffer()
-                optimizer.zero_grad()
-                outputs = run_schedule(partial(policy_step, config.grpo, temperature), wrapped, update, False)
-                report += summed_report(outputs, "report", REPORT_WIDTH)
-                _, grad_norm, _ = optimizer.step()
-                grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
-            train_s = time.perf_counter() - train_start
-            step += 1
-            tokens = sum_over_data_and_pipeline(torch.tensor([float(rollouts.tokens)], dtype=torch.float64))
-            loss_sum, loss_count, clipped, kl, token_entropy, mismatch, response_tokens = report.tolist()
-            per_token = max(response_tokens, 1.0)
-            values = {
-                **_rollout_metrics(rollouts),
-                "loss": loss_sum / max(loss_count, 1.0),
-                "clip_fraction": clipped / per_token,
-                "kl": kl / per_token,
-                "entropy": token_entropy / per_token,
-                "logprob_mismatch": mismatch / per_token,
-                "grad_norm": sum(grad_norms) / len(grad_norms),
-                "lr": lr,
-                "prompt_cursor": cursor,
-                "time_generation_s": rollouts.generation_s,
-                "time_refit_s": refit_s,
-                "time_reward_s": rollouts.reward_s,
-                "time_train_s": train_s,
-                "step_time_s": time.perf_counter() - step_start,
-                "rollout_tokens_per_s": float(tokens[0]) / max(rollouts.generation_s, 1e-9),
-            }
-            if metrics is not None:
-                metrics.write(step, values)
-            bar.set_postfix(reward=f"{values['reward_mean']:.3f}", len=f"{values['response_length']:.0f}")
-            bar.update()
-            every = config.checkpoint.every_steps
-            if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
-                train_state = {"step": step, "prompt_cursor": cursor, "epoch": cursor // len(prompts)}
-                save_checkpoint(
-                    run_dir, step, model, optimizer, train_state, hf_dir, config.checkpoint.keep_last
-                )
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-        final = checkpoints_dir(run_dir) / f"step_{step}"
+        if dist.get_rank(parallel_state.get_model_parallel_group()) == 0:
+            reward = config.reward
+            spec = RewardSpec(reward.correctness, reward.format_weight)
+            pool = RewardPool(spec, workers=reward.workers, timeout_s=reward.timeout_s)
+        job = _build_job(config, pool)
+        last_step = _train(job)
+        final = checkpoints_dir(run_dir) / f"step_{last_step}"
         if config.export.hf and dist.get_rank() == 0:
             args = ["convert", "export", str(final), str(run_dir / "hf"), "--overwrite"]
             run_xr_nemo(*args, *(["--dtype", config.export.dtype] if config.export.dtype else []))
@@ -340,6 +392,6 @@ def run_grpo(config: GRPOConfig) -> Path:
     finally:
         if pool is not None:
             pool.close()
-        if engine is not None:
-            engine.close()
+        if job is not None:
+            job.engine.close()
         shutdown()
