@@ -60,7 +60,12 @@ def _engines_worker(hf_dir: str) -> dict[str, float]:
         dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, seed=0, enforce_eager=True
     )
     start = time.perf_counter()
-    llm = LLM(model=hf_dir, **engine_args, **vllm_cpu.text_only_engine_kwargs())
+    llm = LLM(
+        model=hf_dir,
+        **engine_args,
+        **vllm_cpu.text_only_engine_kwargs(),
+        **vllm_cpu.seeded_sampling_engine_kwargs(),
+    )
     fresh_engine_s = time.perf_counter() - start
     weights = load_file(str(Path(hf_dir) / "model.safetensors"))
     text_weights = [(name, tensor) for name, tensor in weights.items() if not name.startswith("visual.")]

