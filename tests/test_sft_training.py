@@ -156,3 +156,62 @@ def test_packed_and_unpacked_training_give_the_same_losses(base):
     packed = run(base, 1, "packed", *common, f"trainer.global_batch_size={packed_sequences}")
     unpacked = run(base, 1, "unpacked", *common, "data.packing=false", "trainer.global_batch_size=6")
     assert packed == pytest.approx(unpacked, abs=1e-5, rel=0)
+
+
+def test_validation_loss_equals_transformers_on_the_validation_samples(base, tmp_path):
+    """`val_loss` at a step is the assistant-token loss of that step's weights over the validation set,
+    as Transformers computes it from the exported checkpoint of the same step."""
+
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from recipes.tiny_cpu import SAMPLE_DATA
+    from xr_nemo.conversion.convert import export_hf
+    from xr_nemo.data.conversation import prepare
+    from xr_nemo.data.records import read_records
+    from xr_nemo.data.tokenize import tokenize_messages
+    from xr_nemo.training.metrics import read_metrics
+
+    lines = SAMPLE_DATA.read_text().splitlines()[-4:]
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("\n".join(lines) + "\n")
+    root, _ = base
+    rows = run(
+        base,
+        1,
+        "validated",
+        "data.max_samples=8",
+        "trainer.max_steps=4",
+        f"data.validation={validation}",
+        "trainer.val_every=2",
+        "data.packing=false",
+        "trainer.val_batches=4",  # 4 samples, 2 per batch: the whole validation set
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=null",
+    )
+    assert len(rows) == 4
+    val_losses = {
+        row["step"]: row["val_loss"] for row in read_metrics(root / "validated") if "val_loss" in row
+    }
+    assert sorted(val_losses) == [2, 4]
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "hf")
+    samples = [
+        tokenize_messages(tokenizer, prepare(r, "auto", False, None)) for r in read_records(str(validation))
+    ]
+    for step, val_loss in val_losses.items():
+        exported = export_hf(
+            root / "validated" / "checkpoints" / f"step_{step}", tmp_path / f"hf{step}", progress=False
+        )
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(exported).eval()
+        total, count = 0.0, 0
+        for ids, mask in samples:
+            ids_t = torch.tensor([ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids_t).logits[0, :-1]
+            targets = ids_t[0, 1:]
+            losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            keep = torch.tensor(mask[1:], dtype=torch.bool)
+            total += losses[keep].sum().item()
+            count += int(keep.sum())
+        assert val_loss == pytest.approx(total / count, abs=1e-4), step

@@ -20,16 +20,23 @@ class BatchPlan:
 
     @classmethod
     def build(
-        cls, lengths: np.ndarray, packing: bool, seq_length: int, global_batch_size: int, seed: int
+        cls,
+        lengths: np.ndarray,
+        packing: bool,
+        seq_length: int,
+        global_batch_size: int,
+        seed: int,
+        source: str = "data.train",
     ) -> BatchPlan:
         spans = [int(length) - 1 for length in lengths]  # positions a sample takes (inputs vs labels)
         sequences = best_fit_decreasing(spans, seq_length) if packing else [[i] for i in range(len(spans))]
         if len(sequences) < global_batch_size:
             raise ConfigError(
-                f"the data make {len(sequences)} sequences, fewer than one global batch "
-                f"({global_batch_size})",
-                where="trainer.global_batch_size",
-                fix="lower trainer.global_batch_size or add data",
+                f"{source} makes {len(sequences)} sequence(s)"
+                f"{' after packing' if packing else ''}, fewer than one global batch ({global_batch_size})",
+                where=f"{source} / trainer.global_batch_size",
+                fix=f"lower trainer.global_batch_size, add data to {source}"
+                + (", or set data.packing=false" if packing else ""),
             )
         return cls(sequences, global_batch_size, seed)
 

@@ -141,6 +141,7 @@ def run_sft(config: SFTConfig) -> Path:
                 trainer.seq_length,
                 trainer.global_batch_size,
                 trainer.seed,
+                source="data.validation",
             )
             val_microbatches = _microbatch_source(config, validation, val_plan, pad_id, positions)
             val_steps = min(trainer.val_batches, val_plan.steps_per_epoch)
