@@ -198,3 +198,25 @@ def test_prompt_readers(tmp_path):
     assert f"{bad}:2" in str(error.value)
     skipped = load_prompts(str(bad), "train", tokenizer, on_error="skip")
     assert len(skipped) == 1 and skipped.skipped[0].startswith(f"{bad}:2")
+
+
+def test_overlong_responses_are_masked_or_penalised():
+    from xr_nemo.config.schema import GRPOConfig
+    from xr_nemo.grpo.prompts import PromptItem, PromptSet
+    from xr_nemo.grpo.rollouts import Group, StepRollouts
+    from xr_nemo.grpo.run import _samples
+    from xr_nemo.rewards.pool import Score
+
+    prompts = PromptSet([PromptItem("p", "q", "1")], [[1, 2]])
+    completions = [Completion([3], [-1.0], finished=True), Completion([4], [-1.0], finished=False)]
+    scores = [Score(1.0, 0.0, 1.0), Score(1.0, 0.0, 1.0)]
+    rollouts = StepRollouts([Group(0, completions, scores)], [], 0, 1, 1)
+    config = GRPOConfig()
+    config.grpo.normalize_std = False
+
+    kept = _samples(config, rollouts, prompts)
+    assert [s.advantage for s in kept] == [0.0, 0.0] and all(s.carries_loss for s in kept)
+    config.grpo.overlong = "mask"
+    assert [s.carries_loss for s in _samples(config, rollouts, prompts)] == [True, False]
+    config.grpo.overlong, config.grpo.overlong_penalty = "keep", 0.5
+    assert [s.advantage for s in _samples(config, rollouts, prompts)] == [0.25, -0.25]

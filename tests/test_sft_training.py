@@ -95,6 +95,15 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, world_size,
     name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
     parallel = run(base, world_size, f"parallel-{name}", *common, *layout)
     assert parallel == pytest.approx(single, abs=2e-5, rel=0)
+    # the gradients too (Adam hides a uniformly scaled gradient from the losses; clipping does not)
+    from xr_nemo.training.metrics import read_metrics
+
+    root, _ = base
+    norms = [
+        [row["grad_norm"] for row in read_metrics(root / run_name)]
+        for run_name in ("single", f"parallel-{name}")
+    ]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
 
 
 def _cli(run_dir, base, *overrides):

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import MegatronOptimizer
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
@@ -218,8 +217,6 @@ def _build_job(config: GRPOConfig, pool: RewardPool | None) -> GRPOJob:
         load_model_weights(reference, start_from)
         reference.requires_grad_(False)
     wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
-    model.config.calculate_per_token_loss = True
-    model.config.finalize_model_grads_func = finalize_model_grads
 
     engine = _engine(config, model, hf_dir, pad_id, prompts)
     stop_ids = _stop_ids(tokenizer)

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from tqdm import tqdm
@@ -120,9 +119,6 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
     trainer = config.trainer
     total_steps = job.steps_per_epoch * trainer.epochs
     last_step = min(total_steps, trainer.max_steps) if trainer.max_steps is not None else total_steps
-    model_config = job.model.config
-    model_config.calculate_per_token_loss = True
-    model_config.finalize_model_grads_func = finalize_model_grads
 
     step, consumed = 0, 0
     if job.resume_from is not None:

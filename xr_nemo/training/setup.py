@@ -13,6 +13,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import MegatronOptimizer
 from transformers import Qwen2_5_VLConfig
 
@@ -121,6 +122,11 @@ def build_model(hf_config: Qwen2_5_VLConfig, model: ModelConfig) -> Qwen25VLMode
 def wrap_for_training(
     model: Qwen25VLModel, model_config: ModelConfig, optim: OptimConfig
 ) -> tuple[DistributedDataParallel, MegatronOptimizer]:
+    """DDP and the optimizer. Losses are (sum, token count) pairs: megatron-core then divides gradients by
+    the tokens of the whole global batch, and DDP must sum (not average) over data-parallel ranks — it
+    reads `calculate_per_token_loss` when it is built, so the flag is set before."""
+    model.config.calculate_per_token_loss = True
+    model.config.finalize_model_grads_func = finalize_model_grads
     wrapped = DistributedDataParallel(
         model.config,
         DistributedDataParallelConfig(
