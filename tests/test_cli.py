@@ -27,6 +27,28 @@ def test_user_error_exits_2_with_a_message_and_no_traceback(tmp_path):
     assert (tmp_path / "busy" / "keep.txt").read_text() == "do not lose me"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["init.checkpoint={tmp}/nowhere"], ["neither a checkpoint nor a run directory", "model.checkpoint"]),
+        (["rollout.engnie=vllm"], ["rollout.engine"]),
+        (["rollout.n=1", "init.checkpoint={tmp}/nowhere"], ["at least 2 completions", "rollout.n"]),
+    ],
+    ids=["missing-sft-run", "typo", "group-of-one"],
+)
+def test_grpo_user_errors_say_what_and_where(tmp_path, overrides, expected):
+    args = [o.format(tmp=tmp_path) for o in overrides]
+    result = subprocess.run(
+        [sys.executable, "-m", "xr_nemo.cli", "grpo", f"run.dir={tmp_path / 'run'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert all(text in result.stderr for text in expected), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")

@@ -118,29 +118,39 @@ def test_reference_engine_at_tp2_raises_the_reward(sft_run):
     assert max(row["logprob_mismatch"] for row in rows) < 1e-4
 
 
-def _cli(root, name, *overrides):
-    args = grpo_args(root, name, "rollout.engine=reference", "trainer.epochs=2", "checkpoint.every_steps=2")
+def _cli(root, name, engine, *overrides):
+    args = grpo_args(root, name, f"rollout.engine={engine}", "trainer.epochs=2", "checkpoint.every_steps=2")
     return [sys.executable, "-m", "xr_nemo.cli", "grpo", *args, *overrides]
 
 
-def test_kill_9_then_resume_reproduces_the_uninterrupted_run(sft_run):
+@pytest.mark.parametrize("engine", ["reference", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_kill_9_then_resume_reproduces_the_uninterrupted_run(sft_run, engine):
+    """The prompt cursor and the per-completion seeds are all a resumed run needs: the rollouts, rewards
+    and updates after the restart are the uninterrupted run's, bit for bit."""
     from xr_nemo.training.metrics import read_metrics
 
-    subprocess.run(_cli(sft_run, "whole"), check=True, capture_output=True)
-    whole = read_metrics(sft_run / "whole")
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    whole_dir, killed_dir = sft_run / f"whole-{engine}", sft_run / f"killed-{engine}"
+    subprocess.run(_cli(sft_run, whole_dir.name, engine), check=True, capture_output=True)
+    whole = read_metrics(whole_dir)
     assert len(whole) == 8
 
-    victim = subprocess.Popen(_cli(sft_run, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        _cli(sft_run, killed_dir.name, engine), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
-    while not (sft_run / "killed" / "checkpoints" / "step_4").exists():
+    while not (killed_dir / "checkpoints" / "step_4").exists():
         assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 4"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert len(read_metrics(sft_run / "killed")) < 8
+    assert len(read_metrics(killed_dir)) < 8
 
-    subprocess.run(_cli(sft_run, "killed", "trainer.resume=auto"), check=True, capture_output=True)
-    resumed = read_metrics(sft_run / "killed")
+    subprocess.run(
+        _cli(sft_run, killed_dir.name, engine, "trainer.resume=auto"), check=True, capture_output=True
+    )
+    resumed = read_metrics(killed_dir)
     keys = ("reward_mean", "loss", "kl", "entropy", "response_length", "prompt_cursor", "grad_norm")
     assert [[row[k] for k in keys] for row in resumed] == [[row[k] for k in keys] for row in whole]
 
