@@ -44,7 +44,7 @@ def rollout_worker(dynamic: bool, cursor: int):
             pool=pool,
             decode=lambda ids: f"<answer>{ids[0]}</answer>",
         )
-        result = worker.step(0, cursor, PER_STEP, dynamic, max_rounds=5)
+        result = worker.collect(cursor, PER_STEP, dynamic, max_rounds=5)
     shutdown()
     return {
         "kept": [g.prompt_index for g in result.kept],

@@ -118,9 +118,8 @@ class RolloutWorker:
             scores = [flat[k * self.n : (k + 1) * self.n] for k in range(len(indices))]
         return _broadcast_in_replica(scores)
 
-    def step(
-        self, step: int, cursor: int, prompts_per_step: int, dynamic: bool, max_rounds: int
-    ) -> StepRollouts:
+    def collect(self, cursor: int, prompts_per_step: int, dynamic: bool, max_rounds: int) -> StepRollouts:
+        """One step's groups, starting at prompt position `cursor`. Collective over all ranks."""
         dp_rank = parallel_state.get_data_parallel_rank()
         dp_size = parallel_state.get_data_parallel_world_size()
         result = StepRollouts([], [], cursor, 0, 0)

@@ -256,7 +256,7 @@ def _build_job(config: GRPOConfig, pool: RewardPool | None) -> GRPOJob:
     )
 
 
-def _rollouts(job: GRPOJob, step: int, cursor: int) -> tuple[StepRollouts, float]:
+def _rollouts(job: GRPOJob, cursor: int) -> tuple[StepRollouts, float]:
     """This step's scored rollouts from freshly refit weights, and the refit time."""
     job.engine.wake()
     start = time.perf_counter()
@@ -264,8 +264,8 @@ def _rollouts(job: GRPOJob, step: int, cursor: int) -> tuple[StepRollouts, float
         job.engine.load_weights(hf_weights(job.model))
     refit_s = time.perf_counter() - start
     grpo = job.config.grpo
-    rollouts = job.worker.step(
-        step, cursor, job.config.trainer.prompts_per_step, grpo.dynamic_sampling, grpo.max_sampling_rounds
+    rollouts = job.worker.collect(
+        cursor, job.config.trainer.prompts_per_step, grpo.dynamic_sampling, grpo.max_sampling_rounds
     )
     job.engine.sleep()
     return rollouts, refit_s
@@ -325,7 +325,7 @@ def _train(job: GRPOJob) -> int:
         lr = learning_rate(step, config.optim.lr, config.scheduler, job.total_steps, job.steps_per_epoch)
         set_learning_rate(job.optimizer, lr)
         step_start = time.perf_counter()
-        rollouts, refit_s = _rollouts(job, step, cursor)
+        rollouts, refit_s = _rollouts(job, cursor)
         cursor = rollouts.next_cursor
         train_start = time.perf_counter()
         trained = _train_on(job, rollouts)
