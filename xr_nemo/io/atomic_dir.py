@@ -44,13 +44,19 @@ def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if target.exists():
-        replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(replaced)
-        staging.rename(target)
-        if replaced.is_dir():
-            shutil.rmtree(replaced)
-        else:
-            replaced.unlink()
+    move_into_place(staging, target)
+
+
+def move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished `staging` directory to `target`. An existing target is renamed aside first and
+    deleted only after the new one is in place, so a complete copy exists at every moment."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
+    target.rename(replaced)
+    staging.rename(target)
+    if replaced.is_dir():
+        shutil.rmtree(replaced)
     else:
-        staging.rename(target)
+        replaced.unlink()

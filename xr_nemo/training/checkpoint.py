@@ -8,7 +8,6 @@ training state (`train_state`, common) and every rank's RNG states, plus the HF 
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from megatron.core.optimizer import MegatronOptimizer
 from xr_nemo.conversion.convert import HF_FILES_DIR
 from xr_nemo.conversion.hf_checkpoint import copy_side_files
 from xr_nemo.errors import XrNemoError
-from xr_nemo.io.atomic_dir import write_text_atomically
+from xr_nemo.io.atomic_dir import move_into_place, write_text_atomically
 from xr_nemo.training.optimizer import load_optimizer_state, optimizer_state_to_load, optimizer_state_to_save
 
 CHECKPOINTS = "checkpoints"
@@ -99,13 +98,7 @@ def save_checkpoint(
     _barrier()
     if dist.get_rank() == 0:
         copy_side_files(Path(hf_dir), staging / HF_FILES_DIR)
-        if final.exists():  # re-saving a step: swap, so a complete copy exists at every moment
-            old = root / f"step_{step}.old"
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, final)
+        move_into_place(staging, final)  # re-saving a step swaps, never leaving it half-written
         write_text_atomically(root / LATEST, final.name + "\n")
         _prune(root, keep_last)
     _barrier()

@@ -1,0 +1,35 @@
+"""Directories are replaced whole or not at all, and leave nothing behind."""
+
+import pytest
+
+from xr_nemo.io.atomic_dir import atomic_output_dir, move_into_place
+
+
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_a_failed_write_leaves_the_old_directory_and_no_staging(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_output_dir(target, overwrite=True) as staging:
+        (staging / "new.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert _tree(tmp_path) == ["out", "out/old.txt"]
+
+
+def test_move_into_place_replaces_an_existing_directory_whole(tmp_path):
+    target, staging = tmp_path / "step_4", tmp_path / "step_4.tmp"
+    target.mkdir()
+    (target / "a").write_text("old")
+    (target / "b").write_text("old")
+    staging.mkdir()
+    (staging / "a").write_text("new")
+    move_into_place(staging, target)
+    assert _tree(tmp_path) == ["step_4", "step_4/a"]
+    assert (target / "a").read_text() == "new"
+    fresh = tmp_path / "fresh.tmp"
+    fresh.mkdir()
+    move_into_place(fresh, tmp_path / "fresh")
+    assert (tmp_path / "fresh").is_dir() and not fresh.exists()
