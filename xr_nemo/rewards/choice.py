@@ -11,7 +11,7 @@ from xr_nemo.rewards.extract import after_thinking, final_answer
 _LETTER = re.compile(r"^\(?\s*(?:option\s+)?([A-Z])\s*\)?(?:[.:)\s]|$)", re.IGNORECASE)
 
 
-def _normalise(text: str) -> str:
+def normalise_option_text(text: str) -> str:
     text = text.lower().translate(str.maketrans("", "", string.punctuation))
     return " ".join(text.split())
 
@@ -19,8 +19,8 @@ def _normalise(text: str) -> str:
 def chosen_option(answer: str, options: dict[str, str]) -> str | None:
     """The option letter `answer` picks, or None. An exact option text wins over a leading letter, so
     "A fever" picks the option reading "a fever" rather than option A."""
-    normalised = _normalise(answer)
-    by_text = [letter for letter, text in options.items() if _normalise(text) == normalised]
+    normalised = normalise_option_text(answer)
+    by_text = [letter for letter, text in options.items() if normalise_option_text(text) == normalised]
     if len(by_text) == 1:
         return by_text[0]
     found = _LETTER.match(answer.strip())

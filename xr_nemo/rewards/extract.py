@@ -32,22 +32,27 @@ def _last_boxed(text: str) -> str | None:
     return None  # unclosed
 
 
-def final_answer(completion: str) -> str | None:
-    """The completion's final answer as written, or None when it gives none."""
+def located_answer(completion: str) -> tuple[str | None, str]:
+    """(final answer as written, where it was found: answer_tag | boxed | answer_is | none)."""
     text = completion[-MAX_SEARCH_CHARS:]
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
-        inner = tagged[-1]
-        answer = _last_boxed(inner) or inner
+        boxed = _last_boxed(tagged[-1])
+        answer, method = (tagged[-1] if boxed is None else boxed), "answer_tag"
     else:
-        answer = _last_boxed(text)
+        answer, method = _last_boxed(text), "boxed"
         if answer is None:
             stated = _ANSWER_IS.findall(text)
-            answer = stated[-1] if stated else None
+            answer, method = (stated[-1], "answer_is") if stated else (None, "none")
     if answer is None:
-        return None
+        return None, "none"
     answer = answer.strip().strip("$").strip()
-    return answer if answer and len(answer) <= MAX_ANSWER_CHARS else None
+    return (answer, method) if answer and len(answer) <= MAX_ANSWER_CHARS else (None, "none")
+
+
+def final_answer(completion: str) -> str | None:
+    """The completion's final answer as written, or None when it gives none."""
+    return located_answer(completion)[0]
 
 
 def after_thinking(completion: str) -> str:

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark registry, prompts, auditable answer extraction, scoring, reports."""
