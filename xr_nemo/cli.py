@@ -51,6 +51,23 @@ def _grpo(args: argparse.Namespace) -> None:
     run_grpo(apply_overrides(load_recipe(args.recipe, "grpo"), args.overrides))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.eval.run import run_eval
+
+    config = EvalConfig(model=args.model)
+    if args.benchmarks:
+        config.benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
+    overrides = [o.removeprefix("eval.").replace("+eval.", "+") for o in args.overrides]
+    summary = run_eval(apply_overrides(config, overrides))
+    for name, result in summary["benchmarks"].items():
+        low, high = result["ci95"]
+        print(
+            f"{name}: {100 * result['accuracy']:.1f} % [{100 * low:.1f}, {100 * high:.1f}] of {result['n']}"
+        )
+
+
 def _tiny_model(args: argparse.Namespace) -> None:
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
@@ -161,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--recipe", default="tiny_cpu", help="recipe module in recipes/ (default: tiny_cpu)")
     grpo.add_argument("overrides", nargs="*", help="config overrides, e.g. rollout.n=8 trainer.max_steps=50")
     grpo.set_defaults(handler=_grpo)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate an HF model or a run's export on benchmarks (vLLM), with a report"
+    )
+    evaluate.add_argument(
+        "--model", required=True, help="HF directory, or a run directory with an hf/ export"
+    )
+    evaluate.add_argument("--benchmarks", default=None, help="comma-separated names (default: gsm8k,medqa)")
+    evaluate.add_argument(
+        "overrides", nargs="*", help="e.g. limit=100 samples=5 temperature=0.3 +data.medqa=local.jsonl"
+    )
+    evaluate.set_defaults(handler=_eval)
 
     _add_convert(commands)
     return parser

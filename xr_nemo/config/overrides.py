@@ -57,7 +57,7 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
         try:
             if override.is_delete():
                 raise ConfigError(f"cannot delete {key}: the config is typed", where=text)
-            if not _exists(node, key):
+            if not _exists(node, key) and not _in_open_dict(node, key):
                 close = difflib.get_close_matches(key, _all_keys(node) + list(ALIASES), n=3)
                 raise ConfigError(
                     f"unknown config key {key!r}",
@@ -78,6 +78,14 @@ def _exists(node: DictConfig, key: str) -> bool:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(node, parent_key) if parent_key else node
     return isinstance(parent, DictConfig) and leaf in parent.keys()  # noqa: SIM118 (as above)
+
+
+def _in_open_dict(node: DictConfig, key: str) -> bool:
+    """True when `key` names an entry of a free-form dict field (e.g. eval's `data.<benchmark>`), where
+    new keys are allowed; dataclass sections stay closed, so typos are still caught."""
+    parent_key, _, _ = key.rpartition(".")
+    parent = OmegaConf.select(node, parent_key) if parent_key else None
+    return isinstance(parent, DictConfig) and OmegaConf.get_type(parent) is dict
 
 
 def to_object(node: DictConfig, kind: type[T]) -> T:

@@ -171,3 +171,23 @@ class GRPOConfig:
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`xr-nemo eval --model DIR --benchmarks a,b [key=value …]`."""
+
+    model: str = "???"  # an HF directory, or a run directory (its `hf/` export)
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "medqa"])
+    data: dict[str, str] = field(default_factory=dict)  # benchmark → local file instead of the hub
+    out_dir: str | None = None  # default: <model>/eval
+    limit: int | None = None  # first N items per benchmark
+    samples: int = 1  # completions per item; > 1 adds avg@k, majority@k and pass@k
+    temperature: float = 0.0  # greedy for the headline numbers (the paper samples at 0.3 for @k)
+    max_new_tokens: int = 4096
+    thinking_budget: int | None = None  # forced exiting, as in the paper's evaluation
+    batch_size: int = 64  # items per generation call (and per append to the predictions file)
+    gpu_memory_utilization: float = 0.8
+    dtype: str = "auto"
+    seed: int = 0
+    reward_timeout_s: float = 10.0  # per math answer

@@ -63,8 +63,15 @@ def generate(
     engine: Engine, prompts: Sequence[list[int]], n: int, seed: int, sampling: Sampling
 ) -> list[list[Completion]]:
     """`n` completions per prompt; completion j of prompt i uses seed `seed + i·n + j`."""
+    return generate_from_seeds(engine, prompts, [seed + i * n for i in range(len(prompts))], n, sampling)
+
+
+def generate_from_seeds(
+    engine: Engine, prompts: Sequence[list[int]], first_seeds: Sequence[int], n: int, sampling: Sampling
+) -> list[list[Completion]]:
+    """`n` completions per prompt; completion j of prompt i uses seed `first_seeds[i] + j`."""
     flat_prompts = [prompt for prompt in prompts for _ in range(n)]
-    seeds = [seed + k for k in range(len(flat_prompts))]
+    seeds = [first + j for first in first_seeds for j in range(n)]
     flat = _sample_with_forced_exit(engine, flat_prompts, seeds, sampling)
     return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 

@@ -27,7 +27,10 @@ class VLLMEngine:
         dtype: torch.dtype,
         gpu_memory_utilization: float,
         seed: int,
+        load_format: str = "dummy",
     ) -> None:
+        """`load_format="dummy"`: start without reading weights (training refits them before the first
+        rollout); `"auto"`: read the checkpoint in `hf_dir` (evaluation)."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm_cpu.apply()
@@ -42,7 +45,7 @@ class VLLMEngine:
             enforce_eager=not on_gpu,
             enable_sleep_mode=on_gpu,
             seed=seed,
-            load_format="dummy",  # weights arrive by `load_weights` before the first rollout
+            load_format=load_format,
             logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
             **vllm_cpu.text_only_engine_kwargs(),
             **vllm_cpu.seeded_sampling_engine_kwargs(),
