@@ -36,8 +36,37 @@ MMLU_PRO = [
     }
     for i in range(8)
 ]
-FIXTURES = {"gsm8k": GSM8K, "medqa": MEDQA, "mmlu_pro": MMLU_PRO, "mmlu_pro_health": MMLU_PRO}
-VALID = {"gsm8k": 6, "medqa": 6, "mmlu_pro": 8, "mmlu_pro_health": 4}
+MEDMCQA = [
+    {
+        "id": f"m{i}",
+        "question": f"Which nerve supplies muscle {i}?",
+        "opa": "Radial",
+        "opb": "Ulnar",
+        "opc": "Median",
+        "opd": "Axillary",
+        "cop": i % 4,
+        "subject_name": "Anatomy",
+    }
+    for i in range(6)
+] + [{"id": "bad", "question": "No answer index", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7}]
+PUBMEDQA = [
+    {
+        "pubid": 1000 + i,
+        "question": f"Does treatment {i} reduce mortality?",
+        "context": {"contexts": [f"Background {i}.", "Results were mixed."]},
+        "final_decision": ["yes", "no", "maybe"][i % 3],
+    }
+    for i in range(6)
+]
+FIXTURES = {
+    "gsm8k": GSM8K,
+    "medqa": MEDQA,
+    "mmlu_pro": MMLU_PRO,
+    "mmlu_pro_health": MMLU_PRO,
+    "medmcqa": MEDMCQA,
+    "pubmedqa": PUBMEDQA,
+}
+VALID = {"gsm8k": 6, "medqa": 6, "mmlu_pro": 8, "mmlu_pro_health": 4, "medmcqa": 6, "pubmedqa": 6}
 
 
 def test_every_registered_benchmark_has_a_fixture():
@@ -85,6 +114,10 @@ def _truth() -> dict[str, tuple[str, str]]:
     truth |= {
         row["question"]: (row["answer_idx"], "A" if row["answer_idx"] != "A" else "B") for row in MEDQA[:6]
     }
+    for row in MEDMCQA[:6]:
+        truth[row["question"]] = ("ABCD"[row["cop"]], "ABCD"[(row["cop"] + 1) % 4])
+    for row in PUBMEDQA:  # answered in words
+        truth[row["question"]] = (row["final_decision"], "no" if row["final_decision"] != "no" else "yes")
     for row in MMLU_PRO:  # answered by option text, the wrong one being the next option's
         index = "ABCDE".index(row["answer"])
         truth[row["question"]] = (row["options"][index], row["options"][(index + 1) % 5])
@@ -112,7 +145,7 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     for name, valid in VALID.items():
         result = summary["benchmarks"][name]
         assert result["n"] == valid
-        assert result["correct"] == (valid + 1) // 2  # calls alternate right/wrong within each batch
+        assert result["correct"] == valid // 2  # answers alternate right/wrong; every count is even
         assert result["no_answer"] == 0
     assert summary["benchmarks"]["gsm8k"]["skipped"] == 1
     assert summary["benchmarks"]["gsm8k"]["problems"][0].startswith(f"{fixtures['gsm8k']}:7")

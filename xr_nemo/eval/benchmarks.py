@@ -147,3 +147,49 @@ class MMLUPro(Benchmark):
 @register
 class MMLUProHealth(MMLUPro):
     name, category = "mmlu_pro_health", "health"
+
+
+@register
+class MedMCQA(Benchmark):
+    """`{question, opa, opb, opc, opd, cop (0-based index of the correct option), subject_name}`; the
+    validation split, since the test split has no answers."""
+
+    name = "medmcqa"
+    hub_id, split, kind = "openlifescienceai/medmcqa", "validation", "choice"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        options = _lettered([fields.get(key) for key in ("opa", "opb", "opc", "opd")], where)
+        correct = fields.get("cop")
+        if not isinstance(correct, int) or not 0 <= correct < len(options):
+            raise DataError(
+                f"'cop' must be an option index 0-{len(options) - 1}, got {correct!r}", where=where
+            )
+        meta = {"subject": str(fields.get("subject_name", ""))}
+        item_id = f"medmcqa-{fields.get('id', index)}"
+        return EvalItem(
+            item_id, _text(fields.get("question"), "'question'", where), "ABCD"[correct], options, meta
+        )
+
+
+@register
+class PubMedQA(Benchmark):
+    """PQA-L: `{question, context: {contexts: [...]}, final_decision: yes|no|maybe}`, asked with the
+    abstract's context as a three-way multiple choice."""
+
+    name = "pubmedqa"
+    hub_id, hub_config, split, kind = "qiaojin/PubMedQA", "pqa_labeled", "train", "choice"
+    OPTIONS: ClassVar[dict[str, str]] = {"A": "yes", "B": "no", "C": "maybe"}
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        decision = _text(fields.get("final_decision"), "'final_decision'", where).lower()
+        gold = next((letter for letter, text in self.OPTIONS.items() if text == decision), None)
+        if gold is None:
+            raise DataError(f"final_decision {decision!r} is not yes, no or maybe", where=where)
+        context = fields.get("context") or {}
+        passages = context.get("contexts", []) if isinstance(context, dict) else []
+        question = _text(fields.get("question"), "'question'", where)
+        if passages:
+            question = "Context: " + " ".join(str(p) for p in passages) + f"\n\n{question}"
+        return EvalItem(f"pubmedqa-{fields.get('pubid', index)}", question, gold, dict(self.OPTIONS))
