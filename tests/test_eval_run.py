@@ -220,3 +220,25 @@ def test_cli_evaluates_the_tiny_model_through_vllm(tmp_path, fixtures):
         assert len(rows) == summary["benchmarks"][name]["n"]
     assert (tmp_path / "eval" / "report.md").exists()
     assert "medqa:" in result.stdout
+
+
+def test_a_run_without_an_export_is_exported_from_its_latest_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from xr_nemo.conversion.convert import import_hf
+    from xr_nemo.errors import ConfigError
+    from xr_nemo.eval.run import model_directory
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    original = build_tiny_qwen25_vl(tmp_path / "original")
+    run = tmp_path / "run"
+    import_hf(original, run / "checkpoints" / "step_3", progress=False)
+    (run / "checkpoints" / "latest").write_text("step_3\n")
+    exported = model_directory(str(run))
+    assert exported == run / "hf"
+    got, want = load_file(str(exported / "model.safetensors")), load_file(str(original / "model.safetensors"))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert model_directory(str(run)) == exported  # reused, not exported again
+    with pytest.raises(ConfigError, match="neither"):
+        model_directory(str(tmp_path / "empty"))

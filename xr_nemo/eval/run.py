@@ -17,6 +17,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from xr_nemo.config.schema import EvalConfig
+from xr_nemo.conversion.convert import export_hf
 from xr_nemo.data.records import DataError
 from xr_nemo.errors import ConfigError
 from xr_nemo.eval.benchmarks import Benchmark, EvalItem, get_benchmark
@@ -26,19 +27,29 @@ from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_inte
 from xr_nemo.generation.engine import Engine, Sampling, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
+from xr_nemo.training.checkpoint import latest_checkpoint
+
+
+def _has_weights(directory: Path) -> bool:
+    return (directory / "config.json").exists() and any(directory.glob("*.safetensors"))
 
 
 def model_directory(model: str) -> Path:
-    """An HF directory as given, or a run directory's `hf/` export."""
+    """An HF directory as given, or a run directory's `hf/` export — made from the run's latest
+    checkpoint first when the run has none."""
     path = Path(model)
     for candidate in (path, path / "hf"):
-        if (candidate / "config.json").exists() and any(candidate.glob("*.safetensors")):
+        if _has_weights(candidate):
             return candidate
-    raise ConfigError(
-        f"{model} is neither a Hugging Face model directory nor a run directory with an hf/ export",
-        where="--model",
-        fix="pass a directory with config.json and *.safetensors, or export the run (export.hf=true)",
-    )
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is None:
+        raise ConfigError(
+            f"{model} is neither a Hugging Face model directory nor a run directory with checkpoints",
+            where="--model",
+            fix="pass a directory with config.json and *.safetensors, or a training run directory",
+        )
+    print(f"[eval] exporting {latest} → {path / 'hf'}", flush=True)
+    return export_hf(latest, path / "hf", overwrite=True)
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
