@@ -29,8 +29,8 @@ def _row(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.array([0.0] * len(sample.prompt) + sampled)
 
 
-def microbatch(samples: list[Sample], pad_id: int, multiple_of: int = 1) -> Batch:
-    batch = collate([[_row(s)] for s in samples], pad_id, multiple_of=multiple_of)
+def microbatch(samples: list[Sample], pad_id: int, multiple_of: int = 1, length: int | None = None) -> Batch:
+    batch = collate([[_row(s)] for s in samples], pad_id, length=length, multiple_of=multiple_of)
     width = batch["tokens"].shape[1]
     advantages = torch.zeros(len(samples), width)
     rollout_logprobs = torch.zeros(len(samples), width)
@@ -49,17 +49,29 @@ def placeholder(pad_id: int) -> Sample:
     return Sample([pad_id, pad_id], Completion([], []), 0.0, carries_loss=False)
 
 
+def uniform_length(samples: list[Sample], multiple_of: int = 1) -> int:
+    """One padded length for every micro-batch: pipeline stages exchange activations of a fixed shape."""
+    longest = max((len(s.prompt) + len(s.completion.token_ids) - 1 for s in samples), default=1)
+    return -(-longest // multiple_of) * multiple_of
+
+
 def minibatches(
-    samples: list[Sample], updates: int, micro_batch_size: int, pad_id: int, multiple_of: int = 1
+    samples: list[Sample],
+    updates: int,
+    micro_batch_size: int,
+    pad_id: int,
+    multiple_of: int = 1,
+    length: int | None = None,
 ) -> list[list[Batch]]:
-    """`updates` mini-batches (one optimizer step each) of micro-batches; empty ones get a placeholder."""
+    """`updates` mini-batches (one optimizer step each) of micro-batches; empty ones get a placeholder.
+    Micro-batches are padded to their longest row, or to `length` when given."""
     parts = np.array_split(np.arange(len(samples)), updates)
     result = []
     for part in parts:
         chosen = [samples[i] for i in part] or [placeholder(pad_id)]
         result.append(
             [
-                microbatch(chosen[i : i + micro_batch_size], pad_id, multiple_of)
+                microbatch(chosen[i : i + micro_batch_size], pad_id, multiple_of, length)
                 for i in range(0, len(chosen), micro_batch_size)
             ]
         )

@@ -29,7 +29,7 @@ from xr_nemo.distributed import initialize, shutdown
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, Sampling
 from xr_nemo.grpo.algorithm import group_advantages
-from xr_nemo.grpo.batch import Sample, minibatches
+from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
 from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT, PromptSet, load_prompts
 from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
@@ -277,8 +277,15 @@ def _train_on(job: GRPOJob, rollouts: StepRollouts) -> dict[str, float]:
     multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
     temperature = config.rollout.temperature or 1.0
     samples = _samples(config, rollouts, job.prompts)
+    pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
+    length = uniform_length(samples, multiple) if pipelined else None
     updates = minibatches(
-        samples, config.grpo.updates_per_rollout, config.trainer.micro_batch_size, job.pad_id, multiple
+        samples,
+        config.grpo.updates_per_rollout,
+        config.trainer.micro_batch_size,
+        job.pad_id,
+        multiple,
+        length,
     )
     every_batch = [batch for update in updates for batch in update]
     _attach_logprobs(partial(logprob_step, temperature), job.wrapped, every_batch, "old_logprobs")
