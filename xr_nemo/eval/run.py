@@ -24,7 +24,7 @@ from xr_nemo.eval.benchmarks import Benchmark, EvalItem, get_benchmark
 from xr_nemo.eval.extract import Extraction, extract_choice, extract_math
 from xr_nemo.eval.prompts import messages
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
-from xr_nemo.generation.engine import Engine, Sampling, generate_from_seeds
+from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.training.checkpoint import latest_checkpoint
@@ -116,8 +116,7 @@ def _context_length(config: EvalConfig, model_dir: Path, tokenizer, items: list[
 class Evaluator:
     def __init__(self, config: EvalConfig, engine: Engine, tokenizer, pool: RewardPool) -> None:
         self.config, self.engine, self.tokenizer, self.pool = config, engine, tokenizer, pool
-        stop = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
-        self.stop_ids = tuple(sorted(i for i in stop if isinstance(i, int) and i >= 0))
+        self.stop_ids = chat_stop_ids(tokenizer)
         self.sampling = Sampling(
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,

@@ -41,6 +41,13 @@ class Completion:
             self.sampled = [True] * len(self.token_ids)
 
 
+def chat_stop_ids(tokenizer) -> tuple[int, ...]:
+    """The tokens that end a chat turn: ChatML's `<|im_end|>`, `<|endoftext|>` and the tokenizer's eos."""
+    names = ("<|im_end|>", "<|endoftext|>")
+    ids = {tokenizer.convert_tokens_to_ids(name) for name in names} | {tokenizer.eos_token_id}
+    return tuple(sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id))
+
+
 class Engine(Protocol):
     def sample(
         self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling

@@ -21,31 +21,29 @@ from megatron.core.optimizer import MegatronOptimizer
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
-from xr_nemo.config.overrides import save_config
 from xr_nemo.config.schema import GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.distributed import initialize, shutdown
 from xr_nemo.errors import ConfigError
-from xr_nemo.generation.engine import Engine, Sampling
+from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
 from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT, PromptSet, load_prompts
 from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
-from xr_nemo.training.checkpoint import checkpoints_dir, load_checkpoint, save_checkpoint
+from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
 from xr_nemo.training.loop import resume_point, run_schedule, sum_over_data_and_pipeline, summed_report
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
 from xr_nemo.training.schedule import learning_rate
 from xr_nemo.training.setup import (
     build_model,
+    export_final,
     initial_checkpoint,
-    model_dir,
     params_dtype,
-    prepare_model_dir,
-    run_xr_nemo,
+    prepare_run_dir,
     wrap_for_training,
 )
 
@@ -78,12 +76,6 @@ def _check(config: GRPOConfig) -> None:
             where="trainer.prompts_per_step",
             fix=f"use at least {dp}",
         )
-
-
-def _stop_ids(tokenizer) -> tuple[int, ...]:
-    names = ("<|im_end|>", "<|endoftext|>")
-    ids = {tokenizer.convert_tokens_to_ids(name) for name in names} | {tokenizer.eos_token_id}
-    return tuple(sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id))
 
 
 def _engine(config: GRPOConfig, model, hf_dir: Path, pad_id: int, prompts: PromptSet):
@@ -197,9 +189,8 @@ class GRPOJob:
     resume_from: Path | None
 
 
-def _build_job(config: GRPOConfig, pool: RewardPool | None) -> GRPOJob:
+def _build_job(config: GRPOConfig, hf_dir: Path, pool: RewardPool | None) -> GRPOJob:
     run_dir = Path(config.run.dir)
-    hf_dir = model_dir(config.model)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     pad_id = tokenizer.pad_token_id or 0
     prompts = _load_prompts(config, tokenizer)
@@ -219,7 +210,7 @@ def _build_job(config: GRPOConfig, pool: RewardPool | None) -> GRPOJob:
     wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
 
     engine = _engine(config, model, hf_dir, pad_id, prompts)
-    stop_ids = _stop_ids(tokenizer)
+    stop_ids = chat_stop_ids(tokenizer)
     sampling = Sampling(
         max_new_tokens=config.rollout.max_new_tokens,
         temperature=config.rollout.temperature,
@@ -374,25 +365,13 @@ def run_grpo(config: GRPOConfig) -> Path:
     pool, job = None, None
     try:
         _check(config)
-        if dist.get_rank() == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-            prepare_model_dir(config.model)
-        dist.barrier()
+        hf_dir = prepare_run_dir(config)
         if dist.get_rank(parallel_state.get_model_parallel_group()) == 0:
             reward = config.reward
             spec = RewardSpec(reward.correctness, reward.format_weight)
             pool = RewardPool(spec, workers=reward.workers, timeout_s=reward.timeout_s)
-        job = _build_job(config, pool)
-        last_step = _train(job)
-        final = checkpoints_dir(run_dir) / f"step_{last_step}"
-        if config.export.hf and dist.get_rank() == 0:
-            args = ["convert", "export", str(final), str(run_dir / "hf"), "--overwrite"]
-            run_xr_nemo(*args, *(["--dtype", config.export.dtype] if config.export.dtype else []))
-            _say(f"exported {final} → {run_dir / 'hf'}")
-        dist.barrier()
-        _say(f"done: {final}")
-        return final
+        job = _build_job(config, hf_dir, pool)
+        return export_final(run_dir, _train(job), config.export, _say)
     finally:
         if pool is not None:
             pool.close()

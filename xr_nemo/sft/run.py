@@ -10,7 +10,6 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from transformers import AutoConfig, AutoTokenizer
 
-from xr_nemo.config.overrides import save_config
 from xr_nemo.config.schema import SFTConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.data.batches import BatchPlan
@@ -20,15 +19,13 @@ from xr_nemo.distributed import initialize, shutdown
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 from xr_nemo.sft.step import forward_step
-from xr_nemo.training.checkpoint import checkpoints_dir
 from xr_nemo.training.loop import TrainingJob, resume_point, train
 from xr_nemo.training.setup import (
     build_model,
+    export_final,
     initial_checkpoint,
-    model_dir,
     on_rank_zero_first,
-    prepare_model_dir,
-    run_xr_nemo,
+    prepare_run_dir,
     wrap_for_training,
 )
 
@@ -38,12 +35,12 @@ def _say(message: str) -> None:
         print(f"[sft] {message}", flush=True)
 
 
-def _datasets(config: SFTConfig) -> tuple[TokenizedDataset, TokenizedDataset | None]:
+def _datasets(config: SFTConfig, hf_dir: Path) -> tuple[TokenizedDataset, TokenizedDataset | None]:
     data = config.data
     cache = data.cache_dir or str(Path(config.run.dir) / "cache")
     progress = config.trainer.progress and dist.get_rank() == 0
     train_set = on_rank_zero_first(
-        tokenize_dataset, data.train, data.split, str(model_dir(config.model)), data, cache, progress
+        tokenize_dataset, data.train, data.split, str(hf_dir), data, cache, progress
     )
     _say(f"train data: {train_set.stats.summary()}")
     for example in train_set.stats.bad_examples:
@@ -54,7 +51,7 @@ def _datasets(config: SFTConfig) -> tuple[TokenizedDataset, TokenizedDataset | N
             tokenize_dataset,
             data.validation,
             data.validation_split,
-            str(model_dir(config.model)),
+            str(hf_dir),
             data,
             cache,
             progress,
@@ -106,16 +103,12 @@ def run_sft(config: SFTConfig) -> Path:
     run_dir = Path(config.run.dir)
     initialize(config.model, seed=config.trainer.seed)
     try:
-        if dist.get_rank() == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
-            prepare_model_dir(config.model)
-        dist.barrier()
+        hf_dir = prepare_run_dir(config)
         dp_size = parallel_state.get_data_parallel_world_size()
         _check_batch_layout(config, dp_size)
-        train_set, validation = _datasets(config)
-        hf_config = AutoConfig.from_pretrained(str(model_dir(config.model)))
-        pad_id = AutoTokenizer.from_pretrained(str(model_dir(config.model))).pad_token_id or 0
+        train_set, validation = _datasets(config, hf_dir)
+        hf_config = AutoConfig.from_pretrained(hf_dir)
+        pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id or 0
         positions = partial(
             mrope_position_ids,
             image_token_id=hf_config.image_token_id,
@@ -161,17 +154,9 @@ def run_sft(config: SFTConfig) -> Path:
             train_microbatches=_microbatch_source(config, train_set, plan, pad_id, positions),
             validation_microbatches=validation_source,
             steps_per_epoch=plan.steps_per_epoch,
-            hf_dir=Path(str(model_dir(config.model))),
+            hf_dir=hf_dir,
             resume_from=resume_from,
         )
-        last_step = train(config, job)
-        final = checkpoints_dir(run_dir) / f"step_{last_step}"
-        if config.export.hf and dist.get_rank() == 0:
-            args = ["convert", "export", str(final), str(run_dir / "hf"), "--overwrite"]
-            run_xr_nemo(*args, *(["--dtype", config.export.dtype] if config.export.dtype else []))
-            _say(f"exported {final} → {run_dir / 'hf'}")
-        dist.barrier()
-        _say(f"done: {final}")
-        return final
+        return export_final(run_dir, train(config, job), config.export, _say)
     finally:
         shutdown()

@@ -17,12 +17,13 @@ from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import MegatronOptimizer
 from transformers import Qwen2_5_VLConfig
 
-from xr_nemo.config.schema import ModelConfig, OptimConfig
+from xr_nemo.config.overrides import save_config
+from xr_nemo.config.schema import ExportConfig, GRPOConfig, ModelConfig, OptimConfig, SFTConfig
 from xr_nemo.conversion.convert import HF_FILES_DIR
 from xr_nemo.distributed.launch_env import LAUNCHER_VARIABLES
 from xr_nemo.errors import ConfigError, XrNemoError
 from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
-from xr_nemo.training.checkpoint import latest_checkpoint
+from xr_nemo.training.checkpoint import checkpoints_dir, latest_checkpoint
 from xr_nemo.training.optimizer import build_optimizer
 
 BASE_CHECKPOINT = "base_checkpoint"
@@ -89,6 +90,30 @@ def prepare_model_dir(model: ModelConfig) -> None:
         where="model.hf_dir",
         fix="point it at a Hugging Face Qwen2.5-VL directory",
     )
+
+
+def prepare_run_dir(config: SFTConfig | GRPOConfig) -> Path:
+    """Rank 0 creates the run directory, saves the resolved config and prepares the model directory;
+    returns the model directory, once every rank may read it. Collective."""
+    run_dir = Path(config.run.dir)
+    if dist.get_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        prepare_model_dir(config.model)
+    dist.barrier()
+    return model_dir(config.model)
+
+
+def export_final(run_dir: Path, last_step: int, export: ExportConfig, say: Callable[[str], None]) -> Path:
+    """The last checkpoint's directory, exported to `<run_dir>/hf` by rank 0 when `export.hf`. Collective."""
+    final = checkpoints_dir(run_dir) / f"step_{last_step}"
+    if export.hf and dist.get_rank() == 0:
+        args = ["convert", "export", str(final), str(run_dir / "hf"), "--overwrite"]
+        run_xr_nemo(*args, *(["--dtype", export.dtype] if export.dtype else []))
+        say(f"exported {final} → {run_dir / 'hf'}")
+    dist.barrier()
+    say(f"done: {final}")
+    return final
 
 
 def initial_checkpoint(model: ModelConfig, run_dir: Path, say: Callable[[str], None]) -> Path:
