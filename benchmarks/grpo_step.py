@@ -63,7 +63,7 @@ def _engines_worker(hf_dir: str) -> dict[str, float]:
     llm = LLM(
         model=hf_dir,
         **engine_args,
-        **vllm_cpu.text_only_engine_kwargs(),
+        **vllm_cpu.multimodal_engine_kwargs(),
         **vllm_cpu.seeded_sampling_engine_kwargs(),
     )
     fresh_engine_s = time.perf_counter() - start

@@ -4,97 +4,42 @@ answers every other item correctly), an interrupted run regenerates only what is
 CLI runs the tiny model through vLLM."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from xr_nemo.eval.benchmarks import REGISTRY
-
-GSM8K = [
-    {
-        "question": f"Tom has {i} apples and buys {i + 3} more. How many?",
-        "answer": f"{i} + {i + 3}\n#### {2 * i + 3}",
-    }
-    for i in range(6)
-] + [{"question": "No final line", "answer": "just text"}]
-MEDQA = [
-    {
-        "question": f"A {30 + i}-year-old presents with chest pain. Best next step?",
-        "options": {"A": "ECG", "B": "Troponin", "C": "Aspirin", "D": "CT"},
-        "answer_idx": "ABCD"[i % 4],
-    }
-    for i in range(6)
-] + [{"question": "Missing answer", "options": {"A": "x", "B": "y"}}]
-MMLU_PRO = [
-    {
-        "question_id": 100 + i,
-        "question": f"Question {i} about {'health' if i % 2 else 'law'}?",
-        "options": ["alpha", "beta", "gamma", "delta", "epsilon"],
-        "answer": "ABCDE"[i % 5],
-        "category": "health" if i % 2 else "law",
-    }
-    for i in range(8)
-]
-MEDMCQA = [
-    {
-        "id": f"m{i}",
-        "question": f"Which nerve supplies muscle {i}?",
-        "opa": "Radial",
-        "opb": "Ulnar",
-        "opc": "Median",
-        "opd": "Axillary",
-        "cop": i % 4,
-        "subject_name": "Anatomy",
-    }
-    for i in range(6)
-] + [{"id": "bad", "question": "No answer index", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7}]
-PUBMEDQA = [
-    {
-        "pubid": 1000 + i,
-        "question": f"Does treatment {i} reduce mortality?",
-        "context": {"contexts": [f"Background {i}.", "Results were mixed."]},
-        "final_decision": ["yes", "no", "maybe"][i % 3],
-    }
-    for i in range(6)
-]
-FIXTURES = {
-    "gsm8k": GSM8K,
-    "medqa": MEDQA,
-    "mmlu_pro": MMLU_PRO,
-    "mmlu_pro_health": MMLU_PRO,
-    "medmcqa": MEDMCQA,
-    "pubmedqa": PUBMEDQA,
-}
-VALID = {"gsm8k": 6, "medqa": 6, "mmlu_pro": 8, "mmlu_pro_health": 4, "medmcqa": 6, "pubmedqa": 6}
+from xr_nemo.testing.eval_fixtures import SKIPPED, VALID, WRITERS, write_fixtures
 
 
 def test_every_registered_benchmark_has_a_fixture():
-    assert set(REGISTRY) == set(FIXTURES)
+    assert set(REGISTRY) == set(WRITERS) == set(VALID)
 
 
 @pytest.fixture
 def fixtures(tmp_path):
-    paths = {}
-    for name, rows in FIXTURES.items():
-        paths[name] = tmp_path / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return paths
+    return write_fixtures(tmp_path / "data")
 
 
 class KnowingEngine:
-    """Answers the question in the prompt: correctly for even-numbered calls, wrongly for odd ones."""
+    """Answers the question in the prompt: correctly for even-numbered calls, wrongly for odd ones; keeps
+    the sizes of the images each question came with."""
 
     def __init__(self, tokenizer, truth):
         self.tokenizer, self.truth, self.calls, self.prompts_seen = tokenizer, truth, 0, 0
+        self.image_sizes: dict[str, list[tuple[int, int]]] = {}
 
     def sample(self, prompts, seeds, sampling):
-        from xr_nemo.generation.engine import Completion
+        from xr_nemo.generation.engine import Completion, ImagePrompt, token_ids
 
         out = []
         for prompt in prompts:
-            text = self.tokenizer.decode(prompt)
+            text = self.tokenizer.decode(token_ids(prompt))
             question = next(q for q in self.truth if q in text)
+            images = prompt.images if isinstance(prompt, ImagePrompt) else ()
+            self.image_sizes[question] = [image.size for image in images]
             right, wrong = self.truth[question]
             answer = right if self.calls % 2 == 0 else wrong
             self.calls += 1
@@ -109,21 +54,6 @@ class KnowingEngine:
         pass
 
 
-def _truth() -> dict[str, tuple[str, str]]:
-    truth = {row["question"]: (row["answer"].split("####")[1].strip(), "-1") for row in GSM8K[:6]}
-    truth |= {
-        row["question"]: (row["answer_idx"], "A" if row["answer_idx"] != "A" else "B") for row in MEDQA[:6]
-    }
-    for row in MEDMCQA[:6]:
-        truth[row["question"]] = ("ABCD"[row["cop"]], "ABCD"[(row["cop"] + 1) % 4])
-    for row in PUBMEDQA:  # answered in words
-        truth[row["question"]] = (row["final_decision"], "no" if row["final_decision"] != "no" else "yes")
-    for row in MMLU_PRO:  # answered by option text, the wrong one being the next option's
-        index = "ABCDE".index(row["answer"])
-        truth[row["question"]] = (row["options"][index], row["options"][(index + 1) % 5])
-    return truth
-
-
 def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     from transformers import AutoTokenizer
 
@@ -131,25 +61,38 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     from xr_nemo.eval.run import run_eval
     from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
 
+    paths, truth = fixtures
     model = build_tiny_qwen25_vl(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(model)
     config = EvalConfig(
         model=str(model),
-        benchmarks=list(FIXTURES),
-        data={k: str(v) for k, v in fixtures.items()},
+        benchmarks=list(WRITERS),
+        data={k: str(v) for k, v in paths.items()},
         out_dir=str(tmp_path / "eval"),
         batch_size=3,
     )
-    engine = KnowingEngine(tokenizer, _truth())
+    engine = KnowingEngine(tokenizer, truth)
     summary = run_eval(config, engine=engine)
     for name, valid in VALID.items():
         result = summary["benchmarks"][name]
-        assert result["n"] == valid
-        assert result["correct"] == valid // 2  # answers alternate right/wrong; every count is even
-        assert result["no_answer"] == 0
-    assert summary["benchmarks"]["gsm8k"]["skipped"] == 1
-    assert summary["benchmarks"]["gsm8k"]["problems"][0].startswith(f"{fixtures['gsm8k']}:7")
-    assert summary["benchmarks"]["medqa"]["problems"][0].startswith(f"{fixtures['medqa']}:7")
+        assert result["n"] == valid, name
+        assert result["correct"] == valid // 2, name  # answers alternate right/wrong; every count is even
+        assert result["no_answer"] == 0, name
+        assert result["skipped_by_reason"] == SKIPPED.get(name, {}), name
+    assert summary["benchmarks"]["gsm8k"]["problems"][0].startswith(f"{paths['gsm8k']}:7")
+    assert summary["benchmarks"]["medqa"]["problems"][0].startswith(f"{paths['medqa']}:7")
+    assert "MM-404.png does not exist" in summary["benchmarks"]["medxpertqa_mm"]["problems"][0]
+    assert "cannot be decoded" in summary["benchmarks"]["slake"]["problems"][0]
+
+    image_tags = {"mmmu", "mmmu_pro", "mmstar", "mathvista", "mathvision", "medxpertqa MM", "omnimedvqa"}
+    image_tags |= {"nejm", "vqa_rad", "slake", "pmc_vqa"}
+    for question, sizes in engine.image_sizes.items():  # image questions come with their images only
+        tag = re.search(r"\[(\w+(?: MM| Text)?)", question).group(1)
+        assert bool(sizes) == (tag in image_tags), question
+    assert len(engine.image_sizes) == len(truth)
+    two = next(sizes for question, sizes in engine.image_sizes.items() if "[mmmu 1]" in question)
+    assert two == [(84, 56), (84, 112)]
+
     rows = [
         json.loads(line)
         for line in (tmp_path / "eval" / "predictions" / "medqa.jsonl").read_text().splitlines()
@@ -157,13 +100,16 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     assert rows[0]["methods"] == ["answer_tag"] and rows[0]["outputs"][0].startswith("<think>")
     assert all(row["correct"][0] == (row["answers"][0] == row["gold"]) for row in rows)
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "| medqa | 50.0 % |" in report and "| mmlu_pro_health |" in report
+    assert "| medqa | 50.0 |" in report and "| mmlu_pro_health |" in report
+    assert "| mmmu | 50.0 | " in report and "| 53.0 | 56.4 | 55.0 |" in report  # the paper's Table 5 and 8
+    assert "1 undecodable image" in report
+    assert (tmp_path / "eval" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
 
     # interrupted: the last two medqa rows are gone and a half-written line is left
     path = tmp_path / "eval" / "predictions" / "medqa.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-2]) + '\n{"id": "medqa-4", "outp')
-    engine = KnowingEngine(tokenizer, _truth())
+    engine = KnowingEngine(tokenizer, truth)
     again = run_eval(config, engine=engine)
     assert engine.prompts_seen == 2
     assert again["benchmarks"]["medqa"]["generated"] == 2

@@ -27,7 +27,7 @@ def vllm_greedy(model_dir: str) -> list[list[int]]:
         max_model_len=256,
         gpu_memory_utilization=0.2,
         seed=0,
-        **vllm_cpu.text_only_engine_kwargs(),
+        **vllm_cpu.multimodal_engine_kwargs(),
     )
     outputs = llm.generate(PROMPTS, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
     return [list(output.outputs[0].token_ids) for output in outputs]

@@ -187,6 +187,9 @@ class EvalConfig:
     max_new_tokens: int = 4096
     thinking_budget: int | None = None  # forced exiting, as in the paper's evaluation
     batch_size: int = 64  # items per generation call (and per append to the predictions file)
+    engine: str = "auto"  # auto (vLLM; on CPU the Hugging Face model for image benchmarks) | vllm | hf
+    data_parallel: int = 1  # engine replicas, each in its own process on its own GPUs
+    tensor_parallel: int = 1  # GPUs per vLLM replica
     gpu_memory_utilization: float = 0.8
     dtype: str = "auto"
     seed: int = 0

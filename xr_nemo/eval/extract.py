@@ -5,6 +5,8 @@ Multiple choice: the final answer (tag, box, "Answer: …") read as a letter or 
 that, a reply that is only a letter; failing that, the last option letter written as "(C)" or "C." after
 the thinking. A final answer naming several different letters is ambiguous and counts as no answer.
 Free-form math: the final answer; failing that, the last number after the thinking.
+Short answers (medical VQA: "yes", "left lung", "CT"): the final answer; failing that, a reply after the
+thinking that is one short line. They are compared after normalisation (`same_short_answer`).
 """
 
 from __future__ import annotations
@@ -65,3 +67,28 @@ def extract_math(output: str) -> Extraction:
     if numbers:
         return Extraction(numbers[-1].replace(",", ""), "last_number")
     return Extraction(None, "none")
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def extract_short(output: str) -> Extraction:
+    tail = after_thinking(output)
+    answer, method = located_answer(tail)
+    if answer is not None:
+        return Extraction(answer, method)
+    line = tail.strip()
+    if line and "\n" not in line and len(line.split()) <= 8:
+        return Extraction(line, "short_reply")
+    return Extraction(None, "none")
+
+
+def normalise_short_answer(text: str) -> str:
+    """Lower case, without punctuation, articles or repeated spaces: "The left lung." → "left lung"."""
+    text = _ARTICLES.sub(" ", _PUNCTUATION.sub(" ", text.lower()))
+    return " ".join(text.split())
+
+
+def same_short_answer(answer: str, gold: str) -> bool:
+    return normalise_short_answer(answer) == normalise_short_answer(gold)

@@ -1,10 +1,17 @@
 """The released X-Reasoner prompt format: thoughts inside `<think> </think>`, the answer inside
-`<answer> </answer>`; for multiple choice, "just one of the options", then the question and options."""
+`<answer> </answer>`; for multiple choice, "just one of the options", then the question and options.
+Images come first in the user turn, in order, as Qwen2.5-VL's chat template expects; a question's
+"<image 1>" mentions stay as text and refer to that order."""
 
 from __future__ import annotations
 
-from xr_nemo.eval.benchmarks import EvalItem
+from typing import Any
+
+from xr_nemo.eval.benchmark import EvalItem
+from xr_nemo.eval.images import load_image
+from xr_nemo.generation.engine import ImagePrompt, Prompt
 from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT
+from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 
 CHOICE_INSTRUCTION = (
     "Provide your thoughts within <think> </think> tags, then answer with just one of the options "
@@ -12,12 +19,34 @@ CHOICE_INSTRUCTION = (
 )
 
 
-def messages(item: EvalItem) -> list[dict[str, str]]:
-    if item.options is None:
-        return [
-            {"role": "system", "content": REASONING_SYSTEM_PROMPT},
-            {"role": "user", "content": item.question},
-        ]
-    options = "\n".join(f"({letter}) {text}" for letter, text in item.options.items())
-    text = f"{CHOICE_INSTRUCTION}\n\nQuestion: {item.question}\n\nOptions:\n{options}"
-    return [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": text}]
+def messages(item: EvalItem) -> list[dict[str, Any]]:
+    text = item.question
+    if item.options is not None:
+        options = "\n".join(f"({letter}) {option}" for letter, option in item.options.items())
+        text = f"{CHOICE_INSTRUCTION}\n\nQuestion: {item.question}\n\nOptions:\n{options}"
+    content: str | list[dict[str, str]] = text
+    if item.images:
+        content = [{"type": "image"} for _ in item.images] + [{"type": "text", "text": text}]
+    return [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
+class PromptBuilder:
+    """Items to engine prompts: chat-templated token ids, with each image decoded and its
+    `<|image_pad|>` expanded to the image's merged-patch count."""
+
+    def __init__(self, tokenizer, image_processor=None) -> None:
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+
+    def text(self, item: EvalItem) -> str:
+        return self.tokenizer.apply_chat_template(messages(item), tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, item: EvalItem) -> Prompt:
+        text = self.text(item)
+        if not item.images:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.image_processor is None:
+            raise ValueError("image items need the model's image processor")
+        images = tuple(load_image(source, item.where) for source in item.images)
+        grids = self.image_processor(images=list(images), return_tensors="pt")["image_grid_thw"]
+        text = expand_image_placeholders(text, grids, self.image_processor.merge_size)
+        return ImagePrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"], images)

@@ -3,13 +3,16 @@
 Predictions are appended to `predictions/<benchmark>.jsonl` after every generation batch (each row: the
 raw outputs, the extracted answers, the rule that found each, and whether it is correct), so an
 interrupted evaluation continues where it stopped and never regenerates a finished item. Unusable
-records (no gold answer, malformed fields) are counted and listed, never fatal mid-run.
+records (no gold answer, malformed fields, missing or undecodable images) are counted by reason and
+listed, never fatal mid-run. With `data_parallel=N`, N engine replicas each generate a share of the
+items in their own process (`xr_nemo.eval.replicas`); this process then scores and reports.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,13 +24,19 @@ from xr_nemo.conversion.convert import export_hf
 from xr_nemo.data.records import DataError
 from xr_nemo.errors import ConfigError
 from xr_nemo.eval.benchmarks import Benchmark, EvalItem, get_benchmark
-from xr_nemo.eval.extract import Extraction, extract_choice, extract_math
-from xr_nemo.eval.prompts import messages
+from xr_nemo.eval.engines import Engines
+from xr_nemo.eval.extract import Extraction, extract_choice, extract_math, extract_short, same_short_answer
+from xr_nemo.eval.images import MissingImage, UndecodableImage
+from xr_nemo.eval.predictions import append_predictions, merge_parts, predictions_path, read_predictions
+from xr_nemo.eval.prompts import PromptBuilder
+from xr_nemo.eval.report import accuracy_chart, report_markdown
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.training.checkpoint import latest_checkpoint
+
+Loaded = dict[str, tuple[list[EvalItem], list[DataError]]]
 
 
 def _has_weights(directory: Path) -> bool:
@@ -52,70 +61,39 @@ def model_directory(model: str) -> Path:
     return export_hf(latest, path / "hf", overwrite=True)
 
 
-def read_predictions(path: Path) -> dict[str, dict]:
-    """Finished rows by item id; a last line cut short by an interruption is ignored."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+def output_directory(config: EvalConfig, model_dir: Path) -> Path:
+    if config.out_dir:
+        return Path(config.out_dir)
+    return model_dir.parent / "eval" if model_dir.name == "hf" else model_dir / "eval"
+
+
+def load_items(config: EvalConfig, benchmarks: list[Benchmark]) -> Loaded:
+    """Each benchmark's usable items (the first `limit`) and the errors of the records it skipped."""
+    loaded: Loaded = {}
+    for benchmark in benchmarks:
+        items, problems = [], []
+        for entry in benchmark.items(config.data.get(benchmark.name)):
+            if isinstance(entry, DataError):
+                problems.append(entry)
                 continue
-            rows[row["id"]] = row
-    return rows
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _load_items(
-    benchmark: Benchmark, source: str | None, limit: int | None
-) -> tuple[list[EvalItem], list[str]]:
-    items, problems = [], []
-    for entry in benchmark.items(source):
-        if isinstance(entry, DataError):
-            problems.append(f"{entry.where}: {entry.what}")
-            continue
-        items.append(entry)
-        if limit is not None and len(items) >= limit:
-            break
-    return items, problems
+            items.append(entry)
+            if config.limit is not None and len(items) >= config.limit:
+                break
+        loaded[benchmark.name] = (items, problems)
+    return loaded
 
 
 def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
-    return extract_choice(output, item.options or {}) if benchmark.kind == "choice" else extract_math(output)
-
-
-def prompt_ids(tokenizer, item: EvalItem) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages(item), tokenize=True, add_generation_prompt=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-def _context_length(config: EvalConfig, model_dir: Path, tokenizer, items: list[EvalItem]) -> int:
-    """The longest prompt plus the generation budget, checked against the model's context."""
-    from transformers import AutoConfig
-
-    longest = max((len(prompt_ids(tokenizer, item)) for item in items), default=0)
-    needed = longest + config.max_new_tokens
-    limit = AutoConfig.from_pretrained(model_dir).get_text_config().max_position_embeddings
-    if needed > limit:
-        raise ConfigError(
-            f"the longest prompt ({longest} tokens) plus max_new_tokens ({config.max_new_tokens}) exceeds "
-            f"the model's context of {limit} tokens",
-            where="max_new_tokens",
-            fix=f"set max_new_tokens ≤ {limit - longest}",
-        )
-    return needed
+    if item.options is not None:
+        return extract_choice(output, item.options)
+    return extract_math(output) if benchmark.free_form == "math" else extract_short(output)
 
 
 class Evaluator:
-    def __init__(self, config: EvalConfig, engine: Engine, tokenizer, pool: RewardPool) -> None:
-        self.config, self.engine, self.tokenizer, self.pool = config, engine, tokenizer, pool
+    def __init__(self, config: EvalConfig, builder: PromptBuilder, pool: RewardPool) -> None:
+        self.config, self.builder, self.pool = config, builder, pool
+        tokenizer = builder.tokenizer
+        self.decode = tokenizer.decode
         self.stop_ids = chat_stop_ids(tokenizer)
         self.sampling = Sampling(
             max_new_tokens=config.max_new_tokens,
@@ -126,8 +104,10 @@ class Evaluator:
         )
 
     def _correct(self, benchmark: Benchmark, item: EvalItem, answers: list[Extraction]) -> list[bool]:
-        if benchmark.kind == "choice":
+        if item.options is not None:
             return [a.answer == item.gold for a in answers]
+        if benchmark.free_form == "short":
+            return [a.answer is not None and same_short_answer(a.answer, item.gold) for a in answers]
         tasks = [
             RewardTask(f"<answer>{a.answer}</answer>", item.gold) for a in answers if a.answer is not None
         ]
@@ -135,15 +115,23 @@ class Evaluator:
         return [a.answer is not None and next(verdicts) for a in answers]
 
     def generate_rows(
-        self, benchmark: Benchmark, items: list[EvalItem], first_seeds: list[int]
+        self, engine: Engine, benchmark: Benchmark, items: list[EvalItem], first_seeds: list[int]
     ) -> list[dict]:
-        prompts = [prompt_ids(self.tokenizer, item) for item in items]
-        groups = generate_from_seeds(self.engine, prompts, first_seeds, self.config.samples, self.sampling)
+        """Rows of the items whose prompt could be built; an image that fails now (deleted since the
+        items were read) drops its item with a warning, and the item counts as not generated."""
+        prompts, kept, seeds = [], [], []
+        for item, seed in zip(items, first_seeds, strict=True):
+            try:
+                prompts.append(self.builder(item))
+            except DataError as error:
+                print(f"[eval] {benchmark.name}: skipping {item.id}: {error.render()}", file=sys.stderr)
+                continue
+            kept.append(item)
+            seeds.append(seed)
+        groups = generate_from_seeds(engine, prompts, seeds, self.config.samples, self.sampling)
         rows = []
-        for item, completions in zip(items, groups, strict=True):
-            outputs = [
-                self.tokenizer.decode([t for t in c.token_ids if t not in self.stop_ids]) for c in completions
-            ]
+        for item, completions in zip(kept, groups, strict=True):
+            outputs = [self.decode([t for t in c.token_ids if t not in self.stop_ids]) for c in completions]
             answers = [_extract(benchmark, item, output) for output in outputs]
             rows.append(
                 {
@@ -158,6 +146,53 @@ class Evaluator:
                 }
             )
         return rows
+
+
+def generate(
+    config: EvalConfig,
+    model_dir: Path,
+    out_dir: Path,
+    loaded: Loaded,
+    engine: Engine | None = None,
+    replica: tuple[int, int] = (0, 1),
+) -> None:
+    """Generate every missing prediction of this replica's share (item i goes to replica i mod N)."""
+    rank, replicas = replica
+    benchmarks = [get_benchmark(name) for name in loaded]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    image_processor = None
+    if any(b.modality == "image" for b in benchmarks):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+    builder = PromptBuilder(tokenizer, image_processor)
+    engines = Engines(config, model_dir, builder, loaded, given=engine)
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    with RewardPool(workers=2, timeout_s=config.reward_timeout_s) as pool:
+        evaluator = Evaluator(config, builder, pool)
+        for benchmark in benchmarks:
+            items = loaded[benchmark.name][0]
+            share = [(index, item) for index, item in enumerate(items) if index % replicas == rank]
+            done = read_predictions(out_dir, benchmark.name)
+            todo = [(index, item) for index, item in share if item.id not in done]
+            path = predictions_path(out_dir, benchmark.name, rank if replicas > 1 else None)
+            label = benchmark.name if replicas == 1 else f"{benchmark.name} [replica {rank}]"
+            bar = tqdm(
+                total=len(share), initial=len(share) - len(todo), desc=label, unit="item", position=rank
+            )
+            for start in range(0, len(todo), config.batch_size):
+                batch = todo[start : start + config.batch_size]
+                seeds = [config.seed + index * config.samples for index, _ in batch]  # a function of the item
+                rows = evaluator.generate_rows(
+                    engines.get(benchmark), benchmark, [item for _, item in batch], seeds
+                )
+                append_predictions(path, rows)
+                bar.update(len(batch))
+            bar.close()
+    engines.close()
+
+
+_REASONS = {MissingImage: "missing image", UndecodableImage: "undecodable image"}
 
 
 def summarise(rows: list[dict], samples: int) -> dict:
@@ -181,78 +216,49 @@ def summarise(rows: list[dict], samples: int) -> dict:
     return summary
 
 
-def _report(summary: dict, model: str) -> str:
-    lines = [
-        f"# Evaluation of `{model}`",
-        "",
-        "| benchmark | accuracy | 95 % interval | n | no answer | skipped |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, result in summary["benchmarks"].items():
-        low, high = result["ci95"]
-        interval = f"{100 * low:.1f}–{100 * high:.1f} %"
-        counts = f"{result['n']} | {result['no_answer']} | {result['skipped']}"
-        lines.append(f"| {name} | {100 * result['accuracy']:.1f} % | {interval} | {counts} |")
-    return "\n".join(lines) + "\n"
+def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loaded) -> dict:
+    items, problems = loaded[name]
+    merge_parts(out_dir, name, [item.id for item in items])
+    done = read_predictions(out_dir, name)
+    rows = [done[item.id] for item in items if item.id in done]
+    reasons = Counter(_REASONS.get(type(problem), "malformed record") for problem in problems)
+    messages = [f"{problem.where}: {problem.what}" for problem in problems]
+    missing = [item for item in items if item.id not in done]
+    if missing:
+        reasons["not generated"] = len(missing)
+        messages += [f"{item.where}: {item.id} was not generated (see the warnings)" for item in missing]
+    result = summarise(rows, config.samples)
+    result.update(skipped=sum(reasons.values()), skipped_by_reason=dict(reasons), problems=messages[:20])
+    return result
 
 
 def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
-    """Evaluate every benchmark in `config.benchmarks`; returns the summary. `engine` defaults to vLLM on
-    the model directory (tests pass another)."""
+    """Evaluate every benchmark in `config.benchmarks`; returns the summary. `engine` replaces the
+    engines chosen by `config.engine` (tests pass a scripted one)."""
+    if config.data_parallel < 1 or config.tensor_parallel < 1:
+        raise ConfigError(
+            "data_parallel and tensor_parallel must be ≥ 1", where="data_parallel/tensor_parallel"
+        )
     model_dir = model_directory(config.model)
-    out_dir = (
-        Path(config.out_dir)
-        if config.out_dir
-        else model_dir.parent / "eval"
-        if model_dir.name == "hf"
-        else model_dir / "eval"
-    )
-    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    out_dir = output_directory(config, model_dir)
     benchmarks = [get_benchmark(name) for name in config.benchmarks]
     unknown = set(config.data) - set(config.benchmarks)
     if unknown:
         raise ConfigError(f"data given for benchmarks not evaluated: {sorted(unknown)}", where="data")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    loaded = {b.name: _load_items(b, config.data.get(b.name), config.limit) for b in benchmarks}
-    if engine is None:
-        from xr_nemo.generation.vllm_engine import VLLMEngine
+    loaded = load_items(config, benchmarks)
+    before = {b.name: len(read_predictions(out_dir, b.name)) for b in benchmarks}
+    if config.data_parallel > 1 and engine is None:
+        from xr_nemo.eval.replicas import run_replicas
 
-        everything = [item for items, _ in loaded.values() for item in items]
-        from xr_nemo.training.setup import params_dtype
-
-        engine = VLLMEngine(
-            model_dir,
-            max_model_len=_context_length(config, model_dir, tokenizer, everything),
-            dtype=params_dtype(config.dtype),
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            seed=config.seed,
-            load_format="auto",
-        )
+        run_replicas(config, model_dir, out_dir)
+    else:
+        generate(config, model_dir, out_dir, loaded, engine)
     summary: dict = {"model": str(model_dir), "config": asdict(config), "benchmarks": {}}
-    with RewardPool(workers=2, timeout_s=config.reward_timeout_s) as pool:
-        evaluator = Evaluator(config, engine, tokenizer, pool)
-        for benchmark in benchmarks:
-            items, problems = loaded[benchmark.name]
-            path = out_dir / "predictions" / f"{benchmark.name}.jsonl"
-            done = read_predictions(path)
-            todo = [(index, item) for index, item in enumerate(items) if item.id not in done]
-            generated = 0
-            bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=benchmark.name, unit="item")
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start : start + config.batch_size]
-                seeds = [config.seed + index * config.samples for index, _ in batch]  # a function of the item
-                rows = evaluator.generate_rows(benchmark, [item for _, item in batch], seeds)
-                _append(path, rows)
-                for row in rows:
-                    done[row["id"]] = row
-                generated += len(rows)
-                bar.update(len(rows))
-            bar.close()
-            rows = [done[item.id] for item in items]
-            result = summarise(rows, config.samples)
-            result.update(skipped=len(problems), problems=problems[:20], generated=generated)
-            summary["benchmarks"][benchmark.name] = result
+    for benchmark in benchmarks:
+        result = _benchmark_summary(config, out_dir, benchmark.name, loaded)
+        result["generated"] = len(read_predictions(out_dir, benchmark.name)) - before[benchmark.name]
+        summary["benchmarks"][benchmark.name] = result
     write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomically(out_dir / "report.md", _report(summary, str(model_dir)))
-    engine.close()
+    accuracy_chart(summary, out_dir / "accuracy.png")
+    write_text_atomically(out_dir / "report.md", report_markdown(summary))
     return summary

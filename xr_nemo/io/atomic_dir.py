@@ -23,7 +23,7 @@ def is_nonempty(path: Path) -> bool:
 def write_text_atomically(path: Path, text: str) -> None:
     """Readers see the old text or the new one, never a mix (rename is atomic on one file system)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

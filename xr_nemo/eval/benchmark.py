@@ -1,0 +1,135 @@
+"""What a benchmark is. It knows where its data live (hub id, configs, split — or a local file given on
+the command line), how to read one record of its schema into an `EvalItem`, and how free-form answers
+are judged. Items with options are multiple choice; items without are free-form `math` (math-verify)
+or `short` answers (normalised exact match). Adding a benchmark is a small class with `@register`
+(see docs/eval.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from xr_nemo.data.records import DataError, Record, read_records
+from xr_nemo.errors import ConfigError
+from xr_nemo.eval.images import ImageSource, MissingImage, image_source, load_image
+
+FreeForm = Literal["math", "short"]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    question: str
+    gold: str  # the option letter (multiple choice) or the answer (free form)
+    options: dict[str, str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. a subject, for per-subset accuracy
+    images: tuple[ImageSource, ...] = ()  # in the order the question refers to them
+    where: str = ""  # the record's file:line, for messages about it
+
+
+class Benchmark:
+    name: ClassVar[str]
+    hub_id: ClassVar[str | None]  # None: local files only (`data.<name>=PATH`)
+    hub_configs: ClassVar[tuple[str | None, ...]] = (None,)
+    split: ClassVar[str] = "test"
+    free_form: ClassVar[FreeForm] = "math"  # how items without options are judged
+    modality: ClassVar[Literal["text", "image"]] = "text"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        raise NotImplementedError
+
+    def keep(self, item: EvalItem) -> bool:
+        """Whether the item belongs to this benchmark (subsets such as a health category filter here)."""
+        return True
+
+    def _records(self, source: str | None) -> Iterator[Record | DataError]:
+        if source is not None:
+            yield from read_records(source, self.split)
+            return
+        if self.hub_id is None:
+            raise ConfigError(
+                f"{self.name} is distributed as local files only",
+                where=f"data.{self.name}",
+                fix=f"download it and pass +data.{self.name}=PATH (see docs/eval.md)",
+            )
+        for config in self.hub_configs:
+            yield from read_records(self.hub_id, self.split, config)
+
+    def items(self, source: str | None) -> Iterator[EvalItem | DataError]:
+        """Every record as an item whose images decode, or the error that makes it unusable (file:line)."""
+        for index, record in enumerate(self._records(source)):
+            if isinstance(record, DataError):
+                yield record
+                continue
+            try:
+                item = self.item(record, index)
+            except DataError as error:
+                yield error
+                continue
+            except (KeyError, TypeError, ValueError, AttributeError, SyntaxError) as error:
+                yield DataError(f"malformed {self.name} record ({error!r})", where=record.where)
+                continue
+            if not self.keep(item):
+                continue
+            try:
+                for image in item.images:
+                    load_image(image, record.where)
+            except DataError as error:
+                yield error
+                continue
+            yield dataclasses.replace(item, where=record.where)
+
+
+def text(value: Any, what: str, where: str) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{what} is missing or empty", where=where, fix="drop or fix the record")
+    return value.strip()
+
+
+def lettered(options: list[Any], where: str) -> dict[str, str]:
+    if not isinstance(options, list) or not options:
+        raise DataError("options must be a non-empty list", where=where)
+    return {
+        letter: text(option, f"option {letter}", where)
+        for letter, option in zip(string.ascii_uppercase, options, strict=False)
+    }
+
+
+def option_list(value: Any, where: str) -> list[Any]:
+    """Options given as a list, or as the string form of a Python list (MMMU's `"['1', '2']"`), read
+    as a literal — never evaluated."""
+    if isinstance(value, str):
+        value = ast.literal_eval(value.strip())
+    if not isinstance(value, list | tuple):
+        raise DataError(f"options must be a list, got {type(value).__name__}", where=where)
+    return list(value)
+
+
+def record_images(record: Record, fields: list[str], *, required: bool = True) -> tuple[ImageSource, ...]:
+    """The images named by `fields` that are present in the record, in that order."""
+    return image_list(record, [record.fields.get(name) for name in fields], required=required)
+
+
+def image_list(record: Record, values: list[Any], *, required: bool = True) -> tuple[ImageSource, ...]:
+    """The record's image values (PIL, `{bytes, path}`, file names) that are present, as sources."""
+    base = record.origin.parent if isinstance(record.origin, Path) else None
+    sources = tuple(image_source(value, base, record.where) for value in values if value not in (None, ""))
+    if required and not sources:
+        raise MissingImage("the record names no image", where=record.where, fix="drop it or add its image")
+    return sources
+
+
+REGISTRY: dict[str, type[Benchmark]] = {}
+
+
+def register(cls: type[Benchmark]) -> type[Benchmark]:
+    REGISTRY[cls.name] = cls
+    return cls

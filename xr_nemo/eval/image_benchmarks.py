@@ -1,0 +1,359 @@
+"""Image benchmarks: general multimodal reasoning (MMMU, MMMU-Pro, MMStar, MathVista, MathVision) and
+medical (MedXpertQA, OmniMedVQA, NEJM Image Challenge, VQA-RAD, SLAKE, PMC-VQA).
+
+Each reads its release's own schema; a record's images may be PIL images (hub), `{bytes, path}` dicts
+(Parquet) or file names relative to the data file (see `xr_nemo.eval.images`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, ClassVar
+
+from xr_nemo.data.records import DataError, Record
+from xr_nemo.eval.benchmark import (
+    Benchmark,
+    EvalItem,
+    image_list,
+    lettered,
+    option_list,
+    record_images,
+    register,
+    text,
+)
+from xr_nemo.eval.images import ImageSource
+
+IMAGE_FIELDS = [f"image_{k}" for k in range(1, 8)]  # MMMU and MMMU-Pro: up to seven per question
+HEALTH_SUBJECTS = frozenset(  # MMMU's Health & Medicine discipline: the paper's MMMU-Health subset
+    {
+        "basic_medical_science",
+        "clinical_medicine",
+        "diagnostics_and_laboratory_medicine",
+        "pharmacy",
+        "public_health",
+    }
+)
+MMMU_SUBJECTS = (
+    "Accounting", "Agriculture", "Architecture_and_Engineering", "Art", "Art_Theory",
+    "Basic_Medical_Science", "Biology", "Chemistry", "Clinical_Medicine", "Computer_Science", "Design",
+    "Diagnostics_and_Laboratory_Medicine", "Economics", "Electronics", "Energy_and_Power", "Finance",
+    "Geography", "History", "Literature", "Manage", "Marketing", "Materials", "Math",
+    "Mechanical_Engineering", "Music", "Pharmacy", "Physics", "Psychology", "Public_Health", "Sociology",
+)  # fmt: skip
+
+
+def _subject_key(subject: str) -> str:
+    return "_".join(subject.strip().lower().replace("&", "and").split())
+
+
+def _gold_letter(answer: Any, options: dict[str, str], where: str) -> str:
+    """The gold option's letter, given as a letter or as the option's text."""
+    gold = text(answer, "the answer", where)
+    if gold.upper() in options:
+        return gold.upper()
+    matches = [letter for letter, option in options.items() if option.strip() == gold]
+    if len(matches) != 1:
+        raise DataError(f"the answer {gold!r} is neither an option letter nor one option's text", where=where)
+    return matches[0]
+
+
+@register
+class MMMU(Benchmark):
+    """`{id, question, options: "['…', …]", answer, question_type, image_1…image_7}`, one hub config per
+    subject. Open questions (`question_type: open`) are judged as free-form math."""
+
+    name = "mmmu"
+    hub_id, hub_configs, split = "MMMU/MMMU", MMMU_SUBJECTS, "validation"
+    modality = "image"
+    health_only: ClassVar[bool] = False
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        item_id = text(fields.get("id"), "'id'", where)
+        subject = re.sub(r"^(validation|dev|test)_|_\d+$", "", item_id)
+        question = text(fields.get("question"), "'question'", where)
+        images = record_images(record, IMAGE_FIELDS)
+        meta = {"subject": subject}
+        if fields.get("question_type") == "open":
+            return EvalItem(
+                item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images
+            )
+        options = lettered(option_list(fields.get("options"), where), where)
+        return EvalItem(
+            item_id, question, _gold_letter(fields.get("answer"), options, where), options, meta, images
+        )
+
+    def keep(self, item: EvalItem) -> bool:
+        return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
+
+
+@register
+class MMMUHealth(MMMU):
+    name, health_only = "mmmu_health", True
+    hub_configs = tuple(s for s in MMMU_SUBJECTS if _subject_key(s) in HEALTH_SUBJECTS)
+
+
+@register
+class MMMUPro(Benchmark):
+    """The standard setting with ten options: `{id, question, options, answer, subject, image_1…}`."""
+
+    name = "mmmu_pro"
+    hub_id, hub_configs = "MMMU/MMMU_Pro", ("standard (10 options)",)
+    modality = "image"
+    health_only: ClassVar[bool] = False
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        options = lettered(option_list(fields.get("options"), where), where)
+        return EvalItem(
+            text(fields.get("id"), "'id'", where),
+            text(fields.get("question"), "'question'", where),
+            _gold_letter(fields.get("answer"), options, where),
+            options,
+            {"subject": str(fields.get("subject", ""))},
+            record_images(record, IMAGE_FIELDS),
+        )
+
+    def keep(self, item: EvalItem) -> bool:
+        return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
+
+
+@register
+class MMMUProHealth(MMMUPro):
+    name, health_only = "mmmu_pro_health", True
+
+
+_MMSTAR_OPTIONS = re.compile(r"\n?\s*Options:\s*(.*)\Z", re.DOTALL)
+_MMSTAR_LETTER = re.compile(r"(?:^|,\s*|\n\s*)([A-F])\s*[:.]\s*")
+
+
+@register
+class MMStar(Benchmark):
+    """`{index, question, image, answer, category}`; the options are inside the question
+    ("…\\nOptions: A: x, B: y, C: z, D: w") and are split out here."""
+
+    name = "mmstar"
+    hub_id, split = "Lin-Chen/MMStar", "val"
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        question = text(fields.get("question"), "'question'", where)
+        found = _MMSTAR_OPTIONS.search(question)
+        parts = _MMSTAR_LETTER.split(found.group(1)) if found else []
+        if len(parts) < 5:  # "", A, text, B, text at the least
+            raise DataError("the question has no 'Options: A: …, B: …' list", where=where)
+        options = {parts[i]: parts[i + 1].strip().rstrip(",").strip() for i in range(1, len(parts) - 1, 2)}
+        gold = _gold_letter(fields.get("answer"), options, where)
+        meta = {"category": str(fields.get("category", ""))}
+        item_id = f"mmstar-{fields.get('index', index)}"
+        stem = question[: found.start()].strip()
+        return EvalItem(item_id, stem, gold, options, meta, record_images(record, ["image"]))
+
+
+@register
+class MathVista(Benchmark):
+    """testmini: `{pid, question, decoded_image | image, choices, answer, question_type, unit}`. Multiple
+    choice answers are the option's text; free-form ones are numbers (math-verify judges them)."""
+
+    name = "mathvista"
+    hub_id, split = "AI4Math/MathVista", "testmini"
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        question = text(fields.get("question"), "'question'", where)
+        if fields.get("unit"):
+            question += f" (Unit: {fields['unit']})"
+        images = record_images(record, ["decoded_image"], required=False) or record_images(record, ["image"])
+        item_id = f"mathvista-{fields.get('pid', index)}"
+        meta = {"question_type": str(fields.get("question_type", ""))}
+        if fields.get("question_type") == "multi_choice" or fields.get("choices"):
+            options = lettered(option_list(fields.get("choices"), where), where)
+            gold = _gold_letter(fields.get("answer"), options, where)
+            return EvalItem(item_id, question, gold, options, meta, images)
+        return EvalItem(item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images)
+
+
+@register
+class MathVision(Benchmark):
+    """`{id, question, options: [...] (empty for free form), decoded_image | image, answer, subject}`;
+    multiple-choice answers are letters."""
+
+    name = "mathvision"
+    hub_id, split = "MathLLMs/MathVision", "test"
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        question = text(fields.get("question"), "'question'", where)
+        images = record_images(record, ["decoded_image"], required=False) or record_images(record, ["image"])
+        meta = {"subject": str(fields.get("subject", "")), "level": fields.get("level")}
+        item_id = f"mathvision-{fields.get('id', index)}"
+        choices = option_list(fields.get("options") or [], where)
+        if choices:
+            options = lettered(choices, where)
+            return EvalItem(
+                item_id, question, _gold_letter(fields.get("answer"), options, where), options, meta, images
+            )
+        return EvalItem(item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images)
+
+
+_ANSWER_CHOICES = re.compile(r"\s*Answer Choices:.*\Z", re.DOTALL)
+
+
+@register
+class MedXpertQAText(Benchmark):
+    """`{id, question, options: {A: …}, label, images: [file names], medical_task, body_system}`; the
+    question repeats the options after "Answer Choices:", which is cut (the prompt lists them)."""
+
+    name = "medxpertqa_text"
+    hub_id, hub_configs = "TsinghuaC3I/MedXpertQA", ("Text",)
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        raw = fields.get("options")
+        if not isinstance(raw, dict) or not raw:
+            raise DataError("'options' must be an object of letter → text", where=where)
+        options = {str(k).upper(): text(v, f"option {k}", where) for k, v in raw.items() if v is not None}
+        gold = _gold_letter(fields.get("label"), options, where)
+        question = _ANSWER_CHOICES.sub("", text(fields.get("question"), "'question'", where))
+        meta = {
+            "task": str(fields.get("medical_task", "")),
+            "body_system": str(fields.get("body_system", "")),
+        }
+        images = self.images(record)
+        return EvalItem(f"medxpertqa-{fields.get('id', index)}", question, gold, options, meta, images)
+
+    def images(self, record: Record) -> tuple[ImageSource, ...]:
+        return ()
+
+
+@register
+class MedXpertQAMM(MedXpertQAText):
+    """The multimodal subset; its images ship as `images/` next to the data file."""
+
+    name, hub_configs, modality = "medxpertqa_mm", ("MM",), "image"
+
+    def images(self, record: Record) -> tuple[ImageSource, ...]:
+        names = record.fields.get("images") or []
+        return image_list(record, [names] if isinstance(names, str) else list(names))
+
+
+@register
+class OmniMedVQA(Benchmark):
+    """Local files only (`QA_information/*/*.json`): `{question_id, question, option_A…option_D,
+    gt_answer (the option's text), image_path, modality_type, dataset}`; `image_path` is relative to the
+    release's root folder."""
+
+    name = "omnimedvqa"
+    hub_id = None
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        options = {
+            letter: text(fields[f"option_{letter}"], f"option_{letter}", where)
+            for letter in string.ascii_uppercase[:6]
+            if fields.get(f"option_{letter}") not in (None, "")
+        }
+        if not options:
+            raise DataError("no option_A… fields", where=where)
+        gold = _gold_letter(fields.get("gt_answer"), options, where)
+        meta = {"modality": str(fields.get("modality_type", "")), "dataset": str(fields.get("dataset", ""))}
+        item_id = f"omnimedvqa-{fields.get('question_id', index)}"
+        question = text(fields.get("question"), "'question'", where)
+        return EvalItem(item_id, question, gold, options, meta, record_images(record, ["image_path"]))
+
+
+@register
+class NEJMImageChallenge(Benchmark):
+    """Local files only: `{id, question, options (letter → text, a list, or option_A…option_E),
+    answer (letter or option text), image | image_path}`."""
+
+    name = "nejm"
+    hub_id = None
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        raw = fields.get("options")
+        if isinstance(raw, dict) and raw:
+            options = {str(k).upper(): text(v, f"option {k}", where) for k, v in raw.items()}
+        elif raw:
+            options = lettered(option_list(raw, where), where)
+        else:
+            options = {
+                letter: text(fields[f"option_{letter}"], f"option_{letter}", where)
+                for letter in "ABCDE"
+                if fields.get(f"option_{letter}") not in (None, "")
+            }
+        if not options:
+            raise DataError("no options (an 'options' field or option_A…option_E)", where=where)
+        gold = _gold_letter(fields.get("answer"), options, where)
+        question = text(fields.get("question"), "'question'", where)
+        images = record_images(record, ["image", "image_path"])[:1]
+        return EvalItem(f"nejm-{fields.get('id', index)}", question, gold, options, {}, images)
+
+
+class _ShortAnswerVQA(Benchmark):
+    """Medical VQA with short free-text answers, judged by normalised exact match; `meta.answer_type`
+    (closed: yes/no, open: anything else) allows per-type accuracy."""
+
+    free_form, modality = "short", "image"
+    image_field: ClassVar[str] = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        gold = text(fields.get("answer"), "'answer'", where)
+        kind = str(fields.get("answer_type") or ("closed" if gold.lower() in ("yes", "no") else "open"))
+        item_id = f"{self.name}-{fields.get('qid', index)}"
+        question = text(fields.get("question"), "'question'", where)
+        images = record_images(record, [self.image_field])
+        return EvalItem(item_id, question, gold, None, {"answer_type": kind.lower()}, images)
+
+
+@register
+class VQARAD(_ShortAnswerVQA):
+    """`{image, question, answer}` (the hub's test split)."""
+
+    name = "vqa_rad"
+    hub_id = "flaviagiammarino/vqa-rad"
+
+
+@register
+class SLAKE(_ShortAnswerVQA):
+    """`{qid, img_name, question, answer, answer_type, q_lang}`, images in `imgs/`; English only."""
+
+    name = "slake"
+    hub_id, image_field = "BoKelvin/SLAKE", "img_name"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        item = super().item(record, index)
+        item.meta["language"] = str(record.fields.get("q_lang", "en"))
+        return item
+
+    def keep(self, item: EvalItem) -> bool:
+        return item.meta["language"] == "en"
+
+
+@register
+class PMCVQA(Benchmark):
+    """`test_2.csv`: `Figure_path, Question, Answer, Choice A … Choice D, Answer_label`; choices read
+    "A:text"; images in `images/` next to the file."""
+
+    name = "pmc_vqa"
+    hub_id = "xmcmic/PMC-VQA"
+    modality = "image"
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        options = {}
+        for letter in "ABCD":
+            choice = text(fields.get(f"Choice {letter}"), f"'Choice {letter}'", where)
+            options[letter] = re.sub(rf"^\s*{letter}\s*[:.]\s*", "", choice).strip()
+        gold = _gold_letter(fields.get("Answer_label"), options, where)
+        question = text(fields.get("Question"), "'Question'", where)
+        images = record_images(record, ["Figure_path"])
+        return EvalItem(f"pmc_vqa-{index}", question, gold, options, {}, images)

