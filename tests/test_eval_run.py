@@ -132,12 +132,12 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_cli_evaluates_the_tiny_model_through_vllm(tmp_path, fixtures):
+def test_cli_evaluates_the_tiny_model_text_on_vllm_and_images_on_transformers(tmp_path, fixtures):
     pytest.importorskip("vllm")
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=2))
-    data = [f"+data.{name}={path}" for name, path in fixtures.items()]
+    data = [f"+data.{name}={path}" for name, path in fixtures[0].items()]
     command = [
         sys.executable,
         "-m",
@@ -146,12 +146,12 @@ def test_cli_evaluates_the_tiny_model_through_vllm(tmp_path, fixtures):
         "--model",
         str(model),
         "--benchmarks",
-        ",".join(FIXTURES),
+        ",".join(WRITERS),
     ]
     command += [
         *data,
         "max_new_tokens=24",
-        "limit=4",
+        "limit=3",
         "gpu_memory_utilization=0.05",
         f"out_dir={tmp_path / 'eval'}",
     ]
@@ -159,9 +159,9 @@ def test_cli_evaluates_the_tiny_model_through_vllm(tmp_path, fixtures):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert {name: r["n"] for name, r in summary["benchmarks"].items()} == {
-        n: min(4, v) for n, v in VALID.items()
+        n: min(3, v) for n, v in VALID.items()
     }
-    for name in FIXTURES:
+    for name in WRITERS:
         rows = (tmp_path / "eval" / "predictions" / f"{name}.jsonl").read_text().splitlines()
         assert len(rows) == summary["benchmarks"][name]["n"]
     assert (tmp_path / "eval" / "report.md").exists()
@@ -188,3 +188,42 @@ def test_a_run_without_an_export_is_exported_from_its_latest_checkpoint(tmp_path
     assert model_directory(str(run)) == exported  # reused, not exported again
     with pytest.raises(ConfigError, match="neither"):
         model_directory(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path, fixtures):
+    from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.eval.run import run_eval
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    model = build_tiny_qwen25_vl(tmp_path / "model")
+    names = ["gsm8k", "mmmu", "nejm"]
+    paths = fixtures[0]
+
+    def evaluate(replicas: int) -> dict[str, dict[str, list[str]]]:
+        out = tmp_path / f"eval-dp{replicas}"
+        config = EvalConfig(
+            model=str(model),
+            benchmarks=names,
+            data={name: str(paths[name]) for name in names},
+            out_dir=str(out),
+            engine="hf",
+            max_new_tokens=12,
+            batch_size=1,
+            data_parallel=replicas,
+        )
+        summary = run_eval(config)
+        assert (out / "replica_config.json").exists() == (replicas > 1)
+        assert {name: r["n"] for name, r in summary["benchmarks"].items()} == {n: VALID[n] for n in names}
+        assert sorted(p.name for p in (out / "predictions").iterdir()) == [
+            f"{n}.jsonl" for n in sorted(names)
+        ]
+        return {
+            name: {
+                row["id"]: row["outputs"]
+                for row in map(json.loads, (out / "predictions" / f"{name}.jsonl").read_text().splitlines())
+            }
+            for name in names
+        }
+
+    assert evaluate(2) == evaluate(1)

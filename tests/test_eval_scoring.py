@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from xr_nemo.eval.extract import extract_choice, extract_math
+from xr_nemo.eval.extract import Extraction, extract_choice, extract_math
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
 
 OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
@@ -79,3 +79,35 @@ def test_an_option_text_with_capital_letters_is_not_ambiguous():
     assert extract_choice("<answer>B. Type B gastritis</answer>", options).answer == "B"
     assert extract_choice("<answer>Vitamin D deficiency</answer>", options).answer == "A"
     assert extract_choice("<answer>B or D</answer>", options).method == "ambiguous"
+
+
+@pytest.mark.parametrize(
+    ("output", "answer", "method"),
+    [
+        ("<think>look at the left side</think><answer>Left lung.</answer>", "Left lung.", "answer_tag"),
+        ("<think>...</think>The answer is yes", "yes", "answer_is"),
+        ("<think>...</think>\nMRI\n", "MRI", "short_reply"),
+        ("<think>...</think>\nIt could be CT.\nOr maybe MRI, I cannot tell.", None, "none"),
+        ("<think>never closed", None, "none"),
+    ],
+)
+def test_short_answer_extraction(output, answer, method):
+    from xr_nemo.eval.extract import extract_short
+
+    assert extract_short(output) == Extraction(answer, method)
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "same"),
+    [
+        ("The left lung.", "left lung", True),
+        ("YES", "yes", True),
+        ("a  CT scan", "CT scan", True),
+        ("right lung", "left lung", False),
+        ("no", "yes", False),
+    ],
+)
+def test_short_answers_compare_after_normalisation(answer, gold, same):
+    from xr_nemo.eval.extract import same_short_answer
+
+    assert same_short_answer(answer, gold) is same

@@ -79,7 +79,7 @@ def extract_short(output: str) -> Extraction:
     if answer is not None:
         return Extraction(answer, method)
     line = tail.strip()
-    if line and "\n" not in line and len(line.split()) <= 8:
+    if line and "\n" not in line and "<think>" not in line and len(line.split()) <= 8:
         return Extraction(line, "short_reply")
     return Extraction(None, "none")
 

@@ -70,8 +70,9 @@ def accuracy_chart(summary: dict, path: Path) -> None:
         errors = None
         if label == "ours":
             intervals = [summary["benchmarks"][n]["ci95"] for n in names]
-            errors = [[y - 100 * lo for y, (lo, _) in zip(ys, intervals, strict=True)],
-                      [100 * hi - y for y, (_, hi) in zip(ys, intervals, strict=True)]]  # fmt: skip
+            below = [max(0.0, y - 100 * low) for y, (low, _) in zip(ys, intervals, strict=True)]
+            above = [max(0.0, 100 * high - y) for y, (_, high) in zip(ys, intervals, strict=True)]
+            errors = [below, above]
         axes.bar(xs, ys, width, label=label, yerr=errors, capsize=3)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
     axes.set_ylabel("accuracy (%)")
