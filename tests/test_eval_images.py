@@ -37,12 +37,12 @@ def test_pil_bytes_and_relative_paths_resolve(tmp_path):
 
 def test_missing_absent_undecodable_and_truncated_images_are_errors_of_their_kind(tmp_path):
     where = "data.jsonl:3"
-    with pytest.raises(MissingImage, match="gone.png does not exist"):
+    with pytest.raises(MissingImage, match=r"gone\.png does not exist"):
         load_image(image_source("gone.png", tmp_path, where), where)
     with pytest.raises(MissingImage, match="names no image"):
         image_source("", tmp_path, where)
     (tmp_path / "junk.png").write_bytes(b"<html>not found</html>")
-    with pytest.raises(UndecodableImage, match="junk.png cannot be decoded") as caught:
+    with pytest.raises(UndecodableImage, match=r"junk\.png cannot be decoded") as caught:
         load_image(image_source("junk.png", tmp_path, where), where)
     assert caught.value.where == where
     truncated = _png((1, 2, 3), size=(64, 64))[:-40]
