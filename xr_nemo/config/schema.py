@@ -185,7 +185,7 @@ class EvalConfig:
     samples: int = 1  # completions per item; > 1 adds avg@k, majority@k and pass@k
     temperature: float = 0.0  # greedy for the headline numbers (the paper samples at 0.3 for @k)
     max_new_tokens: int = 4096
-    thinking_budget: int | None = None  # forced exiting, as in the paper's evaluation
+    thinking_budget: int | None = 3840  # forced exiting (the paper caps at 4,096 with it); None: off
     batch_size: int = 64  # items per generation call (and per append to the predictions file)
     engine: str = "auto"  # auto (vLLM; on CPU the Hugging Face model for image benchmarks) | vllm | hf
     data_parallel: int = 1  # engine replicas, each in its own process on its own GPUs
