@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from xr_nemo.demo import DEFAULT_STEPS
 from xr_nemo.errors import XrNemoError
 from xr_nemo.io.atomic_dir import is_nonempty
 
@@ -15,7 +14,7 @@ from xr_nemo.io.atomic_dir import is_nonempty
 def _demo(args: argparse.Namespace) -> None:
     from xr_nemo.demo.pipeline import run_demo
 
-    run_demo(args.run_dir, steps=args.steps)
+    run_demo(args.run_dir, quick=args.quick)
 
 
 def load_recipe(name: str, stage: str):
@@ -149,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the end-to-end toy pipeline on CPU")
+    demo = commands.add_parser(
+        "demo", help="the X-Reasoner recipe on a toy world: base, SFT, GRPO, eval on text and images"
+    )
     demo.add_argument("--run-dir", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    demo.add_argument(
+        "--quick", action="store_true", help="a minute-scale run with tiny step counts (what CI runs)"
+    )
     demo.set_defaults(handler=_demo)
 
     tiny = commands.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint (HF layout)")

@@ -1,108 +1,202 @@
-"""`xr-nemo demo`: the smallest real pipeline the project has, end to end, on CPU.
+"""`xr-nemo demo` (`make demo`): does reasoning learned from text alone transfer to images?
 
-1. Build a tiny Qwen2.5-VL checkpoint in Hugging Face layout (offline; reused when present).
-2. Load it with Transformers and read one image and one text prompt through it.
-3. Train a tiny megatron-core GPT on a toy task at TP=1 and at TP=2 (two gloo processes) and compare
-   the loss curves step for step.
-4. Write `report.md` in the run directory.
+The X-Reasoner recipe on a toy world (`xr_nemo.demo.toy_world`), end to end on a CPU:
+
+1. world — three-term arithmetic; training problems as text (and, for the base model, as pictures),
+   held-out problems as text and as pictures.
+2. base — a tiny random Qwen2.5-VL taught to read the pictures and answer directly (`demo.base`): the
+   stand-in for the instruction-tuned checkpoint.
+3. sft — `xr-nemo sft --recipe demo`: text-only chain-of-thought SFT (a teacher's step-by-step traces).
+4. grpo — `xr-nemo grpo --recipe demo`: text-only GRPO with the 0/1 answer reward.
+5. After base, SFT and GRPO: `xr-nemo eval` on held-out text and picture problems.
+6. The final export is loaded back with Transformers and answers a picture problem.
+7. `report.md` (`demo.report`): accuracy per stage and modality, curves, timings and a conclusion.
+
+Every stage is reused when its output exists, and the training stages resume from their checkpoints,
+so running the demo again continues where it stopped.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+from xr_nemo.demo.base import train_base
+from xr_nemo.demo.report import StageResult, write_report
+from xr_nemo.demo.toy_world import ToyWorld, write_toy_world
+from xr_nemo.errors import XrNemoError
+from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
-from xr_nemo.config import ParallelConfig
-from xr_nemo.demo import DEFAULT_STEPS
-from xr_nemo.demo.parallel_training import train_worker
-from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
-from xr_nemo.testing.multiprocess import run_distributed
-from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
-
-
-def _checkpoint(run_dir: Path) -> tuple[Path, str]:
-    model_dir = run_dir / "tiny-qwen25-vl"
-    if (model_dir / "model.safetensors").exists():
-        return model_dir, "reused"
-    build_tiny_qwen25_vl(model_dir)
-    return model_dir, "built"
+BENCHMARKS = ("arith_text", "arith_image")
 
 
-def _read_image_and_text(model_dir: Path) -> tuple[int, int]:
-    """Forward one image prompt and one text prompt; return the prompt lengths in tokens."""
-    from PIL import Image
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
-    pixels = processor(images=[Image.new("RGB", (112, 56), (255, 255, 255))], return_tensors="pt")
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is 12 + 35?"}]}
-    ]
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt = expand_image_placeholders(prompt, pixels["image_grid_thw"], processor.merge_size)
-    image_ids = tokenizer(prompt, return_tensors="pt").input_ids
-    text_ids = tokenizer("What is 12 + 35?", return_tensors="pt").input_ids
-    with torch.no_grad():
-        assert torch.isfinite(model(input_ids=image_ids, **pixels).logits).all()
-        assert torch.isfinite(model(input_ids=text_ids).logits).all()
-    return image_ids.shape[1], text_ids.shape[1]
+@dataclass(frozen=True)
+class DemoScale:
+    train: int  # training problems (base and SFT); GRPO gets `prompts` others
+    prompts: int
+    held_out: int
+    base_steps: int
+    sft_epochs: int
+    grpo_steps: int
+    max_new_tokens: int
 
 
-def run_demo(run_dir: str | Path = "runs/demo", steps: int = DEFAULT_STEPS, seed: int = 1234) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+FULL = DemoScale(
+    train=2000, prompts=256, held_out=100, base_steps=1000, sft_epochs=3, grpo_steps=12, max_new_tokens=48
+)
+QUICK = DemoScale(
+    train=96, prompts=32, held_out=12, base_steps=12, sft_epochs=1, grpo_steps=2, max_new_tokens=24
+)
 
-    start = time.perf_counter()
-    model_dir, how = _checkpoint(run_dir)
-    image_tokens, text_tokens = _read_image_and_text(model_dir)
-    timings["tiny Qwen2.5-VL checkpoint"] = time.perf_counter() - start
-    print(
-        f"[demo] tiny Qwen2.5-VL checkpoint {how}: {model_dir} "
-        f"(image prompt {image_tokens} tokens, text prompt {text_tokens} tokens)"
-    )
 
-    start = time.perf_counter()
-    single = run_distributed(train_worker, 1, ParallelConfig(), steps, seed)[0]
-    timings["train TP=1 (1 process)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    tensor_parallel = run_distributed(train_worker, 2, ParallelConfig(tensor_parallel=2), steps, seed)[0]
-    timings["train TP=2 (2 processes)"] = time.perf_counter() - start
-    worst = max(abs(a - b) for a, b in zip(single, tensor_parallel, strict=True))
-    print(
-        f"[demo] loss {single[0]:.4f} → {single[-1]:.4f} over {steps} steps; "
-        f"TP=2 vs TP=1 max |Δloss| = {worst:.2e}"
-    )
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
 
-    report = run_dir / "report.md"
-    lines = [
-        "# xr-nemo demo",
-        "",
-        f"Tiny Qwen2.5-VL checkpoint ({how}): `{model_dir}` — read one image prompt ({image_tokens} tokens) "
-        f"and one text prompt ({text_tokens} tokens) through Transformers.",
-        "",
-        f"Tiny megatron-core GPT, counting task, {steps} Adam steps, fp32 on CPU:",
-        "",
-        "| step | loss TP=1 | loss TP=2 |",
-        "|---:|---:|---:|",
-        *[
-            f"| {i} | {a:.6f} | {b:.6f} |"
-            for i, (a, b) in enumerate(zip(single, tensor_parallel, strict=True))
-            if i % 5 == 0 or i == steps - 1
-        ],
-        "",
-        f"Largest difference between the two curves: {worst:.2e}.",
-        "",
-        "| stage | seconds |",
-        "|---|---:|",
-        *[f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()],
-        "",
-    ]
-    report.write_text("\n".join(lines))
-    print(f"[demo] report: {report}")
-    return report
+
+def _cli(args: list[str], stage: str) -> None:
+    """Run one `xr-nemo` command as a user would; its output streams through."""
+    _say(f"$ xr-nemo {' '.join(args)}")
+    result = subprocess.run([sys.executable, "-m", "xr_nemo.cli", *args], check=False)
+    if result.returncode != 0:
+        raise XrNemoError(
+            f"the demo's {stage} stage failed (exit code {result.returncode})",
+            where=f"xr-nemo {args[0]}",
+            fix="see its message above; run `make demo` again to continue from the last checkpoint",
+        )
+
+
+def _exported(run: Path) -> bool:
+    return (run / "hf" / "config.json").exists()
+
+
+class Demo:
+    def __init__(self, run_dir: Path, scale: DemoScale, seed: int) -> None:
+        self.run_dir, self.scale, self.seed = run_dir, scale, seed
+        self.world = ToyWorld(run_dir / "world")
+        self.timings: dict[str, float] = {}
+
+    def _timed(self, name: str, work) -> None:
+        start = time.perf_counter()
+        work()
+        self.timings[name] = time.perf_counter() - start
+
+    def world_stage(self) -> None:
+        marker = self.run_dir / "world" / "scale.json"
+        if marker.exists() and json.loads(marker.read_text()) == asdict(self.scale):
+            _say(f"toy world reused: {self.world.root}")
+            return
+        s = self.scale
+        write_toy_world(self.world.root, s.train, s.prompts, s.held_out, seed=self.seed)
+        marker.write_text(json.dumps(asdict(self.scale)) + "\n")
+        _say(f"toy world written: {s.train} training problems, {s.prompts} RL prompts, {s.held_out} held out")
+
+    def base_stage(self) -> None:
+        base = self.run_dir / "base"
+        if _exported(base):
+            _say(f"base model reused: {base / 'hf'}")
+            return
+        start = build_tiny_qwen25_vl(self.run_dir / "init", TinyQwen25VLSpec(num_kv_heads=2), seed=self.seed)
+        _, losses = train_base(start, self.world.base, base / "hf", self.scale.base_steps, seed=self.seed)
+        (base / "losses.json").write_text(json.dumps(losses) + "\n")
+
+    def sft_stage(self) -> None:
+        run = self.run_dir / "sft"
+        if _exported(run):
+            _say(f"SFT reused: {run / 'hf'}")
+            return
+        _cli(
+            [
+                "sft",
+                "--recipe",
+                "demo",
+                f"run.dir={run}",
+                f"model.hf_dir={self.run_dir / 'base' / 'hf'}",
+                f"data.train={self.world.sft}",
+                f"trainer.epochs={self.scale.sft_epochs}",
+            ],
+            "SFT",
+        )
+
+    def grpo_stage(self) -> None:
+        run = self.run_dir / "grpo"
+        if _exported(run):
+            _say(f"GRPO reused: {run / 'hf'}")
+            return
+        _cli(
+            [
+                "grpo",
+                "--recipe",
+                "demo",
+                f"run.dir={run}",
+                f"model.checkpoint={self.run_dir / 'sft'}",
+                f"data.train={self.world.prompts}",
+                f"trainer.max_steps={self.scale.grpo_steps}",
+                f"rollout.max_new_tokens={self.scale.max_new_tokens}",
+            ],
+            "GRPO",
+        )
+
+    def evaluate(self, stage: str) -> StageResult:
+        out = self.run_dir / "eval" / stage
+        _cli(
+            [
+                "eval",
+                "--model",
+                str(self.run_dir / stage / "hf"),
+                "--benchmarks",
+                ",".join(BENCHMARKS),
+                f"+data.arith_text={self.world.eval_text}",
+                f"+data.arith_image={self.world.eval_image}",
+                f"out_dir={out}",
+                f"max_new_tokens={self.scale.max_new_tokens}",
+                "batch_size=32",
+                "gpu_memory_utilization=0.05",
+            ],
+            f"{stage} evaluation",
+        )
+        return StageResult.read(stage, out)
+
+    def reload_export(self) -> dict:
+        """Transformers loads the final export and answers the first held-out picture problem."""
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        from xr_nemo.eval.benchmarks import get_benchmark
+        from xr_nemo.eval.prompts import PromptBuilder
+        from xr_nemo.generation.engine import Sampling, chat_stop_ids
+        from xr_nemo.generation.hf_engine import HFEngine
+
+        export = self.run_dir / "grpo" / "hf"
+        item = next(iter(get_benchmark("arith_image").items(str(self.world.eval_image))))
+        tokenizer = AutoTokenizer.from_pretrained(export)
+        builder = PromptBuilder(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(export))
+        sampling = Sampling(
+            self.scale.max_new_tokens, temperature=0.0, stop_token_ids=chat_stop_ids(tokenizer)
+        )
+        completion = HFEngine(export).sample([builder(item)], [0], sampling)[0]
+        output = tokenizer.decode([t for t in completion.token_ids if t not in sampling.stop_token_ids])
+        return {"export": str(export), "item": item.id, "gold": item.gold, "output": output}
+
+    def run(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        self._timed("toy world", self.world_stage)
+        self._timed("base model (Transformers loop)", self.base_stage)
+        self._timed("evaluation of base", lambda: results.append(self.evaluate("base")))
+        self._timed("stage 1: SFT", self.sft_stage)
+        self._timed("evaluation of SFT", lambda: results.append(self.evaluate("sft")))
+        self._timed("stage 2: GRPO", self.grpo_stage)
+        self._timed("evaluation of SFT+GRPO", lambda: results.append(self.evaluate("grpo")))
+        reloaded: dict = {}
+        self._timed("reload of the export", lambda: reloaded.update(self.reload_export()))
+        report = write_report(self.run_dir, results, self.timings, reloaded)
+        _say(f"report: {report}")
+        return report
+
+
+def run_demo(run_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> Path:
+    return Demo(Path(run_dir), QUICK if quick else FULL, seed).run()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval import image_benchmarks, text_benchmarks
+from xr_nemo.eval import image_benchmarks, text_benchmarks, toy_benchmarks
 from xr_nemo.eval.benchmark import REGISTRY, Benchmark, EvalItem
 
-SUITES = (text_benchmarks, image_benchmarks)  # imported for their registrations
+SUITES = (text_benchmarks, image_benchmarks, toy_benchmarks)  # imported for their registrations
 __all__ = ["REGISTRY", "SUITES", "Benchmark", "EvalItem", "get_benchmark"]
 
 

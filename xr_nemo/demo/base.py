@@ -1,0 +1,119 @@
+"""The demo's stand-in for Qwen2.5-VL-7B-Instruct: a tiny random Qwen2.5-VL taught, with a plain
+Transformers loop, to read the toy problems as text and as pictures and to answer directly
+(`<answer>9</answer>`, no reasoning). The real recipe starts from an instruction-tuned checkpoint that
+someone else trained; this stage only makes the tiny one mean something, vision tower included.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT
+from xr_nemo.io.atomic_dir import atomic_output_dir
+from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
+
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "generation_config.json",
+)
+
+
+class _Examples:
+    """Chat-formatted examples: loss on the response (and its end-of-turn token) only."""
+
+    def __init__(self, model_dir: Path, data: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+        self.rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+        self.root = data.parent
+        self.end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def _example(self, row: dict) -> tuple[list[int], list[int], Image.Image | None]:
+        image = Image.open(self.root / row["image"]).convert("RGB") if "image" in row else None
+        content = [{"type": "image"}, {"type": "text", "text": row["question"]}] if image else row["question"]
+        messages = [
+            {"role": "system", "content": REASONING_SYSTEM_PROMPT},
+            {"role": "user", "content": content},
+        ]
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if image is not None:
+            grid = self.processor(images=[image], return_tensors="pt")["image_grid_thw"]
+            prompt = expand_image_placeholders(prompt, grid, self.processor.merge_size)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response = self.tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [self.end]
+        return prompt_ids + response, [-100] * len(prompt_ids) + response, image
+
+    def batch(self, rows: list[dict], pad: int) -> dict[str, torch.Tensor]:
+        examples = [self._example(row) for row in rows]
+        width = max(len(ids) for ids, _, _ in examples)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in examples])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": torch.tensor(
+                [[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in examples]
+            ),
+            "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels, _ in examples]),
+        }
+        images = [image for _, _, image in examples if image is not None]
+        if images:
+            batch |= dict(self.processor(images=images, return_tensors="pt"))
+            image_token = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            batch["mm_token_type_ids"] = (input_ids == image_token).long()
+        return batch
+
+
+def train_base(
+    start: Path,
+    data: Path,
+    out_dir: Path,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    vision_lr_scale: float = 0.1,
+    seed: int = 0,
+) -> tuple[Path, list[float]]:
+    """Train `start` (an HF directory) on `data` and save it to `out_dir`; returns it and the losses."""
+    torch.manual_seed(seed)
+    order = random.Random(seed)
+    examples = _Examples(start, data)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(start).train()
+    vision = [
+        p for name, p in model.named_parameters() if ".visual." in f".{name}" and ".merger." not in name
+    ]
+    vision_ids = {id(p) for p in vision}
+    language = [p for p in model.parameters() if id(p) not in vision_ids]
+    groups = [{"params": language, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 20) * (1 - step / steps)
+    )
+    pad = examples.tokenizer.pad_token_id
+    losses = []
+    for _ in tqdm(range(steps), desc="base model", unit="step"):
+        loss = model(**examples.batch(order.sample(examples.rows, batch_size), pad)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        for name in SIDE_FILES:
+            if (start / name).exists():
+                shutil.copy2(start / name, tmp / name)
+    return out_dir, losses

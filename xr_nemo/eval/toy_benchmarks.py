@@ -1,0 +1,27 @@
+"""The demo's toy world (`xr_nemo.demo.toy_world`): held-out three-term arithmetic as text and as
+pictures, local files only: `{id, question, answer[, image]}`, judged as math."""
+
+from __future__ import annotations
+
+from xr_nemo.data.records import Record
+from xr_nemo.eval.benchmark import Benchmark, EvalItem, record_images, register, text
+
+
+@register
+class ArithText(Benchmark):
+    name, hub_id = "arith_text", None
+
+    def item(self, record: Record, index: int) -> EvalItem:
+        fields, where = record.fields, record.where
+        images = record_images(record, ["image"]) if self.modality == "image" else ()
+        return EvalItem(
+            f"{self.name}-{fields.get('id', index)}",
+            text(fields.get("question"), "'question'", where),
+            text(fields.get("answer"), "'answer'", where),
+            images=images,
+        )
+
+
+@register
+class ArithImage(ArithText):
+    name, modality = "arith_image", "image"
