@@ -56,17 +56,3 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
     with pytest.raises(XrNemoError):
         main(["--debug", "tiny-model", str(tmp_path / "busy")])
-
-
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_tensor_parallel_follows_single_process(tmp_path):
-    from xr_nemo.demo.pipeline import run_demo
-
-    report = run_demo(tmp_path / "demo", steps=6).read_text()
-    assert "| 0 |" in report and "| 5 |" in report
-    rows = [line.split("|") for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    for row in rows:
-        single, tensor_parallel = float(row[2]), float(row[3])
-        assert abs(single - tensor_parallel) < 1e-5
-    assert float(rows[-1][2]) < float(rows[0][2])  # the toy task is being learned
-    assert (tmp_path / "demo" / "tiny-qwen25-vl" / "config.json").exists()

@@ -46,7 +46,7 @@ class DemoScale:
 
 
 FULL = DemoScale(
-    train=2000, prompts=256, held_out=100, base_steps=1000, sft_epochs=3, grpo_steps=12, max_new_tokens=48
+    train=2000, prompts=256, held_out=100, base_steps=2000, sft_epochs=3, grpo_steps=12, max_new_tokens=48
 )
 QUICK = DemoScale(
     train=96, prompts=32, held_out=12, base_steps=12, sft_epochs=1, grpo_steps=2, max_new_tokens=24

@@ -121,14 +121,16 @@ def write_toy_world(root: Path, train: int, prompts: int, held_out: int, seed: i
     sft, rl = training[:train], training[train:]
     (root / "images").mkdir(parents=True, exist_ok=True)
     base_rows = []
-    for index, problem in enumerate(sft):  # reading pictures, and answering from pictures and from text
+    for index, problem in enumerate(sft):  # read every picture; answer directly, from a picture or text
         name = f"images/train-{index}.png"
         problem.image().save(root / name)
         base_rows.append(
             {"question": READ_QUESTION, "image": name, "response": f"<answer>{problem.expression}</answer>"}
         )
-        base_rows.append({"question": IMAGE_QUESTION, "image": name, "response": problem.direct()})
-        base_rows.append({"question": problem.question, "response": problem.direct()})
+        if index % 2:
+            base_rows.append({"question": IMAGE_QUESTION, "image": name, "response": problem.direct()})
+        else:
+            base_rows.append({"question": problem.question, "response": problem.direct()})
     _jsonl(world.base, base_rows)
     _jsonl(
         world.sft,
