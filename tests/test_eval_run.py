@@ -227,3 +227,22 @@ def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path
         }
 
     assert evaluate(2) == evaluate(1)
+
+
+def test_named_suites_hold_registered_benchmarks_and_unknown_suites_are_refused(tmp_path):
+    from xr_nemo.eval.benchmarks import SUITES, suite
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    assert all(set(names) <= set(REGISTRY) for names in SUITES.values())
+    assert {"medqa", "medmcqa", "pubmedqa", "vqa_rad", "slake", "pmc_vqa", "omnimedvqa"} <= set(
+        suite("medical")
+    )
+    model = build_tiny_qwen25_vl(tmp_path / "model")
+    result = subprocess.run(
+        [sys.executable, "-m", "xr_nemo.cli", "eval", "--model", str(model), "--suite", "medicine"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "unknown suite 'medicine'" in result.stderr and "medical" in result.stderr

@@ -200,6 +200,34 @@ def test_prompt_readers(tmp_path):
     assert len(skipped) == 1 and skipped.skipped[0].startswith(f"{bad}:2")
 
 
+def test_benchmark_readers_give_prompts_exactly_as_evaluation_asks(tmp_path):
+    from recipes.tiny_cpu_med import MEDQA
+    from xr_nemo.errors import ConfigError
+    from xr_nemo.eval.benchmarks import get_benchmark
+    from xr_nemo.eval.prompts import PromptBuilder
+    from xr_nemo.grpo.prompts import load_prompts
+    from xr_nemo.testing.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(256)
+    prompts = load_prompts(str(MEDQA), "train", tokenizer, schema="medqa")
+    records = [json.loads(line) for line in MEDQA.read_text().splitlines()]
+    assert [(i.answer, i.options) for i in prompts.items] == [
+        (r["answer_idx"], r["options"]) for r in records
+    ]
+    evaluation = [PromptBuilder(tokenizer)(item) for item in get_benchmark("medqa").items(str(MEDQA))]
+    assert prompts.token_ids == evaluation  # training prompts are the evaluation prompts
+
+    medmcqa = tmp_path / "medmcqa.jsonl"
+    medmcqa.write_text(
+        json.dumps({"question": "Nerve?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 2}) + "\n"
+    )
+    (item,) = load_prompts(str(medmcqa), "train", tokenizer, schema="medmcqa").items
+    assert (item.answer, item.options) == ("C", {"A": "a", "B": "b", "C": "c", "D": "d"})
+    with pytest.raises(ConfigError, match="unknown prompt schema 'mmmu'") as error:
+        load_prompts(str(medmcqa), "train", tokenizer, schema="mmmu")  # has images
+    assert "medqa" in error.value.fix
+
+
 def test_overlong_responses_are_masked_or_penalised():
     from xr_nemo.config.schema import GRPOConfig
     from xr_nemo.grpo.prompts import PromptItem, PromptSet

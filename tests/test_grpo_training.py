@@ -40,7 +40,7 @@ def _stage_worker(stage: str, overrides: list[str]) -> list[dict] | None:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT
+    from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     root = tmp_path_factory.mktemp("grpo")

@@ -53,11 +53,14 @@ def _grpo(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from xr_nemo.config.overrides import apply_overrides
     from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.eval.benchmarks import suite
     from xr_nemo.eval.run import run_eval
 
     config = EvalConfig(model=args.model)
-    if args.benchmarks:
-        config.benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
+    if args.benchmarks or args.suite:
+        names = suite(args.suite) if args.suite else []
+        names += [name.strip() for name in (args.benchmarks or "").split(",") if name.strip()]
+        config.benchmarks = list(dict.fromkeys(names))
     overrides = [o.removeprefix("eval.").replace("+eval.", "+") for o in args.overrides]
     summary = run_eval(apply_overrides(config, overrides))
     for name, result in summary["benchmarks"].items():
@@ -65,6 +68,20 @@ def _eval(args: argparse.Namespace) -> None:
         print(
             f"{name}: {100 * result['accuracy']:.1f} % [{100 * low:.1f}, {100 * high:.1f}] of {result['n']}"
         )
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.config.schema import DistillConfig
+    from xr_nemo.data.distill import run_distill
+
+    config = DistillConfig(teacher=args.teacher, data=args.data, schema=args.schema, out=args.out)
+    stats = run_distill(apply_overrides(config, args.overrides))
+    print(
+        f"distilled {stats['traces']} traces: {stats['questions_solved']} of {stats['questions']} questions "
+        f"solved, {100 * stats['acceptance']:.1f} % of {stats['samples']} samples correct "
+        f"→ {args.out}/traces.jsonl"
+    )
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
@@ -190,9 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--benchmarks", default=None, help="comma-separated names (default: gsm8k,medqa)")
     evaluate.add_argument(
+        "--suite", default=None, help="a named set of benchmarks: paper, medical, multimodal"
+    )
+    evaluate.add_argument(
         "overrides", nargs="*", help="e.g. limit=100 samples=5 temperature=0.3 +data.medqa=local.jsonl"
     )
     evaluate.set_defaults(handler=_eval)
+
+    distill = commands.add_parser(
+        "distill", help="rejection-sampled chains of thought from a teacher, as an SFT dataset"
+    )
+    distill.add_argument("--teacher", required=True, help="HF directory (or run directory) of the teacher")
+    distill.add_argument("--data", required=True, help="questions: a local file/folder or a hub id")
+    distill.add_argument(
+        "--schema", default="medqa", help="the benchmark reader for --data (medqa, medmcqa, …)"
+    )
+    distill.add_argument("--out", required=True, help="output directory (traces.jsonl, stats.json)")
+    distill.add_argument("overrides", nargs="*", help="e.g. samples=8 keep=1 temperature=0.7 limit=1000")
+    distill.set_defaults(handler=_distill)
 
     _add_convert(commands)
     return parser

@@ -106,7 +106,7 @@ class SFTConfig:
 class PromptDataConfig:
     train: str = "???"  # hub name, or local .jsonl/.json/.parquet (Orz-Math pairs or {prompt, answer})
     split: str = "train"
-    schema: str = "auto"  # auto | orz | prompt_answer
+    schema: str = "auto"  # auto | orz | prompt_answer | a text benchmark's reader (medqa, medmcqa, …)
     system_prompt: str | None = None  # default: the reasoning prompt (think, then <answer>)
     max_prompt_length: int = 1024  # tokens; longer prompts are dropped and counted
     on_error: str = "raise"  # raise | skip
@@ -194,3 +194,28 @@ class EvalConfig:
     dtype: str = "auto"
     seed: int = 0
     reward_timeout_s: float = 10.0  # per math answer
+
+
+@dataclass
+class DistillConfig:
+    """`xr-nemo distill --teacher DIR --data FILE --schema medqa --out DIR [key=value …]`: rejection-
+    sampled chains of thought from a teacher, as an SFT dataset."""
+
+    teacher: str = "???"  # an HF directory (e.g. QwQ-32B) or a run directory
+    data: str = "???"  # a local file/folder or a hub id, read by the `schema` benchmark's reader
+    schema: str = "medqa"  # a benchmark's reader: medqa, medqa_5op, medmcqa, gsm8k, …
+    out: str = "???"  # traces.jsonl, stats.json and the candidates (resumable) go here
+    samples: int = 4  # candidate traces per question
+    keep: int = 1  # correct traces kept per question
+    temperature: float = 0.7
+    max_new_tokens: int = 4096
+    thinking_budget: int | None = None
+    limit: int | None = None  # first N questions
+    batch_size: int = 64
+    engine: str = "auto"
+    data_parallel: int = 1
+    tensor_parallel: int = 1
+    gpu_memory_utilization: float = 0.8
+    dtype: str = "auto"
+    seed: int = 0
+    reward_timeout_s: float = 10.0

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT
 from xr_nemo.io.atomic_dir import atomic_output_dir
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
+from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
 
 SIDE_FILES = (
     "tokenizer.json",

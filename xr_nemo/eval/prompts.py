@@ -1,7 +1,6 @@
-"""The released X-Reasoner prompt format: thoughts inside `<think> </think>`, the answer inside
-`<answer> </answer>`; for multiple choice, "just one of the options", then the question and options.
-Images come first in the user turn, in order, as Qwen2.5-VL's chat template expects; a question's
-"<image 1>" mentions stay as text and refer to that order."""
+"""Evaluation prompts in the released X-Reasoner format (`xr_nemo.prompt_format`). Images come first
+in the user turn, in order, as Qwen2.5-VL's chat template expects; a question's "<image 1>" mentions
+stay as text and refer to that order."""
 
 from __future__ import annotations
 
@@ -10,20 +9,12 @@ from typing import Any
 from xr_nemo.eval.benchmark import EvalItem
 from xr_nemo.eval.images import load_image
 from xr_nemo.generation.engine import ImagePrompt, Prompt
-from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
-
-CHOICE_INSTRUCTION = (
-    "Provide your thoughts within <think> </think> tags, then answer with just one of the options "
-    "within <answer> </answer> tags."
-)
+from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def messages(item: EvalItem) -> list[dict[str, Any]]:
-    text = item.question
-    if item.options is not None:
-        options = "\n".join(f"({letter}) {option}" for letter, option in item.options.items())
-        text = f"{CHOICE_INSTRUCTION}\n\nQuestion: {item.question}\n\nOptions:\n{options}"
+    text = user_text(item.question, item.options)
     content: str | list[dict[str, str]] = text
     if item.images:
         content = [{"type": "image"} for _ in item.images] + [{"type": "text", "text": text}]

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
+from xr_nemo.errors import ConfigError
+from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
-REASONING_SYSTEM_PROMPT = (
-    "You are a helpful assistant. First think about the problem step by step inside <think> </think> "
-    "tags, then give the final answer inside <answer> </answer> tags."
-)
 SCHEMAS = ("orz", "prompt_answer")
 _QUESTION_KEYS = ("prompt", "question", "problem")
 
@@ -99,22 +97,41 @@ def _prompt_answer(record: Record) -> PromptItem:
     )
 
 
-def to_item(record: Record, schema: str) -> PromptItem:
+def _benchmark_item(record: Record, schema: str, index: int) -> PromptItem | None:
+    """A record read by an evaluation benchmark's reader (`data.schema=medqa`, `medmcqa`, `gsm8k`, …), so
+    training and evaluation read one schema one way; None for a record outside the benchmark's subset."""
+    from xr_nemo.eval.benchmarks import REGISTRY
+
+    text_benchmarks = sorted(name for name, cls in REGISTRY.items() if cls.modality == "text")
+    if schema not in text_benchmarks:
+        raise ConfigError(
+            f"unknown prompt schema {schema!r}",
+            where="data.schema",
+            fix=f"use auto, {', '.join(SCHEMAS)}, or a text benchmark: {', '.join(text_benchmarks)}",
+        )
+    benchmark = REGISTRY[schema]()
+    try:
+        item = benchmark.item(record, index)
+    except (KeyError, TypeError, ValueError, AttributeError, SyntaxError) as error:
+        raise DataError(f"malformed {schema} record ({error!r})", where=record.where) from error
+    if not benchmark.keep(item):
+        return None
+    return PromptItem(record.where, item.question, item.gold, item.options)
+
+
+def to_item(record: Record, schema: str, index: int = 0) -> PromptItem | None:
+    """The record as a prompt, in `schema`: auto, orz, prompt_answer, or a text benchmark's name."""
+    if schema not in (*SCHEMAS, "auto"):
+        return _benchmark_item(record, schema, index)
     found = detect_schema(record.fields) if schema == "auto" else schema
     if found not in SCHEMAS:
         raise DataError(
             f"cannot tell the record's schema (fields: {sorted(record.fields)[:8]})",
             where=record.where,
-            fix="use Orz-Math pairs or {prompt|question|problem, answer[, options]}, or set data.schema",
+            fix="use Orz-Math pairs or {prompt|question|problem, answer[, options]}, or set data.schema "
+            "(orz, prompt_answer, or a text benchmark's name such as medqa or medmcqa)",
         )
     return _orz(record) if found == "orz" else _prompt_answer(record)
-
-
-def user_text(item: PromptItem) -> str:
-    if not item.options:
-        return item.question
-    lines = [f"{letter}. {text}" for letter, text in item.options.items()]
-    return item.question + "\n\nOptions:\n" + "\n".join(lines)
 
 
 def load_prompts(
@@ -130,20 +147,22 @@ def load_prompts(
 ) -> PromptSet:
     """Read, validate and tokenise every prompt; too-long prompts are dropped and counted."""
     prompts = PromptSet([], [])
-    for record in read_records(source, split):
+    for index, record in enumerate(read_records(source, split)):
         if max_samples is not None and len(prompts) >= max_samples:
             break
         try:
             if isinstance(record, DataError):
                 raise record
-            item = to_item(record, schema)
+            item = to_item(record, schema, index)
         except DataError as error:
             if on_error != "skip":
                 raise
             prompts.skipped.append(f"{error.where}: {error.what}")
             continue
+        if item is None:
+            continue
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": user_text(item)})
+        messages.append({"role": "user", "content": user_text(item.question, item.options)})
         ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         if len(ids) > max_prompt_length:

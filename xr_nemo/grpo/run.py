@@ -29,9 +29,10 @@ from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
-from xr_nemo.grpo.prompts import REASONING_SYSTEM_PROMPT, PromptSet, load_prompts
+from xr_nemo.grpo.prompts import PromptSet, load_prompts
 from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
+from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
 from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
 from xr_nemo.training.loop import resume_point, run_schedule, sum_over_data_and_pipeline, summed_report

@@ -1,0 +1,46 @@
+"""X-Reasoner-Med-7B (Liu et al., 2025): X-Reasoner continued on medical text only, with the same two
+stages — SFT on MedQA questions with chains of thought distilled from a stronger reasoning model and
+kept by rejection sampling (`xr-nemo distill`), then GRPO with the multiple-choice reward on the same
+MedQA questions. Evaluate with `xr-nemo eval --suite medical`.
+
+Paper values: the teacher is QwQ-32B; only correct traces are kept; both stages start from X-Reasoner.
+The paper publishes no other hyperparameters for the medical stages; ours are X-Reasoner's stage values
+(`recipes/xreasoner_7b.py`) except where a docstring says otherwise.
+
+The data, as `xr-nemo distill` and the MedQA release give them:
+
+    xr-nemo distill --teacher QwQ-32B --data medqa/train.jsonl --schema medqa --out runs/medqa_traces \\
+        samples=8 keep=1 temperature=0.7 data_parallel=8
+"""
+
+from __future__ import annotations
+
+from recipes import xreasoner_7b
+from xr_nemo.config.schema import GRPOConfig, SFTConfig
+
+
+def sft() -> SFTConfig:
+    """Stage 1 on distilled MedQA traces, from the X-Reasoner GRPO run. Ours: 2 epochs (the paper does
+    not publish the medical stage's epochs; MedQA's ~10k questions are a tenth of OpenThoughts)."""
+    config = xreasoner_7b.sft()
+    config.run.dir = "runs/xreasoner_med_7b_sft"
+    config.model.hf_dir = None  # the side files of the X-Reasoner checkpoint
+    config.model.checkpoint = "runs/xreasoner_7b_grpo"
+    config.data.train = "runs/medqa_traces/traces.jsonl"
+    config.data.schema = "messages"
+    config.data.num_workers = 8
+    config.trainer.epochs = 2
+    return config
+
+
+def grpo() -> GRPOConfig:
+    """Stage 2 on the MedQA training questions (read by the `medqa` benchmark's reader, so prompts look
+    exactly like evaluation prompts), with the multiple-choice 0/1 reward, from the medical SFT run."""
+    config = xreasoner_7b.grpo()
+    config.run.dir = "runs/xreasoner_med_7b_grpo"
+    config.model.checkpoint = "runs/xreasoner_med_7b_sft"
+    config.data.train = "medqa/train.jsonl"
+    config.data.schema = "medqa"
+    config.reward.correctness = "choice"
+    config.trainer.epochs = 3
+    return config

@@ -1,0 +1,69 @@
+"""`xr-nemo distill` with a scripted teacher whose correctness is known per seed: exactly the correct
+candidates are kept (the first `keep` per question), in the evaluation's prompt format and the released
+answer format, the acceptance statistics add up, and a second run generates nothing."""
+
+import json
+
+from recipes.tiny_cpu_med import MEDQA
+from xr_nemo.generation.engine import Completion, token_ids
+
+
+class SeedTeacher:
+    """Right when the seed is divisible by 3 — in tags for even seeds, in words for odd ones."""
+
+    def __init__(self, tokenizer, gold_by_question):
+        self.tokenizer, self.gold_by_question, self.prompts_seen = tokenizer, gold_by_question, 0
+
+    def sample(self, prompts, seeds, sampling):
+        out = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            text = self.tokenizer.decode(token_ids(prompt))
+            gold = next(g for q, g in self.gold_by_question.items() if q in text)
+            letter = gold if seed % 3 == 0 else "ABCD"[("ABCD".index(gold) + 1) % 4]
+            tail = f"<answer>{letter}</answer>" if seed % 2 == 0 else f"The answer is {letter}."
+            ids = self.tokenizer.encode(f"<think>seed {seed}</think>\n{tail}", add_special_tokens=False)
+            out.append(Completion(ids, [0.0] * len(ids), finished=True))
+        self.prompts_seen += len(prompts)
+        return out
+
+    def close(self):
+        pass
+
+
+def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
+    from transformers import AutoTokenizer
+
+    from xr_nemo.config.schema import DistillConfig
+    from xr_nemo.data.distill import run_distill
+    from xr_nemo.prompt_format import user_text
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    teacher = build_tiny_qwen25_vl(tmp_path / "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    questions = [json.loads(line) for line in MEDQA.read_text().splitlines()][:8]
+    gold = {q["question"]: q["answer_idx"] for q in questions}
+    config = DistillConfig(
+        teacher=str(teacher), data=str(MEDQA), schema="medqa", out=str(tmp_path / "out"), samples=4, limit=8
+    )
+    engine = SeedTeacher(tokenizer, gold)
+    stats = run_distill(config, engine=engine)
+
+    seeds = {i: [config.seed + 4 * i + j for j in range(4)] for i in range(8)}  # eval's per-item seeds
+    right = {i: [s for s in seeds[i] if s % 3 == 0] for i in range(8)}
+    assert stats["samples"] == 32 and stats["correct_samples"] == sum(map(len, right.values()))
+    assert stats["acceptance"] == stats["correct_samples"] / 32
+    assert stats["questions_solved"] == sum(bool(r) for r in right.values()) == stats["traces"]
+
+    traces = [json.loads(line) for line in (tmp_path / "out" / "traces.jsonl").read_text().splitlines()]
+    solved = [i for i in range(8) if right[i]]
+    for trace, i in zip(traces, solved, strict=True):
+        question = questions[i]
+        system, user, assistant = trace["messages"]
+        assert user["content"] == user_text(question["question"], question["options"])
+        first = right[i][0]
+        assert assistant["content"].startswith(f"<think>seed {first}</think>")
+        assert assistant["content"].endswith(f"<answer>{question['answer_idx']}</answer>")
+
+    again = SeedTeacher(tokenizer, gold)
+    assert run_distill(config, engine=again) == stats
+    assert again.prompts_seen == 0

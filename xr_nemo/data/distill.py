@@ -1,0 +1,102 @@
+"""`xr-nemo distill`: chains of thought from a teacher, kept only when their answer is right.
+
+X-Reasoner-Med's SFT data are MedQA questions answered by a stronger reasoning model (QwQ-32B), kept by
+rejection sampling. Distillation is a sampled evaluation of the teacher followed by a filter: the
+questions are read by a benchmark's reader (`schema`), `samples` candidates per question are generated
+and judged exactly as `xr-nemo eval` judges them (and saved, resumably, in
+`<out>/predictions/<schema>.jsonl`), and the first `keep` correct ones become `traces.jsonl` records in
+the `messages` schema, prompted exactly as evaluation prompts. A trace whose answer was found outside
+`<answer>` tags gets `<answer>X</answer>` appended, so SFT teaches the released format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from xr_nemo.config.schema import DistillConfig, EvalConfig
+from xr_nemo.eval.benchmarks import get_benchmark
+from xr_nemo.eval.predictions import read_predictions
+from xr_nemo.eval.run import generate, load_items, model_directory
+from xr_nemo.generation.engine import Engine
+from xr_nemo.io.atomic_dir import write_text_atomically
+from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
+
+
+def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
+    return EvalConfig(
+        model=str(teacher),
+        benchmarks=[config.schema],
+        data={config.schema: config.data},
+        out_dir=config.out,
+        limit=config.limit,
+        samples=config.samples,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        thinking_budget=config.thinking_budget,
+        batch_size=config.batch_size,
+        engine=config.engine,
+        data_parallel=config.data_parallel,
+        tensor_parallel=config.tensor_parallel,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        dtype=config.dtype,
+        seed=config.seed,
+        reward_timeout_s=config.reward_timeout_s,
+    )
+
+
+def _in_answer_format(output: str, answer: str, method: str) -> str:
+    return output if method == "answer_tag" else f"{output.rstrip()}\n<answer>{answer}</answer>"
+
+
+def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
+    """Generate what is missing, then rewrite `traces.jsonl` and `stats.json`; returns the stats."""
+    teacher = model_directory(config.teacher)
+    out = Path(config.out)
+    evaluation = _as_evaluation(config, teacher)
+    benchmark = get_benchmark(config.schema)
+    loaded = load_items(evaluation, [benchmark])
+    if config.data_parallel > 1 and engine is None:
+        from xr_nemo.eval.replicas import run_replicas
+
+        run_replicas(evaluation, teacher, out)
+    else:
+        generate(evaluation, teacher, out, loaded, engine)
+    items, problems = loaded[benchmark.name]
+    rows = read_predictions(out, benchmark.name)
+    traces, solved, correct, total = [], 0, 0, 0
+    for item in items:
+        row = rows.get(item.id)
+        if row is None:
+            continue
+        total += len(row["correct"])
+        correct += sum(row["correct"])
+        kept = [k for k, right in enumerate(row["correct"]) if right][: config.keep]
+        solved += bool(kept)
+        for k in kept:
+            response = _in_answer_format(row["outputs"][k], row["answers"][k], row["methods"][k])
+            messages = [
+                {"role": "system", "content": REASONING_SYSTEM_PROMPT},
+                {"role": "user", "content": user_text(item.question, item.options)},
+                {"role": "assistant", "content": response},
+            ]
+            traces.append({"id": item.id, "messages": messages})
+    write_text_atomically(
+        out / "traces.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
+    )
+    stats = {
+        "teacher": str(teacher),
+        "questions": len(items),
+        "generated": len([item for item in items if item.id in rows]),
+        "samples": total,
+        "correct_samples": correct,
+        "acceptance": correct / total if total else 0.0,
+        "questions_solved": solved,
+        "traces": len(traces),
+        "skipped_records": len(problems),
+        "problems": [f"{p.where}: {p.what}" for p in problems[:20]],
+        "config": asdict(config),
+    }
+    write_text_atomically(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+    return stats
