@@ -59,6 +59,7 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     for trace, i in zip(traces, solved, strict=True):
         question = questions[i]
         system, user, assistant = trace["messages"]
+        assert system["role"] == "system" and assistant["role"] == "assistant"
         assert user["content"] == user_text(question["question"], question["options"])
         first = right[i][0]
         assert assistant["content"].startswith(f"<think>seed {first}</think>")
