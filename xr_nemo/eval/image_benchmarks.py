@@ -125,7 +125,7 @@ class MMMUProHealth(MMMUPro):
 
 
 _MMSTAR_OPTIONS = re.compile(r"\n?\s*Options:\s*(.*)\Z", re.DOTALL)
-_MMSTAR_LETTER = re.compile(r"(?:^|,\s*|\n\s*)([A-F])\s*[:.]\s*")
+_MMSTAR_LETTER = re.compile(r"(?:^|,\s*|\n\s*)([A-F]):\s*")  # options may contain commas
 
 
 @register
@@ -261,7 +261,8 @@ class OmniMedVQA(Benchmark):
         if not options:
             raise DataError("no option_A… fields", where=where)
         gold = _gold_letter(fields.get("gt_answer"), options, where)
-        meta = {"modality": str(fields.get("modality_type", "")), "dataset": str(fields.get("dataset", ""))}
+        modality = fields.get("modality_type") or fields.get("modality") or ""  # both names occur
+        meta = {"modality": str(modality), "dataset": str(fields.get("dataset", ""))}
         item_id = f"omnimedvqa-{fields.get('question_id', index)}"
         question = text(fields.get("question"), "'question'", where)
         return EvalItem(item_id, question, gold, options, meta, record_images(record, ["image_path"]))
@@ -269,8 +270,9 @@ class OmniMedVQA(Benchmark):
 
 @register
 class NEJMImageChallenge(Benchmark):
-    """Local files only: `{id, question, options (letter → text, a list, or option_A…option_E),
-    answer (letter or option text), image | image_path}`."""
+    """Local files only. The community release's JSON (`image_id`, `question`, `option_A…option_E`,
+    `correct_answer`) with its images saved as `images/<image_id>.jpg`, or records with `id`, `options`
+    (letter → text or a list), `answer` (letter or option text) and `image`/`image_path`."""
 
     name = "nejm"
     hub_id = None
@@ -291,18 +293,26 @@ class NEJMImageChallenge(Benchmark):
             }
         if not options:
             raise DataError("no options (an 'options' field or option_A…option_E)", where=where)
-        gold = _gold_letter(fields.get("answer"), options, where)
+        gold = _gold_letter(fields.get("answer", fields.get("correct_answer")), options, where)
         question = text(fields.get("question"), "'question'", where)
-        images = record_images(record, ["image", "image_path"])[:1]
-        return EvalItem(f"nejm-{fields.get('id', index)}", question, gold, options, {}, images)
+        item_id = fields.get("id", fields.get("image_id", index))
+        images = record_images(record, ["image", "image_path"], required=False)
+        if not images:  # the release names images only by id
+            images = image_list(record, [f"{item_id}.jpg"])
+        return EvalItem(f"nejm-{item_id}", question, gold, options, {}, images[:1])
 
 
 class _ShortAnswerVQA(Benchmark):
-    """Medical VQA with short free-text answers, judged by normalised exact match; `meta.answer_type`
-    (closed: yes/no, open: anything else) allows per-type accuracy."""
+    """Medical VQA with short free-text answers, judged by normalised exact match. Like the published
+    evaluations of reasoning VLMs, only closed questions are kept (the release's `answer_type`, else a
+    yes/no answer); open ones are scored by exact match too when `closed_only` is off."""
 
     free_form, modality = "short", "image"
     image_field: ClassVar[str] = "image"
+    closed_only: ClassVar[bool] = True
+
+    def keep(self, item: EvalItem) -> bool:
+        return not self.closed_only or item.meta["answer_type"] == "closed"
 
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
@@ -335,13 +345,14 @@ class SLAKE(_ShortAnswerVQA):
         return item
 
     def keep(self, item: EvalItem) -> bool:
-        return item.meta["language"] == "en"
+        return item.meta["language"] == "en" and super().keep(item)
 
 
 @register
 class PMCVQA(Benchmark):
-    """`test_2.csv`: `Figure_path, Question, Answer, Choice A … Choice D, Answer_label`; choices read
-    "A:text"; images in `images/` next to the file."""
+    """`test.csv`/`test_2.csv`: `Figure_path, Question, Choice A … Choice D` (read "A:text"), and the
+    gold as `Answer_label` (a letter) or `Answer` (a letter, "B:text" or the text); images in `images/`
+    or `figures/` next to the file."""
 
     name = "pmc_vqa"
     hub_id = "xmcmic/PMC-VQA"
@@ -353,7 +364,10 @@ class PMCVQA(Benchmark):
         for letter in "ABCD":
             choice = text(fields.get(f"Choice {letter}"), f"'Choice {letter}'", where)
             options[letter] = re.sub(rf"^\s*{letter}\s*[:.]\s*", "", choice).strip()
-        gold = _gold_letter(fields.get("Answer_label"), options, where)
+        answer = fields.get("Answer_label") or fields.get("Answer")
+        if isinstance(answer, str) and re.match(r"^\s*[A-D]\s*:", answer):
+            answer = answer.strip()[0]
+        gold = _gold_letter(answer, options, where)
         question = text(fields.get("Question"), "'Question'", where)
         images = record_images(record, ["Figure_path"])
         return EvalItem(f"pmc_vqa-{index}", question, gold, options, {}, images)

@@ -3,8 +3,8 @@
 Records carry images in three ways: a PIL image (hub datasets with an Image feature), a
 `{"bytes", "path"}` dict (the same datasets read from Parquet), or a file name relative to the data
 file (JSONL/CSV releases that ship an image folder). A relative name is looked for in the data file's
-folder and the two above it (releases keep questions in a subfolder), each as is and under `images/`
-and `imgs/`.
+folder and the two above it (releases keep questions in a subfolder), each as is and under `images/`,
+`imgs/` and `figures/`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from xr_nemo.data.records import DataError
 
 ImageSource = Path | bytes | Image.Image
-IMAGE_FOLDERS = ("", "images", "imgs")
+IMAGE_FOLDERS = ("", "images", "imgs", "figures")
 
 
 class MissingImage(DataError):

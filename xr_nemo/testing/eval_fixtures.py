@@ -360,27 +360,31 @@ def _omnimedvqa(root: Path, truth: Truth) -> Path:
 
 
 def _nejm(root: Path, truth: Truth) -> Path:
+    """The community release's JSON list (`image_id`, `option_A…E`, `correct_answer`), images saved as
+    images/<image_id>.jpg."""
     folder = root / "nejm"
     rows = []
     for i in range(4):
         question = f"[nejm {i}] A rash appeared after a hike. What is the diagnosis?"
-        image = _save(folder / "images" / f"{i}.png", _png((84, 56), 100 + i))
+        _save(folder / "images" / f"{i + 1}.jpg", _png((84, 56), 100 + i))
         gold = "ABCDE"[i]
         rows.append(
             {
-                "id": str(i),
+                "image_id": i + 1,
+                "date": f"apr-0{i + 1}-2010",
                 "question": question,
                 "option_A": "Lyme disease",
                 "option_B": "Cellulitis",
                 "option_C": "Tinea",
                 "option_D": "Eczema",
                 "option_E": "Psoriasis",
-                "answer": gold,
-                "image": image,
+                "correct_answer": gold,
             }
         )
         truth[question] = (gold, _wrong_letter(gold, "ABCDE"))
-    return _jsonl(folder / "nejm.jsonl", rows)
+    path = folder / "image_challenge_dataset.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
 
 
 def _vqa_rad(root: Path, truth: Truth) -> Path:
@@ -481,6 +485,24 @@ def _pmc_vqa(root: Path, truth: Truth) -> Path:
     return path
 
 
+def image_key(image: Image.Image) -> str:
+    """The truth key of a question asked by its picture alone (the toy world's all read alike)."""
+    import hashlib
+
+    return "image:" + hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()[:16]
+
+
+def _arith(root: Path, truth: Truth, modality: str) -> Path:
+    """The demo's held-out files, as `xr_nemo.demo.toy_world` writes them."""
+    from xr_nemo.demo.toy_world import problems, write_toy_world
+
+    world = write_toy_world(root / "toy_world", train=4, prompts=2, held_out=4, seed=3)
+    for problem in problems(4, 3):
+        right, wrong = str(problem.answer), str(problem.answer + 1)
+        truth[problem.question] = truth[image_key(problem.image())] = (right, wrong)
+    return world.eval_text if modality == "text" else world.eval_image
+
+
 WRITERS: dict[str, Callable[[Path, Truth], Path]] = {
     "gsm8k": _gsm8k,
     "medqa": _medqa,
@@ -503,6 +525,8 @@ WRITERS: dict[str, Callable[[Path, Truth], Path]] = {
     "vqa_rad": _vqa_rad,
     "slake": _slake,
     "pmc_vqa": _pmc_vqa,
+    "arith_text": lambda root, truth: _arith(root, truth, "text"),
+    "arith_image": lambda root, truth: _arith(root, truth, "image"),
 }
 VALID = {
     "gsm8k": 6,
@@ -523,9 +547,11 @@ VALID = {
     "medxpertqa_mm": 4,
     "omnimedvqa": 4,
     "nejm": 4,
-    "vqa_rad": 4,
-    "slake": 4,
+    "vqa_rad": 2,
+    "slake": 2,
     "pmc_vqa": 4,
+    "arith_text": 4,
+    "arith_image": 4,
 }
 SKIPPED = {
     "gsm8k": {"malformed record": 1},

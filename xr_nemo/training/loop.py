@@ -125,6 +125,8 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
         state = load_checkpoint(job.resume_from, job.model, job.optimizer)
         step, consumed = state["step"], state["consumed_samples"]
     is_writer = dist.get_rank() == 0
+    if is_writer and job.resume_from is not None:
+        print(f"[sft] resumed from {job.resume_from} at step {step}", flush=True)
     metrics = MetricsWriter(config.run.dir, resumed_step=step) if is_writer else None
     bar = tqdm(
         total=last_step, initial=step, desc="train", unit="step", disable=not (is_writer and trainer.progress)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2034  # RECIPE and OVERRIDES are read by the scripts that source this file
+# Sourced by the sbatch scripts: one place for the launch, the environment and requeue on preemption.
+#
+# Settings (environment variables, all optional):
+#   XR_NEMO_HOME      the repository (default: the directory sbatch was called from)
+#   XR_NEMO_PYTHON    the interpreter (default: $XR_NEMO_HOME/.venv/bin/python, else python3)
+#   GPUS_PER_NODE     tasks per node, one per GPU (default: 8)
+#   CONTAINER_IMAGE   run inside a pyxis/enroot container; CONTAINER_MOUNTS adds mounts (src:dst,…)
+#   LOG_DIR           where per-job logs go (default: $XR_NEMO_HOME/logs/slurm)
+# Arguments: `recipe=NAME` picks the recipe; everything else is a recipe override passed through.
+
+set -euo pipefail
+
+XR_NEMO_HOME="${XR_NEMO_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
+LOG_DIR="${LOG_DIR:-$XR_NEMO_HOME/logs/slurm}"
+if [[ -z "${XR_NEMO_PYTHON:-}" ]]; then
+    if [[ -x "$XR_NEMO_HOME/.venv/bin/python" ]]; then XR_NEMO_PYTHON="$XR_NEMO_HOME/.venv/bin/python"; else XR_NEMO_PYTHON=python3; fi
+fi
+mkdir -p "$LOG_DIR"
+
+# NCCL over InfiniBand where present; quiet unless asked. Users override any of these in their env.
+export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+export NCCL_IB_TIMEOUT="${NCCL_IB_TIMEOUT:-22}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"  # megatron-core's overlap needs it
+export UCX_TLS="${UCX_TLS:-rc,sm,self}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+
+RECIPE=""  # set by xr_nemo_parse_args, read by the sbatch scripts
+OVERRIDES=()
+
+# Split `recipe=NAME` from the overrides.
+xr_nemo_parse_args() {
+    local default_recipe="$1"
+    shift
+    RECIPE="$default_recipe"
+    OVERRIDES=()
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            recipe=*) RECIPE="${arg#recipe=}" ;;
+            *) OVERRIDES+=("$arg") ;;
+        esac
+    done
+}
+
+# Requeue this job when Slurm warns of the end (--signal=B:USR1@…) or preempts it (SIGTERM): the
+# training loop checkpoints every `checkpoint.every_steps`, and the requeued job resumes from the
+# latest checkpoint (trainer.resume=auto), so at most those steps are redone.
+xr_nemo_requeue() {
+    echo "[slurm] job ${SLURM_JOB_ID:-?}: signal received, requeueing" >&2
+    if [[ -n "${XR_NEMO_CHILD:-}" ]]; then kill -TERM "$XR_NEMO_CHILD" 2>/dev/null || true; fi
+    scontrol requeue "${SLURM_JOB_ID}"
+    exit 0
+}
+
+# Run `python -m xr_nemo.cli ARGS…` on every task: one per GPU, on all the job's nodes.
+xr_nemo_launch() {
+    local container=()
+    if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
+        container=(--container-image="$CONTAINER_IMAGE" --container-workdir="$XR_NEMO_HOME")
+        local mounts="$XR_NEMO_HOME:$XR_NEMO_HOME${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}"
+        container+=(--container-mounts="$mounts")
+    fi
+    local log="$LOG_DIR/${SLURM_JOB_NAME:-xr-nemo}-${SLURM_JOB_ID:-local}.log"
+    echo "[slurm] ${SLURM_NNODES:-1} node(s) × $GPUS_PER_NODE tasks: xr-nemo $* (log: $log)" >&2
+    trap xr_nemo_requeue USR1 TERM
+    srun --ntasks-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1 --label "${container[@]}" \
+        --chdir="$XR_NEMO_HOME" "$XR_NEMO_PYTHON" -m xr_nemo.cli "$@" > >(tee -a "$log") 2>&1 &
+    XR_NEMO_CHILD=$!
+    wait "$XR_NEMO_CHILD"
+}

@@ -1,0 +1,82 @@
+"""The sbatch scripts: shellcheck-clean, and run on this machine through a stand-in `srun` (two CPU
+ranks, the real `xr-nemo` entry point, Slurm's environment variables) — training runs at DP=2, a USR1
+from Slurm requeues the job, and the requeued job resumes from the last checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
+
+
+def test_scripts_are_shellcheck_clean():
+    result = subprocess.run(
+        ["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    assert {p.name for p in SCRIPTS} == {
+        "common.sh",
+        "sft_multinode.sh",
+        "grpo_multinode.sh",
+        "eval.sh",
+        "convert.sh",
+    }
+
+
+def _environment(tmp_path: Path) -> dict[str, str]:
+    import sys
+
+    return os.environ | {
+        "PATH": f"{REPO / 'tests' / 'fake_slurm'}{os.pathsep}{os.environ['PATH']}",
+        "XR_NEMO_HOME": str(REPO),
+        "XR_NEMO_PYTHON": sys.executable,
+        "GPUS_PER_NODE": "2",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NAME": "test",
+        "LOG_DIR": str(tmp_path / "logs"),
+        "FAKE_SLURM_LOG": str(tmp_path / "scontrol.log"),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.mark.slow
+def test_sft_script_trains_on_two_ranks_requeues_on_usr1_and_resumes(tmp_path):
+    run = tmp_path / "sft"
+    script = [
+        "bash",
+        str(REPO / "slurm" / "sft_multinode.sh"),
+        "recipe=tiny_cpu",
+        f"run.dir={run}",
+        "checkpoint.every_steps=1",
+        "trainer.global_batch_size=4",
+        "trainer.micro_batch_size=1",
+    ]
+    environment = _environment(tmp_path)
+    job = subprocess.Popen(
+        [*script, "trainer.max_steps=200"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 600
+    while not (run / "checkpoints" / "step_2").exists():  # two steps done: Slurm warns of the time limit
+        assert job.poll() is None and time.time() < deadline, job.stdout.read().decode()[-3000:]
+        time.sleep(1)
+    job.send_signal(signal.SIGUSR1)
+    output = job.communicate(timeout=120)[0].decode()
+    assert job.returncode == 0, output[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["scontrol requeue 4242"]
+    assert "requeueing" in output
+    assert (tmp_path / "logs" / "test-4242.log").exists()
+
+    requeued = subprocess.run(
+        [*script, "trainer.max_steps=4"], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "resumed from" in requeued.stdout + requeued.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [3, 4] and steps == sorted(set(steps))
