@@ -68,3 +68,42 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     again = SeedTeacher(tokenizer, gold)
     assert run_distill(config, engine=again) == stats
     assert again.prompts_seen == 0
+
+
+def test_distill_cli_runs_a_real_teacher(tmp_path):
+    """The command end to end with the tiny model as teacher (Transformers engine): whatever it
+    answers, every candidate is recorded and the statistics describe them."""
+    import subprocess
+    import sys
+
+    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+
+    teacher = build_tiny_qwen25_vl(tmp_path / "teacher")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "xr_nemo.cli",
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(MEDQA),
+        "--schema",
+        "medqa",
+        "--out",
+        str(out),
+        "engine=hf",
+        "limit=3",
+        "samples=2",
+        "max_new_tokens=8",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    rows = [json.loads(line) for line in (out / "predictions" / "medqa.jsonl").read_text().splitlines()]
+    assert stats["questions"] == 3 and stats["samples"] == 6 == sum(len(r["outputs"]) for r in rows)
+    assert stats["correct_samples"] == sum(sum(r["correct"]) for r in rows)
+    traces = (out / "traces.jsonl").read_text().splitlines()
+    assert len(traces) == stats["traces"] == sum(any(r["correct"]) for r in rows)
+    assert f"distilled {stats['traces']} traces" in result.stdout
