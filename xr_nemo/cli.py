@@ -84,6 +84,27 @@ def _distill(args: argparse.Namespace) -> None:
     )
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from transformers import AutoConfig
+
+    from xr_nemo.errors import ConfigError
+    from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
+    from xr_nemo.planning import TABLE_HEADER, Layout, estimate_memory, table_row
+
+    config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
+    per_replica = args.tp * args.pp * args.cp
+    print(TABLE_HEADER)
+    for nodes in args.nodes:
+        gpus = nodes * args.gpus_per_node
+        if gpus % per_replica:
+            raise ConfigError(
+                f"{gpus} GPUs on {nodes} node(s) are not a multiple of TP×PP×CP = {per_replica}",
+                where="--nodes / --tp / --pp / --cp",
+            )
+        layout = Layout(args.tp, args.pp, args.cp, gpus // per_replica, args.micro_batch, args.seq_length)
+        print(table_row(layout, estimate_memory(config, layout)))
+
+
 def _tiny_model(args: argparse.Namespace) -> None:
     from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
@@ -225,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--out", required=True, help="output directory (traces.jsonl, stats.json)")
     distill.add_argument("overrides", nargs="*", help="e.g. samples=8 keep=1 temperature=0.7 limit=1000")
     distill.set_defaults(handler=_distill)
+
+    plan = commands.add_parser("plan", help="memory per GPU of training layouts, from the model's shapes")
+    plan.add_argument("--model", default="7b", help="an HF directory, or 7b for Qwen2.5-VL-7B")
+    plan.add_argument("--nodes", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4, 8])
+    plan.add_argument("--gpus-per-node", type=int, default=8)
+    plan.add_argument("--tp", type=int, default=4)
+    plan.add_argument("--pp", type=int, default=1)
+    plan.add_argument("--cp", type=int, default=1)
+    plan.add_argument("--micro-batch", type=int, default=1)
+    plan.add_argument("--seq-length", type=int, default=16384)
+    plan.set_defaults(handler=_plan)
 
     _add_convert(commands)
     return parser

@@ -1,0 +1,62 @@
+"""The memory planner's per-rank parameter counts equal those of our megatron-core model built at the
+same layout (TP=2, PP=2, tied and untied embeddings), and its whole-model count equals the published
+Qwen2.5-VL-7B's."""
+
+import pytest
+
+from xr_nemo.testing.multiprocess import run_distributed
+
+
+def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from transformers import AutoConfig
+
+    from xr_nemo.config import ParallelConfig
+    from xr_nemo.distributed import initialize, shutdown
+    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+
+    parallel = ParallelConfig(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+    initialize(parallel)
+    model = Qwen25VLModel(AutoConfig.from_pretrained(hf_dir), parallel)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    stage = parallel_state.get_pipeline_model_parallel_rank()
+    rank = dist.get_rank()
+    shutdown()
+    return rank, stage, trained, frozen
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize(("tensor_parallel", "pipeline_parallel"), [(2, 1), (1, 2)])
+def test_parameters_per_rank_match_the_built_model(tmp_path, tied, tensor_parallel, pipeline_parallel):
+    from transformers import AutoConfig
+
+    from xr_nemo.planning import Layout, parameters_per_stage
+    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    hf_dir = build_tiny_qwen25_vl(
+        tmp_path / "model", TinyQwen25VLSpec(num_layers=4, num_kv_heads=2, tie_word_embeddings=tied)
+    )
+    world = tensor_parallel * pipeline_parallel
+    built = run_distributed(_count_worker, world, str(hf_dir), tensor_parallel, pipeline_parallel)
+    layout = Layout(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+    planned = parameters_per_stage(AutoConfig.from_pretrained(hf_dir), layout)
+    for _, stage, trained, frozen in built:
+        assert planned[stage] == (trained, frozen)
+
+
+def test_the_7b_count_is_the_published_one():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from conversion import qwen25_vl_7b_config
+    from xr_nemo.planning import Layout, estimate_memory, parameters_per_stage
+
+    trained, frozen = parameters_per_stage(qwen25_vl_7b_config(), Layout())[0]
+    assert trained + frozen == 8_292_166_656  # Qwen/Qwen2.5-VL-7B-Instruct's safetensors index
+    estimate = estimate_memory(
+        qwen25_vl_7b_config(), Layout(tensor_parallel=4, data_parallel=2, seq_length=16384)
+    )
+    assert estimate.trained_parameters < trained / 3  # split over four tensor-parallel ranks

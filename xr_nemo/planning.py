@@ -1,0 +1,150 @@
+"""Memory per GPU of a training layout, estimated from the model's shapes alone (`xr-nemo plan`).
+
+Weights are counted exactly per rank: every tensor of the Hugging Face checkpoint, split as megatron-core
+splits it (vocabulary and linear layers over tensor-parallel ranks, norms replicated, layers over
+pipeline stages, embedding on the first stage and output layer on the last). The vision tower is
+replicated and frozen unless trained. Bytes per trained parameter: 2 (bf16 weight) + 4 (fp32 gradient
+buffer) + 12 / (DP·CP) (fp32 master weight and two Adam moments, sharded by the distributed optimizer
+over the data- and context-parallel ranks).
+
+Activations are an estimate, not a count: 34·s·b·h bytes per layer and micro-batch with flash attention
+and no recomputation (Korthikanti et al., 2022), divided by TP with sequence parallelism and by CP; the
+first pipeline stage holds up to PP micro-batches in flight under 1F1B, i.e. about all layers' worth;
+plus the fp32 logits and their gradient on the last stage. Allocator fragmentation and communication
+buffers come on top: plan for 10–15 % headroom.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import Qwen2_5_VLConfig
+
+from xr_nemo.conversion.hf_checkpoint import expected_hf_shapes
+
+GIB = 1024**3
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    context_parallel: int = 1
+    data_parallel: int = 1
+    micro_batch_size: int = 1
+    seq_length: int = 4096
+    sequence_parallel: bool = True
+    train_vision: bool = False
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel * self.data_parallel
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    trained_parameters: int  # on the most loaded rank
+    frozen_parameters: int
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    logits_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return (
+            self.weights_gib
+            + self.gradients_gib
+            + self.optimizer_gib
+            + self.activations_gib
+            + self.logits_gib
+        )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def parameters_per_stage(config: Qwen2_5_VLConfig, layout: Layout) -> list[tuple[int, int]]:
+    """(trained, frozen) parameters held by one tensor-parallel rank of each pipeline stage."""
+    text = config.get_text_config()
+    layers, tp, pp = text.num_hidden_layers, layout.tensor_parallel, layout.pipeline_parallel
+    per_stage = [[0, 0] for _ in range(pp)]
+    for name, shape in expected_hf_shapes(config).items():
+        count = _numel(shape)
+        split = count if len(shape) == 1 and "bias" not in name else count // tp  # norms are replicated
+        if name.startswith("visual."):
+            for stage in per_stage[:1]:  # the vision tower runs on the first stage, replicated over TP
+                stage[0 if layout.train_vision else 1] += count
+            continue
+        if (found := _LAYER.match(name)) is not None:
+            stage = int(found.group(1)) * pp // layers
+        elif name.startswith("model.embed_tokens"):
+            stage = 0
+        else:  # final norm and output layer
+            stage = pp - 1
+        per_stage[stage][0] += split
+    if config.tie_word_embeddings and pp > 1:  # megatron keeps an output copy of tied embeddings
+        per_stage[-1][0] += text.vocab_size * text.hidden_size // tp
+    return [(trained, frozen) for trained, frozen in per_stage]
+
+
+def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
+    """The most loaded rank's memory (the larger of the first and last pipeline stages)."""
+    text = config.get_text_config()
+    stages = parameters_per_stage(config, layout)
+    tokens = layout.seq_length * layout.micro_batch_size // layout.context_parallel
+    split = layout.tensor_parallel if layout.sequence_parallel else 1
+    layers_in_flight = text.num_hidden_layers  # 1F1B: PP micro-batches × L/PP layers on the first stage
+    activations = 34 * tokens * text.hidden_size * layers_in_flight / split
+    logits = 2 * 4 * tokens * text.vocab_size / layout.tensor_parallel
+    candidates = []
+    for index, (trained, frozen) in enumerate(stages):
+        first, last = index == 0, index == len(stages) - 1
+        candidates.append(
+            MemoryEstimate(
+                trained_parameters=trained,
+                frozen_parameters=frozen,
+                weights_gib=2 * (trained + frozen) / GIB,
+                gradients_gib=4 * trained / GIB,
+                optimizer_gib=12 * trained / (layout.data_parallel * layout.context_parallel) / GIB,
+                activations_gib=(activations if first else activations / layout.pipeline_parallel) / GIB,
+                logits_gib=(logits if last else 0.0) / GIB,
+            )
+        )
+    return max(candidates, key=lambda estimate: estimate.total_gib)
+
+
+TABLE_HEADER = (
+    "| GPUs | TP | PP | CP | DP | tokens / micro-batch | weights | gradients | optimizer | activations "
+    "| logits | total (GiB / GPU) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def table_row(layout: Layout, estimate: MemoryEstimate) -> str:
+    cells = [
+        layout.gpus,
+        layout.tensor_parallel,
+        layout.pipeline_parallel,
+        layout.context_parallel,
+        layout.data_parallel,
+        f"{layout.micro_batch_size}×{layout.seq_length}",
+        *(
+            f"{value:.1f}"
+            for value in (
+                estimate.weights_gib,
+                estimate.gradients_gib,
+                estimate.optimizer_gib,
+                estimate.activations_gib,
+                estimate.logits_gib,
+                estimate.total_gib,
+            )
+        ),
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
