@@ -52,7 +52,13 @@ def test_quick_demo_end_to_end_and_reuse(tmp_path):
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    for reused in ("toy world reused", "base model reused", "SFT reused", "GRPO reused"):
+    for reused in (
+        "toy world reused",
+        "base model reused",
+        "SFT reused",
+        "GRPO reused",
+        "evaluation of grpo reused",
+    ):
         assert reused in again.stdout
     untimed = report.split("## Time per stage")[0]
     assert (run / "report.md").read_text().split("## Time per stage")[0] == untimed

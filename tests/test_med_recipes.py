@@ -49,7 +49,7 @@ def test_tiny_medical_continuation_sft_then_grpo(tmp_path):
         "tiny_cpu_med",
         f"run.dir={sft}",
         f"model.checkpoint={x_reasoner}",
-        "trainer.epochs=3",
+        "trainer.epochs=2",
     )
     losses = [m["loss"] for m in _metrics(sft)]
     assert losses[-1] < losses[0]
