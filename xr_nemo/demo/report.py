@@ -5,10 +5,10 @@ the SFT and GRPO runs. The conclusion is drawn from those numbers, whatever they
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from xr_nemo.eval.report import interval_error_bars, save_figure
 from xr_nemo.training.metrics import METRICS_FILE
 
 STAGE_NAMES = {"base": "base", "sft": "SFT (text CoT)", "grpo": "SFT + GRPO (text)"}
@@ -49,16 +49,6 @@ def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _savefig(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.tight_layout()
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
-
-
 def accuracy_chart(results: list[StageResult], path: Path) -> None:
     import matplotlib
 
@@ -70,15 +60,15 @@ def accuracy_chart(results: list[StageResult], path: Path) -> None:
     for k, modality in enumerate(("text", "image")):
         xs = [i + (k - 0.5) * width for i in range(len(results))]
         ys = [100 * r.scores[modality].accuracy for r in results]
-        below = [max(0.0, y - 100 * r.scores[modality].low) for y, r in zip(ys, results, strict=True)]
-        above = [max(0.0, 100 * r.scores[modality].high - y) for y, r in zip(ys, results, strict=True)]
-        axes.bar(xs, ys, width, yerr=[below, above], capsize=3, label=f"held-out {modality} problems")
+        intervals = [(r.scores[modality].low, r.scores[modality].high) for r in results]
+        errors = interval_error_bars(ys, intervals)
+        axes.bar(xs, ys, width, yerr=errors, capsize=3, label=f"held-out {modality} problems")
     axes.set_xticks(range(len(results)), [STAGE_NAMES[r.stage] for r in results])
     axes.set_ylabel("accuracy (%), 95 % interval")
     axes.set_ylim(0, 100)
     axes.legend()
     axes.set_title("Training on text only: accuracy on text and on pictures")
-    _savefig(figure, path)
+    save_figure(figure, path, dpi=110)
 
 
 def curves_chart(run_dir: Path, path: Path) -> None:
@@ -105,7 +95,7 @@ def curves_chart(run_dir: Path, path: Path) -> None:
     right.plot([m["step"] for m in grpo], [m["response_length"] for m in grpo], marker="o")
     right.set_xlabel("GRPO step")
     right.set_ylabel("mean response length (tokens)")
-    _savefig(figure, path)
+    save_figure(figure, path, dpi=110)
 
 
 def _change(before: Score, after: Score) -> str:

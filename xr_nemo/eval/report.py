@@ -51,6 +51,25 @@ def report_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def interval_error_bars(percents: list[float], intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """Matplotlib's `yerr` (distances below and above each bar, in points) from 95 % intervals given as
+    fractions; clamped at 0, since a Wilson bound can sit a rounding error past the estimate."""
+    below = [max(0.0, y - 100 * low) for y, (low, _) in zip(percents, intervals, strict=True)]
+    above = [max(0.0, 100 * high - y) for y, (_, high) in zip(percents, intervals, strict=True)]
+    return [below, above]
+
+
+def save_figure(figure, path: Path, dpi: int = 120) -> None:
+    """Written to a temporary file and renamed, so a reader never sees half a PNG."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    figure.tight_layout()
+    figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
 def accuracy_chart(summary: dict, path: Path) -> None:
     """Grouped bars per benchmark: ours (with its 95 % interval) and the paper's models where reported."""
     import matplotlib
@@ -69,18 +88,11 @@ def accuracy_chart(summary: dict, path: Path) -> None:
         ys = [v for v in values if v is not None]
         errors = None
         if label == "ours":
-            intervals = [summary["benchmarks"][n]["ci95"] for n in names]
-            below = [max(0.0, y - 100 * low) for y, (low, _) in zip(ys, intervals, strict=True)]
-            above = [max(0.0, 100 * high - y) for y, (_, high) in zip(ys, intervals, strict=True)]
-            errors = [below, above]
+            errors = interval_error_bars(ys, [summary["benchmarks"][n]["ci95"] for n in names])
         axes.bar(xs, ys, width, label=label, yerr=errors, capsize=3)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
     axes.legend(fontsize=8)
     axes.set_title(Path(summary["model"]).name or summary["model"])
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    os.replace(tmp, path)
+    save_figure(figure, path)
