@@ -12,7 +12,7 @@ the `messages` schema, prompted exactly as evaluation prompts. A trace whose ans
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from xr_nemo.config.schema import DistillConfig, EvalConfig
@@ -25,25 +25,16 @@ from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
-    return EvalConfig(
-        model=str(teacher),
-        benchmarks=[config.schema],
-        data={config.schema: config.data},
-        out_dir=config.out,
-        limit=config.limit,
-        samples=config.samples,
-        temperature=config.temperature,
-        max_new_tokens=config.max_new_tokens,
-        thinking_budget=config.thinking_budget,
-        batch_size=config.batch_size,
-        engine=config.engine,
-        data_parallel=config.data_parallel,
-        tensor_parallel=config.tensor_parallel,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        dtype=config.dtype,
-        seed=config.seed,
-        reward_timeout_s=config.reward_timeout_s,
-    )
+    """The sampled evaluation that distillation is: every setting the two configs share, by name
+    (`data` means a path here and a benchmark → path map there)."""
+    own = {
+        "model": str(teacher),
+        "benchmarks": [config.schema],
+        "data": {config.schema: config.data},
+        "out_dir": config.out,
+    }
+    shared = {f.name: getattr(config, f.name) for f in fields(EvalConfig) if hasattr(config, f.name)}
+    return EvalConfig(**(shared | own))
 
 
 def _in_answer_format(output: str, answer: str, method: str) -> str:
