@@ -19,9 +19,10 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from xr_nemo.eval.benchmark import EvalItem
+from xr_nemo.eval.prompts import PromptBuilder
+from xr_nemo.generation.engine import ImagePrompt, token_ids
 from xr_nemo.io.atomic_dir import atomic_output_dir
-from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
-from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
 
 SIDE_FILES = (
     "tokenizer.json",
@@ -40,22 +41,16 @@ class _Examples:
     def __init__(self, model_dir: Path, data: Path) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+        self.prompt = PromptBuilder(self.tokenizer, self.processor)  # prompts exactly as evaluation asks
         self.rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
         self.root = data.parent
         self.end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def _example(self, row: dict) -> tuple[list[int], list[int], Image.Image | None]:
-        image = Image.open(self.root / row["image"]).convert("RGB") if "image" in row else None
-        content = [{"type": "image"}, {"type": "text", "text": row["question"]}] if image else row["question"]
-        messages = [
-            {"role": "system", "content": REASONING_SYSTEM_PROMPT},
-            {"role": "user", "content": content},
-        ]
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if image is not None:
-            grid = self.processor(images=[image], return_tensors="pt")["image_grid_thw"]
-            prompt = expand_image_placeholders(prompt, grid, self.processor.merge_size)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        images = (self.root / row["image"],) if "image" in row else ()
+        prompt = self.prompt(EvalItem(row["question"], row["question"], "", images=images))
+        prompt_ids = token_ids(prompt)
+        image = prompt.images[0] if isinstance(prompt, ImagePrompt) else None
         response = self.tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [self.end]
         return prompt_ids + response, [-100] * len(prompt_ids) + response, image
 
