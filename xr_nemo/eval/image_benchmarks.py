@@ -58,6 +58,11 @@ def _gold_letter(answer: Any, options: dict[str, str], where: str) -> str:
     return matches[0]
 
 
+def _health_filter(self, item: EvalItem) -> bool:
+    """MMMU and MMMU-Pro's `keep`: their health subsets keep the Health & Medicine subjects."""
+    return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
+
+
 @register
 class MMMU(Benchmark):
     """`{id, question, options: "['…', …]", answer, question_type, image_1…image_7}`, one hub config per
@@ -84,8 +89,7 @@ class MMMU(Benchmark):
             item_id, question, _gold_letter(fields.get("answer"), options, where), options, meta, images
         )
 
-    def keep(self, item: EvalItem) -> bool:
-        return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
+    keep = _health_filter
 
 
 @register
@@ -115,8 +119,7 @@ class MMMUPro(Benchmark):
             record_images(record, IMAGE_FIELDS),
         )
 
-    def keep(self, item: EvalItem) -> bool:
-        return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
+    keep = _health_filter
 
 
 @register
@@ -166,7 +169,7 @@ class MathVista(Benchmark):
         question = text(fields.get("question"), "'question'", where)
         if fields.get("unit"):
             question += f" (Unit: {fields['unit']})"
-        images = record_images(record, ["decoded_image"], required=False) or record_images(record, ["image"])
+        images = record_images(record, ["decoded_image", "image"])[:1]  # decoded when given
         item_id = f"mathvista-{fields.get('pid', index)}"
         meta = {"question_type": str(fields.get("question_type", ""))}
         if fields.get("question_type") == "multi_choice" or fields.get("choices"):
@@ -188,7 +191,7 @@ class MathVision(Benchmark):
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
         question = text(fields.get("question"), "'question'", where)
-        images = record_images(record, ["decoded_image"], required=False) or record_images(record, ["image"])
+        images = record_images(record, ["decoded_image", "image"])[:1]  # decoded when given
         meta = {"subject": str(fields.get("subject", "")), "level": fields.get("level")}
         item_id = f"mathvision-{fields.get('id', index)}"
         choices = option_list(fields.get("options") or [], where)
