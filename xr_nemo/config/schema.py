@@ -86,6 +86,20 @@ class ExportConfig:
 
 
 @dataclass
+class FaultToleranceConfig:
+    """Heartbeats to nvidia-resiliency-ext's rank monitor (active under `ft_launcher`, which restarts
+    every rank from the latest checkpoint when one fails or stops beating), and a fault drill."""
+
+    # after this many steps, replace the launcher's heartbeat timeout by one learned from the observed
+    # step times (× the launcher's safety factor); kept in checkpoints across restarts. None: never.
+    learn_timeout_after: int | None = 10
+    # drill: make one rank fail at one step of the first launch, to prove recovery on a cluster
+    inject_fault: str | None = None  # exception | hang
+    inject_at_step: int = 1
+    inject_on_rank: int = 0
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/sft"
 
@@ -99,6 +113,7 @@ class SFTConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
@@ -170,6 +185,7 @@ class GRPOConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
 

@@ -35,6 +35,7 @@ from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
 from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
 from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
+from xr_nemo.training.fault_tolerance import FaultTolerance
 from xr_nemo.training.loop import resume_point, run_schedule, sum_over_data_and_pipeline, summed_report
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
@@ -309,11 +310,12 @@ def _train(job: GRPOJob) -> int:
     config, trainer = job.config, job.config.trainer
     run_dir = Path(config.run.dir)
     last_step = job.total_steps if trainer.max_steps is None else min(job.total_steps, trainer.max_steps)
-    step, cursor = 0, 0
+    step, cursor, state = 0, 0, None
     if job.resume_from is not None:
         state = load_checkpoint(job.resume_from, job.model, job.optimizer)
         step, cursor = state["step"], state["prompt_cursor"]
         _say(f"resumed from {job.resume_from} at step {step}")
+    fault_tolerance = FaultTolerance(config.fault_tolerance, state)
     is_writer = dist.get_rank() == 0
     metrics = MetricsWriter(run_dir, resumed_step=step) if is_writer else None
     bar = tqdm(
@@ -349,10 +351,17 @@ def _train(job: GRPOJob) -> int:
         bar.update()
         every = config.checkpoint.every_steps
         if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
-            train_state = {"step": step, "prompt_cursor": cursor, "epoch": cursor // len(job.prompts)}
+            train_state = {
+                "step": step,
+                "prompt_cursor": cursor,
+                "epoch": cursor // len(job.prompts),
+                **fault_tolerance.train_state(),
+            }
             save_checkpoint(
                 run_dir, step, job.model, job.optimizer, train_state, job.hf_dir, config.checkpoint.keep_last
             )
+        fault_tolerance.after_step(step)
+    fault_tolerance.close()
     bar.close()
     if metrics is not None:
         metrics.close()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from xr_nemo.config.schema import SFTConfig
 from xr_nemo.errors import ConfigError
 from xr_nemo.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xr_nemo.training.fault_tolerance import FaultTolerance
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
 from xr_nemo.training.schedule import learning_rate
@@ -120,10 +121,11 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
     total_steps = job.steps_per_epoch * trainer.epochs
     last_step = min(total_steps, trainer.max_steps) if trainer.max_steps is not None else total_steps
 
-    step, consumed = 0, 0
+    step, consumed, state = 0, 0, None
     if job.resume_from is not None:
         state = load_checkpoint(job.resume_from, job.model, job.optimizer)
         step, consumed = state["step"], state["consumed_samples"]
+    fault_tolerance = FaultTolerance(config.fault_tolerance, state)
     is_writer = dist.get_rank() == 0
     if is_writer and job.resume_from is not None:
         print(f"[sft] resumed from {job.resume_from} at step {step}", flush=True)
@@ -133,7 +135,12 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
     )
 
     def checkpoint(at: int) -> None:
-        train_state = {"step": at, "consumed_samples": consumed, "epoch": at // job.steps_per_epoch}
+        train_state = {
+            "step": at,
+            "consumed_samples": consumed,
+            "epoch": at // job.steps_per_epoch,
+            **fault_tolerance.train_state(),
+        }
         save_checkpoint(
             config.run.dir, at, job.model, job.optimizer, train_state, job.hf_dir, config.checkpoint.keep_last
         )
@@ -171,6 +178,8 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
         every = config.checkpoint.every_steps
         if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
             checkpoint(step)
+        fault_tolerance.after_step(step)
+    fault_tolerance.close()
     bar.close()
     if metrics is not None:
         metrics.close()
