@@ -7,6 +7,11 @@
 #   XR_NEMO_PYTHON    the interpreter (default: $XR_NEMO_HOME/.venv/bin/python, else python3)
 #   GPUS_PER_NODE     tasks per node, one per GPU (default: 8)
 #   CONTAINER_IMAGE   run inside a pyxis/enroot container; CONTAINER_MOUNTS adds mounts (src:dst,…)
+#   FAULT_TOLERANCE   1: one nvidia-resiliency-ext ft_launcher per node starts the GPU ranks, watches
+#                     their heartbeats and restarts all of them from the latest checkpoint when one
+#                     fails or hangs (FT_MAX_RESTARTS times, default 3; FT_HEARTBEAT_TIMEOUT seconds
+#                     until a rank that stopped beating counts as hung, default 1800, replaced by a
+#                     learned one after `fault_tolerance.learn_timeout_after` steps)
 # Arguments: `recipe=NAME` picks the recipe; everything else is a recipe override passed through.
 
 set -euo pipefail
@@ -53,7 +58,8 @@ xr_nemo_requeue() {
     exit 0
 }
 
-# Run `python -m xr_nemo.cli ARGS…` on every task: one per GPU, on all the job's nodes.
+# Run `python -m xr_nemo.cli ARGS…` on every GPU of the job's nodes: one srun task per GPU, or under
+# FAULT_TOLERANCE=1 one ft_launcher task per node that starts a process per GPU.
 xr_nemo_launch() {
     local container=()
     if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
@@ -63,9 +69,20 @@ xr_nemo_launch() {
     fi
     echo "[slurm] job ${SLURM_JOB_ID:-?}: ${SLURM_NNODES:-1} node(s) × $GPUS_PER_NODE tasks: xr-nemo $*" >&2
     trap xr_nemo_requeue USR1 TERM
+    local tasks_per_node="$GPUS_PER_NODE" program=("$XR_NEMO_PYTHON")
+    if [[ "${FAULT_TOLERANCE:-0}" == 1 ]]; then
+        local head
+        head="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)"
+        tasks_per_node=1
+        program+=(-m nvidia_resiliency_ext.fault_tolerance.launcher
+            --nnodes="${SLURM_NNODES:-1}" --nproc-per-node="$GPUS_PER_NODE"
+            --rdzv-backend=c10d --rdzv-endpoint="$head:${FT_RDZV_PORT:-29400}" --rdzv-id="${SLURM_JOB_ID:-0}"
+            --max-restarts="${FT_MAX_RESTARTS:-3}" --ft-rank-heartbeat-timeout="${FT_HEARTBEAT_TIMEOUT:-1800}"
+            --ignore-missing-fault-tol-cfg)
+    fi
     # In the background, so that the batch shell can take Slurm's signal while the step runs.
-    srun --ntasks-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1 --label "${container[@]}" \
-        --chdir="$XR_NEMO_HOME" "$XR_NEMO_PYTHON" -m xr_nemo.cli "$@" &
+    srun --ntasks-per-node="$tasks_per_node" --kill-on-bad-exit=1 --label "${container[@]}" \
+        --chdir="$XR_NEMO_HOME" "${program[@]}" -m xr_nemo.cli "$@" &
     XR_NEMO_CHILD=$!
     wait "$XR_NEMO_CHILD"
 }

@@ -92,3 +92,40 @@ def test_sft_script_trains_on_two_ranks_requeues_on_usr1_and_resumes(tmp_path):
     assert f"resumed from {run / 'checkpoints' / f'step_{reached}'} at step {reached}" in requeued.stdout
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-2:] == [reached + 1, reached + 2] and steps == sorted(set(steps))
+
+
+@pytest.mark.slow
+def test_sft_script_under_fault_tolerance_restarts_the_ranks_after_a_failure(tmp_path):
+    """FAULT_TOLERANCE=1: one ft_launcher per node starts the ranks; an exception on rank 1 makes it
+    restart both, and they resume from the latest checkpoint."""
+    from xr_nemo.distributed.launch_env import free_local_port
+
+    run = tmp_path / "sft"
+    environment = _environment(tmp_path) | {
+        "FAULT_TOLERANCE": "1",
+        "FT_MAX_RESTARTS": "1",
+        "FT_RDZV_PORT": str(free_local_port()),
+    }
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "slurm" / "sft_multinode.sh"),
+            "recipe=tiny_cpu",
+            f"run.dir={run}",
+            "trainer.max_steps=4",
+            "checkpoint.every_steps=2",
+            "fault_tolerance.inject_fault=exception",
+            "fault_tolerance.inject_at_step=3",
+            "fault_tolerance.inject_on_rank=1",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "drill: exception on rank 1 at step 3" in output
+    assert f"resumed from {run / 'checkpoints' / 'step_2'} at step 2" in output
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
