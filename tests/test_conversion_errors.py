@@ -54,6 +54,17 @@ def test_shape_mismatch_names_the_tensor(tmp_path, tiny):
         import_hf(wrong, tmp_path / "out", progress=False)
 
 
+def test_export_with_another_config_names_the_tensor_whose_shape_differs(tmp_path, tiny):
+    imported = import_hf(tiny, tmp_path / "imported", progress=False)
+    wrong = _copy(imported / "hf", tmp_path / "wrong-config")
+    config = json.loads((wrong / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(XrNemoError, match=r"other shapes in the checkpoint .*mlp\.linear_fc1\.weight"):
+        export_hf(imported, tmp_path / "out", hf_files=wrong, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_pickled_weights_are_never_loaded(tmp_path, tiny):
     pickled = _copy(tiny, tmp_path / "pickled")
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")

@@ -119,7 +119,7 @@ def test_reference_engine_at_tp2_raises_the_reward(sft_run):
 
 
 def _cli(root, name, engine, *overrides):
-    args = grpo_args(root, name, f"rollout.engine={engine}", "trainer.epochs=2", "checkpoint.every_steps=2")
+    args = grpo_args(root, name, f"rollout.engine={engine}", "trainer.epochs=1", "checkpoint.every_steps=2")
     return [sys.executable, "-m", "xr_nemo.cli", "grpo", *args, *overrides]
 
 
@@ -134,18 +134,18 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(sft_run, engine):
     whole_dir, killed_dir = sft_run / f"whole-{engine}", sft_run / f"killed-{engine}"
     subprocess.run(_cli(sft_run, whole_dir.name, engine), check=True, capture_output=True)
     whole = read_metrics(whole_dir)
-    assert len(whole) == 8
+    assert len(whole) == 4
 
     victim = subprocess.Popen(
         _cli(sft_run, killed_dir.name, engine), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
-    while not (killed_dir / "checkpoints" / "step_4").exists():
-        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 4"
+    while not (killed_dir / "checkpoints" / "step_2").exists():
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 2"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert len(read_metrics(killed_dir)) < 8
+    assert len(read_metrics(killed_dir)) < 4
 
     subprocess.run(
         _cli(sft_run, killed_dir.name, engine, "trainer.resume=auto"), check=True, capture_output=True
@@ -178,17 +178,25 @@ def test_two_data_parallel_ranks_reproduce_the_single_process_step(sft_run):
     assert single[0]["kl"] > 0  # the second update of the step already moved away from the reference
 
 
+PARITY_STEPS = ["trainer.max_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def vllm_single_process(sft_run):
+    pytest.importorskip("vllm")
+    return run_distributed(_stage_worker, 1, "grpo", grpo_args(sft_run, "vllm-single", *PARITY_STEPS))[0]
+
+
 @pytest.mark.vllm
 @pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_vllm_rollouts_at_tp2_and_pp2_follow_the_single_process_step(sft_run, layout):
+def test_vllm_rollouts_at_tp2_and_pp2_follow_the_single_process_step(sft_run, vllm_single_process, layout):
     """Each rank runs its own engine, refit from the gathered (TP) and broadcast (PP) weights; micro-batches
     share one padded length under pipelining. The first step's rollouts equal the single-process run's
     and the update matches it."""
-    pytest.importorskip("vllm")
-    common = ["trainer.max_steps=4"]
+    single = vllm_single_process
     name = layout.split(".")[1].replace("=", "")
-    single = run_distributed(_stage_worker, 1, "grpo", grpo_args(sft_run, "vllm-single", *common))[0]
-    split = run_distributed(_stage_worker, 2, "grpo", grpo_args(sft_run, f"vllm-{name}", *common, layout))[0]
+    args = grpo_args(sft_run, f"vllm-{name}", *PARITY_STEPS, layout)
+    split = run_distributed(_stage_worker, 2, "grpo", args)[0]
     first_update = next(i for i, row in enumerate(single) if row["grad_norm"] > 0)
     exact = ("reward_mean", "response_length", "informative_groups")
     for i in range(first_update + 1):  # until the first update, the weights are the same bit for bit

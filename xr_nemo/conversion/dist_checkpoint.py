@@ -193,6 +193,27 @@ class DistCheckpointReader:
                 where=str(self.dir),
                 fix="the checkpoint was written for another model config; pass its config (--hf-files)",
             )
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """A config that differs from the writer's in a size (heads, layers, widths) gives the same keys
+        with other global shapes; say so by name instead of failing inside the reader."""
+        mismatched = sorted(
+            {
+                (chunk.key, tuple(chunk.global_shape), tuple(self.stored[chunk.key].size))
+                for _, chunks in self._chunks.values()
+                for chunk in chunks
+                if tuple(chunk.global_shape) != tuple(self.stored[chunk.key].size)
+            }
+        )
+        if mismatched:
+            key, expected, stored = mismatched[0]
+            raise XrNemoError(
+                f"{len(mismatched)} tensor(s) have other shapes in the checkpoint than the model config "
+                f"gives, e.g. {key}: stored {list(stored)}, the config makes {list(expected)}",
+                where=str(self.dir),
+                fix="the checkpoint was written for another model config; pass its config (--hf-files)",
+            )
 
     def names(self) -> list[str]:
         return list(self._chunks)
