@@ -94,6 +94,17 @@ def text(value: Any, what: str, where: str) -> str:
     return value.strip()
 
 
+def gold_letter(answer: Any, options: dict[str, str], where: str) -> str:
+    """The gold option's letter, given as a letter or as the option's text."""
+    gold = text(answer, "the answer", where)
+    if gold.upper() in options:
+        return gold.upper()
+    matches = [letter for letter, option in options.items() if option.strip() == gold]
+    if len(matches) != 1:
+        raise DataError(f"the answer {gold!r} is neither an option letter nor one option's text", where=where)
+    return matches[0]
+
+
 def lettered(options: list[Any], where: str) -> dict[str, str]:
     if not isinstance(options, list) or not options:
         raise DataError("options must be a non-empty list", where=where)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from xr_nemo.data.records import DataError, Record
 from xr_nemo.eval.benchmark import (
     Benchmark,
     EvalItem,
+    gold_letter,
     image_list,
     lettered,
     option_list,
@@ -47,17 +48,6 @@ def _subject_key(subject: str) -> str:
     return "_".join(subject.strip().lower().replace("&", "and").split())
 
 
-def _gold_letter(answer: Any, options: dict[str, str], where: str) -> str:
-    """The gold option's letter, given as a letter or as the option's text."""
-    gold = text(answer, "the answer", where)
-    if gold.upper() in options:
-        return gold.upper()
-    matches = [letter for letter, option in options.items() if option.strip() == gold]
-    if len(matches) != 1:
-        raise DataError(f"the answer {gold!r} is neither an option letter nor one option's text", where=where)
-    return matches[0]
-
-
 def _health_filter(self, item: EvalItem) -> bool:
     """MMMU and MMMU-Pro's `keep`: their health subsets keep the Health & Medicine subjects."""
     return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
@@ -86,7 +76,7 @@ class MMMU(Benchmark):
             )
         options = lettered(option_list(fields.get("options"), where), where)
         return EvalItem(
-            item_id, question, _gold_letter(fields.get("answer"), options, where), options, meta, images
+            item_id, question, gold_letter(fields.get("answer"), options, where), options, meta, images
         )
 
     keep = _health_filter
@@ -113,7 +103,7 @@ class MMMUPro(Benchmark):
         return EvalItem(
             text(fields.get("id"), "'id'", where),
             text(fields.get("question"), "'question'", where),
-            _gold_letter(fields.get("answer"), options, where),
+            gold_letter(fields.get("answer"), options, where),
             options,
             {"subject": str(fields.get("subject", ""))},
             record_images(record, IMAGE_FIELDS),
@@ -148,7 +138,7 @@ class MMStar(Benchmark):
         if len(parts) < 5:  # "", A, text, B, text at the least
             raise DataError("the question has no 'Options: A: …, B: …' list", where=where)
         options = {parts[i]: parts[i + 1].strip().rstrip(",").strip() for i in range(1, len(parts) - 1, 2)}
-        gold = _gold_letter(fields.get("answer"), options, where)
+        gold = gold_letter(fields.get("answer"), options, where)
         meta = {"category": str(fields.get("category", ""))}
         item_id = f"mmstar-{fields.get('index', index)}"
         stem = question[: found.start()].strip()
@@ -174,7 +164,7 @@ class MathVista(Benchmark):
         meta = {"question_type": str(fields.get("question_type", ""))}
         if fields.get("question_type") == "multi_choice" or fields.get("choices"):
             options = lettered(option_list(fields.get("choices"), where), where)
-            gold = _gold_letter(fields.get("answer"), options, where)
+            gold = gold_letter(fields.get("answer"), options, where)
             return EvalItem(item_id, question, gold, options, meta, images)
         return EvalItem(item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images)
 
@@ -198,7 +188,7 @@ class MathVision(Benchmark):
         if choices:
             options = lettered(choices, where)
             return EvalItem(
-                item_id, question, _gold_letter(fields.get("answer"), options, where), options, meta, images
+                item_id, question, gold_letter(fields.get("answer"), options, where), options, meta, images
             )
         return EvalItem(item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images)
 
@@ -220,7 +210,7 @@ class MedXpertQAText(Benchmark):
         if not isinstance(raw, dict) or not raw:
             raise DataError("'options' must be an object of letter → text", where=where)
         options = {str(k).upper(): text(v, f"option {k}", where) for k, v in raw.items() if v is not None}
-        gold = _gold_letter(fields.get("label"), options, where)
+        gold = gold_letter(fields.get("label"), options, where)
         question = _ANSWER_CHOICES.sub("", text(fields.get("question"), "'question'", where))
         meta = {
             "task": str(fields.get("medical_task", "")),
@@ -263,7 +253,7 @@ class OmniMedVQA(Benchmark):
         }
         if not options:
             raise DataError("no option_A… fields", where=where)
-        gold = _gold_letter(fields.get("gt_answer"), options, where)
+        gold = gold_letter(fields.get("gt_answer"), options, where)
         modality = fields.get("modality_type") or fields.get("modality") or ""  # both names occur
         meta = {"modality": str(modality), "dataset": str(fields.get("dataset", ""))}
         item_id = f"omnimedvqa-{fields.get('question_id', index)}"
@@ -296,7 +286,7 @@ class NEJMImageChallenge(Benchmark):
             }
         if not options:
             raise DataError("no options (an 'options' field or option_A…option_E)", where=where)
-        gold = _gold_letter(fields.get("answer", fields.get("correct_answer")), options, where)
+        gold = gold_letter(fields.get("answer", fields.get("correct_answer")), options, where)
         question = text(fields.get("question"), "'question'", where)
         item_id = fields.get("id", fields.get("image_id", index))
         images = record_images(record, ["image", "image_path"], required=False)
@@ -370,7 +360,7 @@ class PMCVQA(Benchmark):
         answer = fields.get("Answer_label") or fields.get("Answer")
         if isinstance(answer, str) and re.match(r"^\s*[A-D]\s*:", answer):
             answer = answer.strip()[0]
-        gold = _gold_letter(answer, options, where)
+        gold = gold_letter(answer, options, where)
         question = text(fields.get("Question"), "'Question'", where)
         images = record_images(record, ["Figure_path"])
         return EvalItem(f"pmc_vqa-{index}", question, gold, options, {}, images)

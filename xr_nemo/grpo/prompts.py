@@ -12,6 +12,7 @@ from typing import Any
 
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
 from xr_nemo.errors import ConfigError
+from xr_nemo.eval.benchmark import gold_letter, text
 from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 SCHEMAS = ("orz", "prompt_answer")
@@ -45,14 +46,6 @@ def detect_schema(fields: dict[str, Any]) -> str | None:
     return None
 
 
-def _string(value: Any, what: str, where: str) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{what} must be a non-empty string", where=where, fix="drop or fix the record")
-    return value.strip()
-
-
 def _orz(record: Record) -> PromptItem:
     pair = record.fields[TURN_PAIR]
     if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, dict) for t in pair)):
@@ -63,8 +56,8 @@ def _orz(record: Record) -> PromptItem:
         raise DataError("the answer turn has no 'ground_truth' object", where=record.where)
     return PromptItem(
         record.where,
-        _string(question.get("value"), "the question turn's 'value'", record.where),
-        _string(truth.get("value"), "'ground_truth.value'", record.where),
+        text(question.get("value"), "the question turn's 'value'", record.where),
+        text(truth.get("value"), "'ground_truth.value'", record.where),
     )
 
 
@@ -75,24 +68,17 @@ def _options(value: Any, where: str) -> dict[str, str] | None:
         value = dict(zip(string.ascii_uppercase, value, strict=False))
     if not isinstance(value, dict) or not value:
         raise DataError("'options' must be a non-empty list or {letter: text} object", where=where)
-    return {str(k).strip().upper(): _string(v, f"option {k}", where) for k, v in value.items()}
+    return {str(k).strip().upper(): text(v, f"option {k}", where) for k, v in value.items()}
 
 
 def _prompt_answer(record: Record) -> PromptItem:
     key = next(k for k in _QUESTION_KEYS if k in record.fields)
     options = _options(record.fields.get("options"), record.where)
-    answer = _string(record.fields["answer"], "'answer'", record.where)
-    if options is not None and answer.upper() not in options:
-        matches = [letter for letter, text in options.items() if text == answer]
-        if len(matches) != 1:
-            raise DataError(
-                f"answer {answer!r} is neither an option letter nor one option's text", where=record.where
-            )
-        answer = matches[0]
+    answer = record.fields["answer"]
     return PromptItem(
         record.where,
-        _string(record.fields[key], f"'{key}'", record.where),
-        answer.upper() if options else answer,
+        text(record.fields[key], f"'{key}'", record.where),
+        gold_letter(answer, options, record.where) if options else text(answer, "'answer'", record.where),
         options,
     )
 
