@@ -23,6 +23,7 @@ from xr_nemo.eval.benchmark import EvalItem
 from xr_nemo.eval.prompts import PromptBuilder
 from xr_nemo.generation.engine import ImagePrompt, token_ids
 from xr_nemo.io.atomic_dir import atomic_output_dir
+from xr_nemo.models.qwen25_vl.processing import IMAGE_PAD, transformers_batch
 
 SIDE_FILES = (
     "tokenizer.json",
@@ -56,20 +57,15 @@ class _Examples:
 
     def batch(self, rows: list[dict], pad: int) -> dict[str, torch.Tensor]:
         examples = [self._example(row) for row in rows]
-        width = max(len(ids) for ids, _, _ in examples)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in examples])
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": torch.tensor(
-                [[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in examples]
-            ),
-            "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels, _ in examples]),
-        }
-        images = [image for _, _, image in examples if image is not None]
-        if images:
-            batch |= dict(self.processor(images=images, return_tensors="pt"))
-            image_token = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-            batch["mm_token_type_ids"] = (input_ids == image_token).long()
+        batch = transformers_batch(
+            [ids for ids, _, _ in examples],
+            [image for _, _, image in examples if image is not None],
+            pad_id=pad,
+            image_token_id=self.tokenizer.convert_tokens_to_ids(IMAGE_PAD),
+            image_processor=self.processor,
+        )
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels, _ in examples])
         return batch
 
 
@@ -103,7 +99,7 @@ def train_base(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     with atomic_output_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         for name in SIDE_FILES:

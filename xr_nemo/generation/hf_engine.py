@@ -25,6 +25,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from xr_nemo.conversion.naming import to_transformers_name
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling, token_ids
 from xr_nemo.generation.sampling import draw
+from xr_nemo.models.qwen25_vl.processing import transformers_batch
 
 
 class _SeededDraw(LogitsProcessor):
@@ -55,20 +56,15 @@ class HFEngine:
         self.image_token_id = self.model.config.image_token_id
 
     def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        rows = [token_ids(prompt) for prompt in prompts]
-        width = max(map(len, rows))
-        input_ids = torch.tensor([[self.pad_id] * (width - len(row)) + row for row in rows])
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
-        }
-        images = [image for prompt in prompts if isinstance(prompt, ImagePrompt) for image in prompt.images]
-        if images:
-            processed = self.image_processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
-            inputs["image_grid_thw"] = processed["image_grid_thw"]
-            inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
-        return inputs
+        return transformers_batch(
+            [token_ids(prompt) for prompt in prompts],
+            [image for prompt in prompts if isinstance(prompt, ImagePrompt) for image in prompt.images],
+            pad_id=self.pad_id,
+            image_token_id=self.image_token_id,
+            image_processor=self.image_processor,
+            pad_side="left",
+            dtype=self.model.dtype,
+        )
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:

@@ -21,3 +21,33 @@ def expand_image_placeholders(prompt: str, image_grid_thw: torch.Tensor, merge_s
     return pieces[0] + "".join(
         IMAGE_PAD * count + piece for count, piece in zip(counts, pieces[1:], strict=True)
     )
+
+
+def transformers_batch(
+    rows: list[list[int]],
+    images: list,
+    *,
+    pad_id: int,
+    image_token_id: int,
+    image_processor,
+    pad_side: str = "right",
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Inputs for Transformers' `Qwen2_5_VLForConditionalGeneration` from token rows whose image
+    placeholders are already expanded, and their images in order: padded ids and attention mask (left
+    padding for `generate`, right for training), pixel values, grid sizes and image-token types."""
+    width = max(map(len, rows))
+
+    def padded(row: list[int], fill: int) -> list[int]:
+        padding = [fill] * (width - len(row))
+        return padding + row if pad_side == "left" else row + padding
+
+    input_ids = torch.tensor([padded(row, pad_id) for row in rows])
+    batch = {"input_ids": input_ids, "attention_mask": torch.tensor([padded([1] * len(r), 0) for r in rows])}
+    if images:
+        processed = image_processor(images=images, return_tensors="pt")
+        pixels = processed["pixel_values"]
+        batch["pixel_values"] = pixels if dtype is None else pixels.to(dtype)
+        batch["image_grid_thw"] = processed["image_grid_thw"]
+        batch["mm_token_type_ids"] = (input_ids == image_token_id).long()
+    return batch
