@@ -84,26 +84,41 @@ def test_loss_falls_and_the_export_carries_the_training(base):
     assert lm_loss(root / "overfit" / "hf") < 0.5 * lm_loss(root / "hf")
 
 
+PARITY_STEPS = ["data.max_samples=16", "trainer.max_steps=4", "checkpoint.every_steps=null"]
+SLOW_RANK_1 = ["fault_tolerance.inject_fault=slow", "fault_tolerance.inject_on_rank=1"]
+
+
+@pytest.fixture(scope="module")
+def single_process(base):
+    return run(base, 1, "single", *PARITY_STEPS)
+
+
 @pytest.mark.parametrize(
-    ("world_size", "layout"),
-    [(2, ["parallel.tp=2"]), (2, ["parallel.pp=2"]), (2, [])],
-    ids=["tp2", "pp2", "dp2"],
+    ("layout", "drill"),
+    [(["parallel.tp=2"], []), (["parallel.pp=2"], []), ([], SLOW_RANK_1)],
+    ids=["tp2", "pp2", "dp2-with-a-slow-rank"],
 )
-def test_parallel_layouts_follow_the_single_process_loss_curve(base, world_size, layout):
-    common = ["data.max_samples=16", "trainer.max_steps=4", "checkpoint.every_steps=null"]
-    single = run(base, 1, "single", *common)
-    name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
-    parallel = run(base, world_size, f"parallel-{name}", *common, *layout)
-    assert parallel == pytest.approx(single, abs=2e-5, rel=0)
-    # the gradients too (Adam hides a uniformly scaled gradient from the losses; clipping does not)
+def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_process, layout, drill):
+    """Also the straggler report, every 2 steps: no rank is slow, except rank 1 when a drill makes its
+    forward passes 3× as long (which changes no number)."""
     from xr_nemo.training.metrics import read_metrics
 
+    name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
+    parallel = run(base, 2, f"parallel-{name}", *PARITY_STEPS, *layout, *drill, "stragglers.report_every=2")
+    assert parallel == pytest.approx(single_process, abs=2e-5, rel=0)
+    # the gradients too (Adam hides a uniformly scaled gradient from the losses; clipping does not)
     root, _ = base
-    norms = [
-        [row["grad_norm"] for row in read_metrics(root / run_name)]
-        for run_name in ("single", f"parallel-{name}")
-    ]
-    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
+    rows = read_metrics(root / f"parallel-{name}")
+    norms = [row["grad_norm"] for row in read_metrics(root / "single")]
+    assert [row["grad_norm"] for row in rows] == pytest.approx(norms, rel=1e-4)
+
+    reports = [row for row in rows if "straggler_slow_ranks" in row]
+    assert [row["step"] for row in reports] == [2, 4]
+    if drill:
+        assert all(row["straggler_slowest_rank"] == 1 for row in reports), reports
+        assert all(row["straggler_slow_ranks"] == 1 for row in reports), reports
+    else:
+        assert all(row["straggler_slow_ranks"] == 0 for row in reports), reports
 
 
 def _cli(run_dir, base, *overrides):

@@ -94,9 +94,18 @@ class FaultToleranceConfig:
     # step times (× the launcher's safety factor); kept in checkpoints across restarts. None: never.
     learn_timeout_after: int | None = 10
     # drill: make one rank fail at one step of the first launch, to prove recovery on a cluster
-    inject_fault: str | None = None  # exception | hang
+    inject_fault: str | None = None  # exception | hang | slow (forward passes take 3× as long)
     inject_at_step: int = 1
     inject_on_rank: int = 0
+
+
+@dataclass
+class StragglerConfig:
+    """Every rank times its own computation; every `report_every` steps, ranks slower than `threshold` ×
+    the fastest are reported (log and `straggler_*` metrics). None: off."""
+
+    report_every: int | None = 50
+    threshold: float = 1.5
 
 
 @dataclass
@@ -114,6 +123,7 @@ class SFTConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
+    stragglers: StragglerConfig = field(default_factory=StragglerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
@@ -186,6 +196,7 @@ class GRPOConfig:
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
+    stragglers: StragglerConfig = field(default_factory=StragglerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
 

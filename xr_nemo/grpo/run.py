@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -48,6 +49,7 @@ from xr_nemo.training.setup import (
     prepare_run_dir,
     wrap_for_training,
 )
+from xr_nemo.training.stragglers import StragglerMonitor, report_stragglers
 
 ENGINES = ("vllm", "reference")
 
@@ -264,8 +266,11 @@ def _rollouts(job: GRPOJob, cursor: int) -> tuple[StepRollouts, float]:
     return rollouts, refit_s
 
 
-def _train_on(job: GRPOJob, rollouts: StepRollouts) -> dict[str, float]:
-    """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps."""
+def _train_on(
+    job: GRPOJob, rollouts: StepRollouts, wrap_policy_step: Callable[[Callable], Callable]
+) -> dict[str, float]:
+    """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps; the policy's
+    forward step goes through `wrap_policy_step` (timing, drills)."""
     config = job.config
     multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
     temperature = config.rollout.temperature or 1.0
@@ -289,7 +294,8 @@ def _train_on(job: GRPOJob, rollouts: StepRollouts) -> dict[str, float]:
     for update in updates:
         job.wrapped.zero_grad_buffer()
         job.optimizer.zero_grad()
-        outputs = run_schedule(partial(policy_step, config.grpo, temperature), job.wrapped, update, False)
+        step_fn = wrap_policy_step(partial(policy_step, config.grpo, temperature))
+        outputs = run_schedule(step_fn, job.wrapped, update, False)
         report += summed_report(outputs, "report", REPORT_WIDTH)
         _, grad_norm, _ = job.optimizer.step()
         grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
@@ -316,6 +322,11 @@ def _train(job: GRPOJob) -> int:
         step, cursor = state["step"], state["prompt_cursor"]
         _say(f"resumed from {job.resume_from} at step {step}")
     fault_tolerance = FaultTolerance(config.fault_tolerance, state)
+    stragglers = StragglerMonitor(config.stragglers)
+
+    def wrap_policy_step(step_fn: Callable) -> Callable:
+        return stragglers.timed(fault_tolerance.drilled(step_fn))
+
     is_writer = dist.get_rank() == 0
     metrics = MetricsWriter(run_dir, resumed_step=step) if is_writer else None
     bar = tqdm(
@@ -329,7 +340,8 @@ def _train(job: GRPOJob) -> int:
         rollouts, refit_s = _rollouts(job, cursor)
         cursor = rollouts.next_cursor
         train_start = time.perf_counter()
-        trained = _train_on(job, rollouts)
+        stragglers.add(rollouts.generation_s)
+        trained = _train_on(job, rollouts, wrap_policy_step)
         train_s = time.perf_counter() - train_start
         step += 1
         tokens = sum_over_data_and_pipeline(torch.tensor([float(rollouts.tokens)], dtype=torch.float64))
@@ -344,6 +356,7 @@ def _train(job: GRPOJob) -> int:
             "time_train_s": train_s,
             "step_time_s": time.perf_counter() - step_start,
             "rollout_tokens_per_s": float(tokens[0]) / max(rollouts.generation_s, 1e-9),
+            **report_stragglers(stragglers.after_step(step), "grpo"),
         }
         if metrics is not None:
             metrics.write(step, values)

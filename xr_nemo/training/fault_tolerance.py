@@ -9,15 +9,18 @@ it. Outside `ft_launcher` nothing is sent.
 The launcher's heartbeat timeout is a guess; after `learn_timeout_after` steps the monitor switches to
 one learned from the observed step times, and checkpoints keep it, so a restart starts with it.
 
-`inject_fault` is a drill: one rank fails at one step of the first launch only, to prove on a given
-cluster that the whole path (detection, restart, resume) works.
+`inject_fault` is a drill on one rank, from one step of the first launch on: `exception` and `hang`
+prove on a given cluster that the whole path (detection, restart, resume) works; `slow` makes the
+rank's forward passes take 3× as long, for the straggler report to find.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
@@ -27,7 +30,7 @@ from xr_nemo.errors import ConfigError
 
 MONITOR_SOCKET_ENV = "FT_RANK_MONITOR_IPC_SOCKET"  # set by ft_launcher for every rank it starts
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
-FAULTS = ("exception", "hang")
+FAULTS = ("exception", "hang", "slow")
 TRAIN_STATE_KEY = "heartbeat_timeouts"
 
 
@@ -76,13 +79,33 @@ class FaultTolerance:
             self.client.init_workload_monitoring()
             self.client.send_heartbeat()  # the first one ends the (long) initial timeout
         self._steps_seen = 0
+        self._step = (train_state or {}).get("step", 0) + 1  # the step being run
 
     @property
     def monitored(self) -> bool:
         return self.client is not None
 
+    def drilled(self, forward_step: Callable) -> Callable:
+        """`forward_step`, slowed down on the drilled rank under `inject_fault=slow`."""
+        if self.config.inject_fault != "slow" or not self._drilled_rank():
+            return forward_step
+
+        @functools.wraps(forward_step)
+        def slow_forward_step(*args, **kwargs):
+            start = time.perf_counter()
+            result = forward_step(*args, **kwargs)
+            if self._step >= self.config.inject_at_step:
+                time.sleep(2 * (time.perf_counter() - start))
+            return result
+
+        return slow_forward_step
+
+    def _drilled_rank(self) -> bool:
+        return dist.get_rank() == self.config.inject_on_rank and launch_attempt() == 0
+
     def after_step(self, step: int) -> None:
         self._inject(step)
+        self._step = step + 1
         if self.client is None:
             return
         self.client.send_heartbeat()
@@ -101,12 +124,9 @@ class FaultTolerance:
 
     def _inject(self, step: int) -> None:
         config = self.config
-        if (
-            config.inject_fault is None
-            or step != config.inject_at_step
-            or dist.get_rank() != config.inject_on_rank
-            or launch_attempt() != 0
-        ):
+        if config.inject_fault not in ("exception", "hang") or step != config.inject_at_step:
+            return
+        if not self._drilled_rank():
             return
         print(
             f"[fault-tolerance] drill: {config.inject_fault} on rank {dist.get_rank()} at step {step}",

@@ -23,6 +23,7 @@ from xr_nemo.training.fault_tolerance import FaultTolerance
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
 from xr_nemo.training.schedule import learning_rate
+from xr_nemo.training.stragglers import StragglerMonitor, report_stragglers
 
 Batch = dict[str, torch.Tensor]
 
@@ -89,9 +90,11 @@ def summed_report(outputs: list[dict[str, torch.Tensor]], key: str, width: int) 
     return sum_over_data_and_pipeline(totals)
 
 
-def _run_schedule(job: TrainingJob, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
+def _run_schedule(
+    forward_step: Callable, job: TrainingJob, microbatches: list[Batch], forward_only: bool
+) -> torch.Tensor:
     """[loss sum, loss tokens] over the global batch, on every rank."""
-    outputs = run_schedule(job.forward_step, job.wrapped, microbatches, forward_only)
+    outputs = run_schedule(forward_step, job.wrapped, microbatches, forward_only)
     return summed_report(outputs, "loss", 2)
 
 
@@ -100,7 +103,7 @@ def _validation_loss(job: TrainingJob) -> float:
     totals = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
         for microbatches in job.validation_microbatches():
-            totals += _run_schedule(job, microbatches, forward_only=True)
+            totals += _run_schedule(job.forward_step, job, microbatches, forward_only=True)
     job.wrapped.train()
     return (totals[0] / totals[1].clamp(min=1)).item()
 
@@ -126,6 +129,8 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
         state = load_checkpoint(job.resume_from, job.model, job.optimizer)
         step, consumed = state["step"], state["consumed_samples"]
     fault_tolerance = FaultTolerance(config.fault_tolerance, state)
+    stragglers = StragglerMonitor(config.stragglers)
+    train_forward_step = stragglers.timed(fault_tolerance.drilled(job.forward_step))
     is_writer = dist.get_rank() == 0
     if is_writer and job.resume_from is not None:
         print(f"[sft] resumed from {job.resume_from} at step {step}", flush=True)
@@ -153,7 +158,7 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
         start = time.perf_counter()
         job.wrapped.zero_grad_buffer()
         job.optimizer.zero_grad()
-        loss_sum, loss_tokens = _run_schedule(job, microbatches, forward_only=False)
+        loss_sum, loss_tokens = _run_schedule(train_forward_step, job, microbatches, forward_only=False)
         _, grad_norm, _ = job.optimizer.step()
         elapsed = time.perf_counter() - start
         samples, real, computed = _token_counts(microbatches).tolist()
@@ -171,6 +176,7 @@ def train(config: SFTConfig, job: TrainingJob) -> int:
         }
         if job.validation_microbatches is not None and trainer.val_every and step % trainer.val_every == 0:
             values["val_loss"] = _validation_loss(job)
+        values |= report_stragglers(stragglers.after_step(step), "sft")
         if metrics is not None:
             metrics.write(step, values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
