@@ -34,6 +34,17 @@ class StragglerReport:
     nodes: list[str]
     slow: list[int]  # ranks beyond the threshold, slowest first
 
+    @classmethod
+    def of(
+        cls, step: int, seconds: list[float], stages: list[int], nodes: list[str], threshold: float
+    ) -> StragglerReport:
+        fastest: dict[int, float] = {}
+        for time_s, stage in zip(seconds, stages, strict=True):
+            fastest[stage] = min(time_s, fastest.get(stage, time_s))
+        ratios = [t / max(fastest[stage], 1e-9) for t, stage in zip(seconds, stages, strict=True)]
+        slow = sorted((r for r, ratio in enumerate(ratios) if ratio > threshold), key=lambda r: -ratios[r])
+        return cls(step, seconds, ratios, nodes, slow)
+
     def describe(self) -> str:
         ranks = ", ".join(
             f"rank {rank} on {self.nodes[rank]} ({self.ratios[rank]:.2f}× the fastest of its stage)"
@@ -130,14 +141,7 @@ class StragglerMonitor:
         if dist.get_rank() != 0:
             return None
         times = [float(t) for t in gathered]
-        fastest: dict[int, float] = {}
-        for seconds, stage in zip(times, self._stages, strict=True):
-            fastest[stage] = min(seconds, fastest.get(stage, seconds))
-        ratios = [t / max(fastest[stage], 1e-9) for t, stage in zip(times, self._stages, strict=True)]
-        slow = sorted(
-            (r for r, ratio in enumerate(ratios) if ratio > self.config.threshold), key=lambda r: -ratios[r]
-        )
-        return StragglerReport(step, times, ratios, self._nodes, slow)
+        return StragglerReport.of(step, times, self._stages, self._nodes, self.config.threshold)
 
 
 def report_stragglers(report: StragglerReport | None, stage: str) -> dict[str, float]:
