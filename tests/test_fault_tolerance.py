@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from xr_nemo.testing import processes
+
 pytestmark = pytest.mark.slow
 
 FT_LAUNCHER = Path(sys.executable).parent / "ft_launcher"
@@ -53,7 +55,7 @@ def _sft_under_ft_launcher(base, name: str, *overrides: str, launcher_args=()) -
         f"run.dir={root / name}",
         *overrides,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = processes.run(command)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 

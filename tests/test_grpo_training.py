@@ -6,13 +6,13 @@ reference engine at TP=2 — and a run killed with -9 resumes to the uninterrupt
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from xr_nemo.testing import processes
 from xr_nemo.testing.multiprocess import run_distributed
 
 pytestmark = pytest.mark.slow
@@ -136,14 +136,14 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(sft_run, engine):
     whole = read_metrics(whole_dir)
     assert len(whole) == 4
 
-    victim = subprocess.Popen(
+    victim = processes.start(
         _cli(sft_run, killed_dir.name, engine), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not (killed_dir / "checkpoints" / "step_2").exists():
         assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 2"
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    processes.end_group(victim)  # kill -9, the run and its helpers
     victim.wait()
     assert len(read_metrics(killed_dir)) < 4
 

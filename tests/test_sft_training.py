@@ -3,13 +3,13 @@ DP=2 follow the single-process loss curve; kill -9 then resume gives the uninter
 exactly; packed and unpacked training give the same losses on the same samples."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from xr_nemo.testing import processes
 from xr_nemo.testing.multiprocess import run_distributed
 
 pytestmark = pytest.mark.slow
@@ -143,14 +143,14 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
     _run_cli(tmp_path / "whole", base, *steps)
     whole = [row["loss"] for row in read_metrics(tmp_path / "whole")]
 
-    victim = subprocess.Popen(
+    victim = processes.start(
         _cli(tmp_path / "killed", base, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not (tmp_path / "killed" / "checkpoints" / "step_4").exists():
         assert victim.poll() is None and time.monotonic() < deadline, "the run ended before step 4"
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    processes.end_group(victim)  # kill -9, the run and its helpers
     victim.wait()
     done_before = len(read_metrics(tmp_path / "killed"))
     assert done_before < 8

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from xr_nemo.testing import processes
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
 
@@ -65,7 +67,7 @@ def test_sft_script_trains_on_two_ranks_requeues_on_usr1_and_resumes(tmp_path):
     environment = _environment(tmp_path)
     log = tmp_path / "job.out"  # a file, as sbatch --output: a pipe nobody reads would block the job
     with log.open("wb") as out:
-        job = subprocess.Popen(
+        job = processes.start(
             [*script, "trainer.max_steps=200"], env=environment, stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.time() + 600
@@ -74,6 +76,7 @@ def test_sft_script_trains_on_two_ranks_requeues_on_usr1_and_resumes(tmp_path):
             time.sleep(1)
         job.send_signal(signal.SIGUSR1)
         job.wait(timeout=120)
+        processes.end_group(job)  # what Slurm's cgroup ends with the job: helpers of the stopped ranks
     output = log.read_text()
     assert job.returncode == 0, output[-3000:]
     assert (tmp_path / "scontrol.log").read_text().splitlines() == ["scontrol requeue 4242"]
@@ -106,7 +109,7 @@ def test_sft_script_under_fault_tolerance_restarts_the_ranks_after_a_failure(tmp
         "FT_MAX_RESTARTS": "1",
         "FT_RDZV_PORT": str(free_local_port()),
     }
-    result = subprocess.run(
+    result = processes.run(
         [
             "bash",
             str(REPO / "slurm" / "sft_multinode.sh"),
@@ -119,8 +122,6 @@ def test_sft_script_under_fault_tolerance_restarts_the_ranks_after_a_failure(tmp
             "fault_tolerance.inject_on_rank=1",
         ],
         env=environment,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     output = result.stdout + result.stderr
