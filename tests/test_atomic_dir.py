@@ -33,3 +33,29 @@ def test_move_into_place_replaces_an_existing_directory_whole(tmp_path):
     fresh.mkdir()
     move_into_place(fresh, tmp_path / "fresh")
     assert (tmp_path / "fresh").is_dir() and not fresh.exists()
+
+
+def test_every_file_and_directory_is_on_disk_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    flushed, renamed_with = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        flushed.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    def replace(source, destination):
+        renamed_with.append(set(flushed))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with atomic_output_dir(tmp_path / "out") as staging:
+        (staging / "sub").mkdir()
+        (staging / "a.bin").write_bytes(b"a")
+        (staging / "sub" / "b.bin").write_bytes(b"b")
+        written = {str(staging), str(staging / "sub"), str(staging / "a.bin"), str(staging / "sub" / "b.bin")}
+    assert len(renamed_with) == 1 and written <= renamed_with[0]
+    assert str(tmp_path) in flushed  # the rename itself
+    assert _tree(tmp_path / "out") == ["a.bin", "sub", "sub/b.bin"]

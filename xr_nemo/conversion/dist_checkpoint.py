@@ -142,7 +142,9 @@ def write_dist_checkpoint(out_dir: Path, layout: ShardedStateDict, produce: Prod
     }
     grouped, _, _ = _replace_state_dict_keys_with_sharded_keys(layout)
     state = mcore_to_pyt_state_dict(grouped, is_loading=False)
-    writer = FileSystemWriter(out_dir, single_file_per_rank=False, thread_count=1, sync_files=True)
+    # one file per chunk: in one file per rank, torch keeps every written tensor until the file closes.
+    # No fsync per file: the output directory is flushed once, before it is renamed into place.
+    writer = FileSystemWriter(out_dir, single_file_per_rank=False, thread_count=1, sync_files=False)
     with _original_errors():
         dcp.save(state, storage_writer=writer, planner=_ProducingSavePlanner(sources, produce), no_dist=True)
     torch.save({}, out_dir / COMMON_STATE_FILE)

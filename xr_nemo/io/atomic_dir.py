@@ -1,7 +1,8 @@
 """Write a directory, or a small text file, completely or not at all.
 
-Everything goes into a hidden temporary sibling that is renamed into place only once the body has
-succeeded, so an interrupted write never leaves a half-written output and never touches an existing one.
+Everything goes into a hidden temporary sibling that is flushed to disk and renamed into place only once
+the body has succeeded, so an interrupted write (or a crash of the machine) never leaves a half-written
+output and never touches an existing one.
 """
 
 from __future__ import annotations
@@ -41,10 +42,30 @@ def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
+        fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     move_into_place(staging, target)
+    _fsync(target.parent)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(root: Path) -> None:
+    """Put every file and directory under `root` on disk. Done once, after everything is written,
+    rather than file by file as it is written: writes then never wait for the disk, and the kernel has
+    already flushed most of the data in the background by the time this asks."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(directory) / name)
+        _fsync(Path(directory))
 
 
 def move_into_place(staging: Path, target: Path) -> None:
