@@ -81,10 +81,6 @@ class FaultTolerance:
         self._steps_seen = 0
         self._step = (train_state or {}).get("step", 0) + 1  # the step being run
 
-    @property
-    def monitored(self) -> bool:
-        return self.client is not None
-
     def drilled(self, forward_step: Callable) -> Callable:
         """`forward_step`, slowed down on the drilled rank under `inject_fault=slow`."""
         if self.config.inject_fault != "slow" or not self._drilled_rank():
