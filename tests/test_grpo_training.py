@@ -169,13 +169,18 @@ def test_two_data_parallel_ranks_reproduce_the_single_process_step(sft_run):
         "grpo.kl_coef=0.05",
     ]
     single = run_distributed(_stage_worker, 1, "grpo", grpo_args(sft_run, "dp1", *common))[0]
-    split = run_distributed(_stage_worker, 2, "grpo", grpo_args(sft_run, "dp2", *common))[0]
+    split_args = grpo_args(sft_run, "dp2", *common, "stragglers.report_every=1")
+    split = run_distributed(_stage_worker, 2, "grpo", split_args)[0]
     assert len(single) == len(split) == 2
     exact = ("reward_mean", "response_length", "sampling_rounds", "informative_groups", "prompt_cursor")
     assert [split[0][k] for k in exact] == [single[0][k] for k in exact]
     for key in ("loss", "kl", "entropy", "grad_norm", "clip_fraction"):
         assert split[0][key] == pytest.approx(single[0][key], abs=1e-5), key
     assert single[0]["kl"] > 0  # the second update of the step already moved away from the reference
+    # each step compared the two ranks' generation and policy forward times
+    assert all(
+        row["straggler_slowest_ratio"] >= 1 and row["straggler_slowest_rank"] in (0, 1) for row in split
+    )
 
 
 PARITY_STEPS = ["trainer.max_steps=2"]
