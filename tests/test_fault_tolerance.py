@@ -127,3 +127,59 @@ def test_drills_outside_the_launcher(base):
         text=True,
     )
     assert crash.returncode != 0 and "fault drill: exception on rank 0 at step 1" in crash.stderr
+
+
+def test_grpo_recovers_from_an_exception_with_the_uninterrupted_rollouts_and_updates(base):
+    """GRPO sends the same heartbeats; after a restart the prompt cursor and per-completion seeds in the
+    checkpoint make the rollouts and updates those of the uninterrupted run."""
+    root, common = base
+    model = next(item for item in common if item.startswith("model.checkpoint="))
+    grpo = [
+        "--recipe",
+        "tiny_cpu",
+        model,
+        "rollout.engine=reference",
+        "rollout.n=4",
+        "rollout.max_new_tokens=16",
+        "trainer.prompts_per_step=4",
+        "trainer.max_steps=4",
+        "checkpoint.every_steps=2",
+        "trainer.progress=false",
+    ]
+
+    def launch(name: str, *overrides: str) -> subprocess.CompletedProcess:
+        command = [
+            str(FT_LAUNCHER),
+            "--standalone",
+            "--nproc-per-node=2",
+            "--max-restarts=1",
+            "--monitor-interval=1",
+            "--ignore-missing-fault-tol-cfg",
+            "-m",
+            "xr_nemo.cli",
+            "grpo",
+            *grpo,
+            f"run.dir={root / name}",
+            *overrides,
+        ]
+        result = processes.run(command)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    from xr_nemo.training.metrics import read_metrics
+
+    launch("grpo-whole")
+    result = launch(
+        "grpo-exception",
+        "fault_tolerance.inject_fault=exception",
+        "fault_tolerance.inject_at_step=3",
+        "fault_tolerance.inject_on_rank=1",
+    )
+    assert "drill: exception on rank 1 at step 3" in result.stderr
+    assert "step_2 at step 2" in result.stdout
+    keys = ("reward_mean", "response_length", "prompt_cursor", "loss", "grad_norm")
+    rows = {
+        name: [[row[k] for k in keys] for row in read_metrics(root / name)]
+        for name in ("grpo-whole", "grpo-exception")
+    }
+    assert len(rows["grpo-whole"]) == 4 and rows["grpo-exception"] == rows["grpo-whole"]
