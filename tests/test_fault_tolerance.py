@@ -37,8 +37,7 @@ def base(tmp_path_factory):
     ]
 
 
-def _sft_under_ft_launcher(base, name: str, *overrides: str, launcher_args=()) -> subprocess.CompletedProcess:
-    root, common = base
+def _under_ft_launcher(stage: str, args: list[str], launcher_args=()) -> subprocess.CompletedProcess:
     command = [
         str(FT_LAUNCHER),
         "--standalone",
@@ -50,14 +49,17 @@ def _sft_under_ft_launcher(base, name: str, *overrides: str, launcher_args=()) -
         *launcher_args,
         "-m",
         "xr_nemo.cli",
-        "sft",
-        *common,
-        f"run.dir={root / name}",
-        *overrides,
+        stage,
+        *args,
     ]
     result = processes.run(command)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+def _sft_under_ft_launcher(base, name: str, *overrides: str, launcher_args=()) -> subprocess.CompletedProcess:
+    root, common = base
+    return _under_ft_launcher("sft", [*common, f"run.dir={root / name}", *overrides], launcher_args)
 
 
 def _rows(base, name: str) -> list[list[float]]:
@@ -148,23 +150,7 @@ def test_grpo_recovers_from_an_exception_with_the_uninterrupted_rollouts_and_upd
     ]
 
     def launch(name: str, *overrides: str) -> subprocess.CompletedProcess:
-        command = [
-            str(FT_LAUNCHER),
-            "--standalone",
-            "--nproc-per-node=2",
-            "--max-restarts=1",
-            "--monitor-interval=1",
-            "--ignore-missing-fault-tol-cfg",
-            "-m",
-            "xr_nemo.cli",
-            "grpo",
-            *grpo,
-            f"run.dir={root / name}",
-            *overrides,
-        ]
-        result = processes.run(command)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-        return result
+        return _under_ft_launcher("grpo", [*grpo, f"run.dir={root / name}", *overrides])
 
     from xr_nemo.training.metrics import read_metrics
 

@@ -78,8 +78,8 @@ class FaultTolerance:
                 self.client.load_state_dict(train_state[TRAIN_STATE_KEY])
             self.client.init_workload_monitoring()
             self.client.send_heartbeat()  # the first one ends the (long) initial timeout
-        self._steps_seen = 0
-        self._step = (train_state or {}).get("step", 0) + 1  # the step being run
+        self._resumed_step = (train_state or {}).get("step", 0)
+        self._step = self._resumed_step + 1  # the step being run
 
     def drilled(self, forward_step: Callable) -> Callable:
         """`forward_step`, slowed down on the drilled rank under `inject_fault=slow`."""
@@ -105,8 +105,7 @@ class FaultTolerance:
         if self.client is None:
             return
         self.client.send_heartbeat()
-        self._steps_seen += 1
-        if self._steps_seen == self.config.learn_timeout_after:
+        if step - self._resumed_step == self.config.learn_timeout_after:
             self.client.calculate_and_set_hb_timeouts(skip_if_not_ready=True)  # collective
 
     def train_state(self) -> dict[str, Any]:

@@ -4,8 +4,8 @@ In a synchronous job every rank's step takes as long as the slowest one's, so st
 who is slow. Each rank instead times its own computation — the forward passes of its micro-batches,
 and in GRPO also its rollout generation — and every `report_every` steps the ranks compare: a rank
 whose time is more than `threshold` × the fastest rank's of the same pipeline stage (the ranks that
-do the same work) is reported, with its node. On GPU the
-forward passes are timed with CUDA events, so asynchronous kernel launches are not mistaken for work.
+do the same work) is reported, with its node. On GPU the forward passes are timed with CUDA events,
+so asynchronous kernel launches are not mistaken for work.
 nvidia-resiliency-ext's detector does the same with CUPTI kernel statistics, which need a GPU; this
 one also runs on CPU (gloo), where the tests check it.
 """
