@@ -1,6 +1,7 @@
 """Qwen2.5-VL on megatron-core against Transformers: same weights (imported through `convert import`),
 same logits, fp32 — text with padding, one image, two images of different sizes in a padded batch — at
-TP=1, TP=2 and PP=2 (through megatron-core's pipeline schedule)."""
+TP=1, TP=2, PP=2 (through megatron-core's pipeline schedule) and CP=2 (each rank holds half of every
+sequence; the logits of both halves are gathered for the comparison)."""
 
 import pytest
 import torch
@@ -15,7 +16,18 @@ CASES = {
 }
 
 
-def logits_worker(checkpoint_dir: str, hf_dir: str, tensor_parallel: int, pipeline_parallel: int, batches):
+def _padded_to(batch: dict, multiple: int) -> dict:
+    """`batch` with input_ids and attention_mask padded on the right to a multiple of `multiple`."""
+    extra = -batch["input_ids"].shape[1] % multiple
+    pad = torch.nn.functional.pad
+    return {
+        **batch,
+        "input_ids": pad(batch["input_ids"], (0, extra)),
+        "attention_mask": pad(batch["attention_mask"], (0, extra)),
+    }
+
+
+def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int], batches):
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
@@ -23,36 +35,51 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, tensor_parallel: int, pipeli
 
     from xr_nemo.config import ParallelConfig
     from xr_nemo.conversion.dist_checkpoint import load_model_weights
-    from xr_nemo.distributed import initialize, shutdown
+    from xr_nemo.distributed import context_parallel, initialize, shutdown
     from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
     from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
     from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 
-    parallel = ParallelConfig(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+    tensor_parallel, pipeline_parallel, cp = layout
+    parallel = ParallelConfig(
+        tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel, context_parallel=cp
+    )
     initialize(parallel)
     hf_config = AutoConfig.from_pretrained(hf_dir)
     model = Qwen25VLModel(hf_config, parallel).eval()
     load_model_weights(model, checkpoint_dir)
     results = {}
     for case, batch in batches.items():
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        width = batch["input_ids"].shape[1]
+        batch = _padded_to(batch, parallel.sequence_multiple)
         positions = mrope_position_ids(
-            input_ids,
+            batch["input_ids"],
             image_token_id=hf_config.image_token_id,
             spatial_merge_size=hf_config.vision_config.spatial_merge_size,
             image_grid_thw=batch.get("image_grid_thw"),
-            attention_mask=attention_mask,
+            attention_mask=batch["attention_mask"],
+        )
+        inputs = context_parallel.split_batch(
+            {
+                "input_ids": batch["input_ids"],
+                "position_ids": positions,
+                "attention_mask": causal_padding_mask(batch["attention_mask"]),
+            }
         )
 
-        def forward_step(data_iterator, model, batch=batch, positions=positions):
+        def whole_logits(output: torch.Tensor, non_loss_data: bool = True, width=width) -> torch.Tensor:
+            output = gather_from_tensor_model_parallel_region(output)
+            return context_parallel.gather_sequence(output.transpose(0, 1)).transpose(0, 1)[:, :width]
+
+        def forward_step(data_iterator, model, batch=batch, inputs=inputs):
             output = model(
-                batch["input_ids"],
-                positions,
-                causal_padding_mask(batch["attention_mask"]),
+                inputs["input_ids"],
+                inputs["position_ids"],
+                inputs["attention_mask"],
                 pixel_values=batch.get("pixel_values"),
                 image_grid_thw=batch.get("image_grid_thw"),
             )
-            return output, lambda out, non_loss_data=True: gather_from_tensor_model_parallel_region(out)
+            return output, whole_logits
 
         with torch.no_grad():
             outputs = get_forward_backward_func()(
@@ -60,8 +87,8 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, tensor_parallel: int, pipeli
                 data_iterator=iter([None]),
                 model=[model],
                 num_microbatches=1,
-                seq_length=input_ids.shape[1],
-                micro_batch_size=input_ids.shape[0],
+                seq_length=batch["input_ids"].shape[1],
+                micro_batch_size=batch["input_ids"].shape[0],
                 forward_only=True,
                 collect_non_loss_data=True,
             )
@@ -90,11 +117,13 @@ def imported(request, tmp_path_factory):
     return str(checkpoint), str(hf_dir), batches, expected
 
 
-@pytest.mark.parametrize("layout", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
+@pytest.mark.parametrize(
+    "layout", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2)], ids=["tp1", "tp2", "pp2", "cp2"]
+)
 def test_logits_match_transformers(imported, layout):
     checkpoint, hf_dir, batches, expected = imported
-    world = layout[0] * layout[1]
-    results = run_distributed(logits_worker, world, checkpoint, hf_dir, *layout, batches)
+    world = layout[0] * layout[1] * layout[2]
+    results = run_distributed(logits_worker, world, checkpoint, hf_dir, layout, batches)
     (got,) = [result for result in results if result is not None][:1]
     for case, batch in batches.items():
         valid = batch["attention_mask"].bool()

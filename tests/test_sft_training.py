@@ -1,5 +1,5 @@
-"""SFT end to end on the tiny model: the loss falls and the export carries the training; TP=2, PP=2 and
-DP=2 follow the single-process loss curve; kill -9 then resume gives the uninterrupted run's losses
+"""SFT end to end on the tiny model: the loss falls and the export carries the training; TP=2, PP=2, CP=2
+and DP=2 follow the single-process loss curve; kill -9 then resume gives the uninterrupted run's losses
 exactly; packed and unpacked training give the same losses on the same samples."""
 
 import os
@@ -95,8 +95,8 @@ def single_process(base):
 
 @pytest.mark.parametrize(
     ("layout", "drill"),
-    [(["parallel.tp=2"], []), (["parallel.pp=2"], []), ([], SLOW_RANK_1)],
-    ids=["tp2", "pp2", "dp2-with-a-slow-rank"],
+    [(["parallel.tp=2"], []), (["parallel.pp=2"], []), (["parallel.cp=2"], []), ([], SLOW_RANK_1)],
+    ids=["tp2", "pp2", "cp2", "dp2-with-a-slow-rank"],
 )
 def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_process, layout, drill):
     """Also the straggler report, every 2 steps: no rank is slow, except rank 1 when a drill makes its
@@ -119,6 +119,17 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
         assert all(row["straggler_slow_ranks"] == 1 for row in reports), reports
     else:
         assert all(row["straggler_slow_ranks"] == 0 for row in reports), reports
+
+
+def test_a_context_parallel_checkpoint_resumes_in_one_process(base, single_process):
+    """The CP=2 checkpoint of step 2 holds the whole model and optimizer: one process resumed from it
+    continues the single-process loss curve."""
+    root, _ = base
+    halves = [*PARITY_STEPS, "trainer.max_steps=2", "checkpoint.every_steps=2"]
+    run(base, 2, "cp2-until-step-2", *halves, "parallel.cp=2")
+    checkpoint = root / "cp2-until-step-2" / "checkpoints" / "step_2"
+    resumed = run(base, 1, "resumed-from-cp2", *PARITY_STEPS, f"trainer.resume={checkpoint}")
+    assert resumed == pytest.approx(single_process[2:], abs=2e-5, rel=0)
 
 
 def _cli(run_dir, base, *overrides):

@@ -21,6 +21,13 @@ class ParallelConfig:
     def model_parallel_size(self) -> int:
         return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
 
+    @property
+    def sequence_multiple(self) -> int:
+        """What every sequence length must be a multiple of: context parallelism cuts sequences into
+        2·CP equal chunks, and sequence parallelism splits each rank's tokens over TP ranks."""
+        chunks = 2 * self.context_parallel if self.context_parallel > 1 else 1
+        return chunks * (self.tensor_parallel if self.sequence_parallel else 1)
+
     def data_parallel_size(self, world_size: int) -> int:
         """Validate the layout against `world_size` and return the data-parallel size."""
         for key in ("tensor_parallel", "pipeline_parallel", "context_parallel"):

@@ -26,6 +26,7 @@ from xr_nemo.config.schema import GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
 from xr_nemo.grpo.algorithm import group_advantages
@@ -72,7 +73,14 @@ def _check(config: GRPOConfig) -> None:
         raise ConfigError("unknown loss aggregation", where="grpo.loss_aggregation", fix="token or sequence")
     if config.grpo.overlong not in ("keep", "mask"):
         raise ConfigError("unknown over-long policy", where="grpo.overlong", fix="keep or mask")
-    dp = parallel_state.get_data_parallel_world_size()
+    if config.model.context_parallel > 1:
+        raise ConfigError(
+            "GRPO does not support context parallelism: it is for SFT on long traces, while rollouts "
+            "and their training sequences stay within rollout.max_new_tokens",
+            where="model.context_parallel",
+            fix="set model.context_parallel=1 (parallel.cp=1) for GRPO; use tensor parallelism for memory",
+        )
+    dp = config.model.data_parallel_size(read_launch_env().world_size)
     if config.trainer.prompts_per_step < dp:
         raise ConfigError(
             f"{config.trainer.prompts_per_step} prompts per step cannot be split over {dp} data-parallel"
@@ -272,7 +280,7 @@ def _train_on(
     """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps; the policy's
     forward step goes through `wrap_policy_step` (timing, drills)."""
     config = job.config
-    multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
+    multiple = config.model.sequence_multiple
     temperature = config.rollout.temperature or 1.0
     samples = _samples(config, rollouts, job.prompts)
     pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
@@ -384,10 +392,10 @@ def _train(job: GRPOJob) -> int:
 def run_grpo(config: GRPOConfig) -> Path:
     """Train; return the last checkpoint's directory. Collective: every rank calls it."""
     run_dir = Path(config.run.dir)
+    _check(config)
     initialize(config.model, seed=config.trainer.seed)
     pool, job = None, None
     try:
-        _check(config)
         hf_dir = prepare_run_dir(config)
         if dist.get_rank(parallel_state.get_model_parallel_group()) == 0:
             reward = config.reward

@@ -11,6 +11,7 @@ from megatron.core.transformer.transformer_block import (
     get_num_layers_to_build,
 )
 
+from xr_nemo.models.context_parallel_attention import ContextParallelAttention
 from xr_nemo.models.norms import Norm
 
 # TransformerConfig settings the local spec needs: these fused kernels come from Apex/TE or CUDA only.
@@ -25,8 +26,11 @@ LOCAL_SPEC_SETTINGS: dict[str, bool] = dict(
 
 
 def local_block_spec(config: TransformerConfig, vp_stage: int | None = None) -> ModuleSpec:
-    """megatron-core's local spec with norms that support sequence parallelism, final norm included."""
+    """megatron-core's local spec with norms that support sequence parallelism, final norm included,
+    and an attention that supports context parallelism when it is on."""
     layer = get_gpt_layer_local_spec(normalization=config.normalization)
+    if config.context_parallel_size > 1:
+        layer.submodules.self_attention.submodules.core_attention = ContextParallelAttention
     layer.submodules.input_layernorm = Norm
     layer.submodules.pre_mlp_layernorm = Norm
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)

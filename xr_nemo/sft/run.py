@@ -15,7 +15,7 @@ from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.data.batches import BatchPlan
 from xr_nemo.data.packing import collate
 from xr_nemo.data.tokenize import TokenizedDataset, tokenize_dataset
-from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.distributed import context_parallel, initialize, shutdown
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 from xr_nemo.sft.step import forward_step
@@ -69,6 +69,15 @@ def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
             where="trainer.global_batch_size",
             fix=f"use a multiple of {trainer.micro_batch_size * dp_size}",
         )
+    multiple = config.model.sequence_multiple
+    if config.model.pipeline_parallel > 1 and trainer.seq_length % multiple:
+        raise ConfigError(
+            f"trainer.seq_length {trainer.seq_length} is not a multiple of {multiple}: pipeline "
+            "parallelism pads every sequence to it, and context and sequence parallelism split "
+            "sequences into equal parts",
+            where="trainer.seq_length",
+            fix=f"set trainer.seq_length to a multiple of {multiple}",
+        )
     if config.data.max_length - 1 > trainer.seq_length:
         raise ConfigError(
             f"data.max_length {config.data.max_length} does not fit trainer.seq_length {trainer.seq_length}",
@@ -81,16 +90,18 @@ def _microbatch_source(config: SFTConfig, dataset: TokenizedDataset, plan: Batch
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     fixed = config.trainer.seq_length if config.model.pipeline_parallel > 1 else None
-    multiple = config.model.tensor_parallel if config.model.sequence_parallel else 1
+    multiple = config.model.sequence_multiple
 
     def microbatches(step: int) -> list[dict[str, torch.Tensor]]:
         return [
-            collate(
-                [[dataset.sample(i) for i in sequence] for sequence in micro],
-                pad_id,
-                length=fixed,
-                position_ids=positions,
-                multiple_of=multiple,
+            context_parallel.split_batch(
+                collate(
+                    [[dataset.sample(i) for i in sequence] for sequence in micro],
+                    pad_id,
+                    length=fixed,
+                    position_ids=positions,
+                    multiple_of=multiple,
+                )
             )
             for micro in plan.microbatches(step, dp_rank, dp_size, config.trainer.micro_batch_size)
         ]

@@ -59,7 +59,9 @@ def resume_point(config: SFTConfig) -> Path | None:
 
 
 def sum_over_data_and_pipeline(values: torch.Tensor) -> torch.Tensor:
-    dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    """Sums over every rank that holds other tokens: data-parallel and context-parallel ranks (each of
+    those holds a slice of the sequences), and pipeline stages (only the last one reports)."""
+    dist.all_reduce(values, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     dist.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
     return values
 
@@ -75,14 +77,15 @@ def run_schedule(
         data_iterator=iter(microbatches),
         model=[model],
         num_microbatches=len(microbatches),
-        seq_length=first.shape[1],
+        seq_length=first.shape[1] * parallel_state.get_context_parallel_world_size(),  # whole sequences
         micro_batch_size=first.shape[0],
         forward_only=forward_only,
     )
 
 
 def summed_report(outputs: list[dict[str, torch.Tensor]], key: str, width: int) -> torch.Tensor:
-    """`key` of every micro-batch's report summed over micro-batches, data- and pipeline-parallel ranks."""
+    """`key` of every micro-batch's report summed over micro-batches and ranks (see
+    `sum_over_data_and_pipeline`)."""
     totals = torch.zeros(width, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage():
         for output in outputs:
@@ -109,9 +112,11 @@ def _validation_loss(job: TrainingJob) -> float:
 
 
 def _token_counts(microbatches: list[Batch]) -> torch.Tensor:
-    """[samples, real tokens, computed tokens] over the data-parallel group."""
+    """[samples, real tokens, computed tokens] over the data-parallel group. The counts are those of
+    whole sequences: context-parallel ranks share the samples, each computing a slice."""
+    cp_size = parallel_state.get_context_parallel_world_size()
     counts = torch.tensor(
-        [[int(b["num_samples"]), int(b["real_tokens"]), b["tokens"].numel()] for b in microbatches],
+        [[int(b["num_samples"]), int(b["real_tokens"]), b["tokens"].numel() * cp_size] for b in microbatches],
         dtype=torch.float64,
     ).sum(0)
     dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())

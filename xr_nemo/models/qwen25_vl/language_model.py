@@ -12,7 +12,7 @@ from xr_nemo.models.specs import local_block_spec
 
 
 def build_language_model(config: TransformerConfig, shape: LanguageModelShape) -> GPTModel:
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=local_block_spec(config),
         vocab_size=shape.vocab_size,
@@ -23,6 +23,10 @@ def build_language_model(config: TransformerConfig, shape: LanguageModelShape) -
         position_embedding_type="mrope",
         rotary_base=shape.rope_theta,
     )
+    # Position ids arrive already split over context-parallel ranks, like every other input, so the
+    # rotary embedding must not split its output again.
+    model.rotary_pos_emb.cp_group = None
+    return model
 
 
 def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from megatron.core.transformer import MegatronModule
 from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.distributed import context_parallel
 from xr_nemo.models.qwen25_vl.config import language_model_config
 from xr_nemo.models.qwen25_vl.language_model import build_language_model
 from xr_nemo.models.qwen25_vl.vision import build_vision_tower, image_features, scatter_image_features
@@ -68,7 +69,10 @@ class Qwen25VLModel(MegatronModule):
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
     ) -> torch.Tensor:
         """Token embeddings [seq, batch, hidden] (sequence-parallel split when enabled) with the image
-        features in place of the image placeholders."""
+        features in place of the image placeholders. Under context parallelism the features are placed
+        in the whole sequence, whose ids the ranks exchange, and each rank keeps its slice."""
+        if context_parallel.size() > 1:
+            input_ids = context_parallel.gather_sequence_of_ids(input_ids)
         embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
         if self.config.sequence_parallel:
             # The split's backward takes the local slice; the region after it is sequence-parallel.
@@ -77,7 +81,7 @@ class Qwen25VLModel(MegatronModule):
             )
         features = image_features(self.visual, pixel_values, image_grid_thw)
         by_row = scatter_image_features(embeddings.transpose(0, 1), input_ids, features, self.image_token_id)
-        embeddings = by_row.transpose(0, 1).contiguous()
+        embeddings = context_parallel.split_sequence(by_row.transpose(0, 1), 0).contiguous()
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
