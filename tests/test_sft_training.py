@@ -93,18 +93,31 @@ def single_process(base):
     return run(base, 1, "single", *PARITY_STEPS)
 
 
+TP2_SP_CP2 = ["parallel.tp=2", "parallel.sp=true", "parallel.cp=2"]
+
+
 @pytest.mark.parametrize(
-    ("layout", "drill"),
-    [(["parallel.tp=2"], []), (["parallel.pp=2"], []), (["parallel.cp=2"], []), ([], SLOW_RANK_1)],
-    ids=["tp2", "pp2", "cp2", "dp2-with-a-slow-rank"],
+    ("world", "layout", "drill"),
+    [
+        (2, ["parallel.tp=2"], []),
+        (2, ["parallel.pp=2"], []),
+        (2, ["parallel.cp=2"], []),
+        (4, TP2_SP_CP2, []),
+        (4, ["parallel.pp=2", "parallel.cp=2"], []),
+        (2, [], SLOW_RANK_1),
+    ],
+    ids=["tp2", "pp2", "cp2", "tp2-sp-cp2", "pp2-cp2", "dp2-with-a-slow-rank"],
 )
-def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_process, layout, drill):
+def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_process, world, layout, drill):
     """Also the straggler report, every 2 steps: no rank is slow, except rank 1 when a drill makes its
-    forward passes 3× as long (which changes no number)."""
+    forward passes 3× as long (which changes no number). Timings are judged only when every rank has a
+    core of its own."""
     from xr_nemo.training.metrics import read_metrics
 
     name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
-    parallel = run(base, 2, f"parallel-{name}", *PARITY_STEPS, *layout, *drill, "stragglers.report_every=2")
+    parallel = run(
+        base, world, f"parallel-{name}", *PARITY_STEPS, *layout, *drill, "stragglers.report_every=2"
+    )
     assert parallel == pytest.approx(single_process, abs=2e-5, rel=0)
     # the gradients too (Adam hides a uniformly scaled gradient from the losses; clipping does not)
     root, _ = base
@@ -114,6 +127,8 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
 
     reports = [row for row in rows if "straggler_slow_ranks" in row]
     assert [row["step"] for row in reports] == [2, 4]
+    if world > (os.cpu_count() or 1):
+        return  # more ranks than cores: their timings measure the OS scheduler, not the ranks
     if drill:
         assert all(row["straggler_slowest_rank"] == 1 for row in reports), reports
         assert all(row["straggler_slow_ranks"] == 1 for row in reports), reports
