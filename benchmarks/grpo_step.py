@@ -57,7 +57,7 @@ def _engines_worker(hf_dir: str) -> dict[str, float]:
 
     prompts = _prompts(Path(hf_dir))
     engine_args = dict(
-        dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, seed=0, enforce_eager=True
+        dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28, seed=0, enforce_eager=True
     )
     start = time.perf_counter()
     llm = LLM(

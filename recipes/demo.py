@@ -46,7 +46,7 @@ def grpo() -> GRPOConfig:
     config.rollout.n = 8
     config.rollout.temperature = 1.0
     config.rollout.max_new_tokens = 48
-    config.rollout.gpu_memory_utilization = 0.05
+    config.rollout.kv_cache_gib = 0.25  # a fixed size: shares of CPU memory vary between machines
     config.reward.workers = 1
     config.optim.lr = 2e-4
     config.trainer.prompts_per_step = 16

@@ -41,7 +41,7 @@ def grpo() -> GRPOConfig:
     config.rollout.engine = "vllm"
     config.rollout.n = 4
     config.rollout.max_new_tokens = 64
-    config.rollout.gpu_memory_utilization = 0.05
+    config.rollout.kv_cache_gib = 0.25  # a fixed size: shares of CPU memory vary between machines
     config.reward.workers = 1
     config.optim.lr = 1e-4
     config.trainer.prompts_per_step = 8

@@ -156,7 +156,7 @@ def test_cli_evaluates_the_tiny_model_text_on_vllm_and_images_on_transformers(tm
         *data,
         "max_new_tokens=24",
         "limit=3",
-        "gpu_memory_utilization=0.05",
+        "kv_cache_gib=0.25",
         f"out_dir={tmp_path / 'eval'}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -16,7 +16,9 @@ def engine_worker(hf_dir: str) -> tuple[list, list, list]:
     from xr_nemo.generation.engine import Sampling
     from xr_nemo.generation.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(hf_dir, max_model_len=512, dtype=torch.float32, gpu_memory_utilization=0.05, seed=0)
+    engine = VLLMEngine(
+        hf_dir, max_model_len=512, dtype=torch.float32, gpu_memory_utilization=0.05, seed=0, kv_cache_gib=0.25
+    )
     weights = load_file(f"{hf_dir}/model.safetensors")
     engine.load_weights((name, t) for name, t in weights.items() if not name.startswith("visual."))
     prompts = [[(7 * i + j) % 400 + 20 for j in range(150)] for i in range(64)]

@@ -25,7 +25,7 @@ def vllm_greedy(model_dir: str) -> list[list[int]]:
         dtype="float32",
         enforce_eager=True,
         max_model_len=256,
-        gpu_memory_utilization=0.2,
+        kv_cache_memory_bytes=2**28,
         seed=0,
         **vllm_cpu.multimodal_engine_kwargs(),
     )

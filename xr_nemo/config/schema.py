@@ -147,6 +147,7 @@ class RolloutConfig:
     max_new_tokens: int = 4096
     thinking_budget: int | None = None  # forced exiting: append </think> after this many tokens
     gpu_memory_utilization: float = 0.5  # vLLM's share of device memory (of CPU memory on CPU)
+    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
 
 
 @dataclass
@@ -218,6 +219,7 @@ class EvalConfig:
     data_parallel: int = 1  # engine replicas, each in its own process on its own GPUs
     tensor_parallel: int = 1  # GPUs per vLLM replica
     gpu_memory_utilization: float = 0.8
+    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
     dtype: str = "auto"
     seed: int = 0
     reward_timeout_s: float = 10.0  # per math answer
@@ -243,6 +245,7 @@ class DistillConfig:
     data_parallel: int = 1
     tensor_parallel: int = 1
     gpu_memory_utilization: float = 0.8
+    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
     dtype: str = "auto"
     seed: int = 0
     reward_timeout_s: float = 10.0

@@ -157,7 +157,7 @@ class Demo:
                 f"out_dir={out}",
                 f"max_new_tokens={self.scale.max_new_tokens}",
                 "batch_size=32",
-                "gpu_memory_utilization=0.05",
+                "kv_cache_gib=0.25",
             ],
             f"{stage} evaluation",
         )

