@@ -2,7 +2,7 @@
 
 import pytest
 
-from xr_nemo.io.atomic_dir import atomic_output_dir, move_into_place
+from xr_nemo.io.atomic_dir import atomic_output_dir, move_into_place, write_text_atomically
 
 
 def _tree(path):
@@ -35,7 +35,8 @@ def test_move_into_place_replaces_an_existing_directory_whole(tmp_path):
     assert (tmp_path / "fresh").is_dir() and not fresh.exists()
 
 
-def test_every_file_and_directory_is_on_disk_before_the_rename(tmp_path, monkeypatch):
+def _record_fsyncs_and_renames(monkeypatch) -> tuple[list[str], list[set[str]]]:
+    """The paths fsync'ed, in order, and for each `os.replace` the set fsync'ed before it."""
     import os
 
     flushed, renamed_with = [], []
@@ -51,6 +52,11 @@ def test_every_file_and_directory_is_on_disk_before_the_rename(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return flushed, renamed_with
+
+
+def test_every_file_and_directory_is_on_disk_before_the_rename(tmp_path, monkeypatch):
+    flushed, renamed_with = _record_fsyncs_and_renames(monkeypatch)
     with atomic_output_dir(tmp_path / "out") as staging:
         (staging / "sub").mkdir()
         (staging / "a.bin").write_bytes(b"a")
@@ -59,3 +65,14 @@ def test_every_file_and_directory_is_on_disk_before_the_rename(tmp_path, monkeyp
     assert len(renamed_with) == 1 and written <= renamed_with[0]
     assert str(tmp_path) in flushed  # the rename itself
     assert _tree(tmp_path / "out") == ["a.bin", "sub", "sub/b.bin"]
+
+
+def test_a_small_file_is_on_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    pointer = tmp_path / "latest"
+    pointer.write_text("step_2\n")
+    flushed, renamed_with = _record_fsyncs_and_renames(monkeypatch)
+    write_text_atomically(pointer, "step_4\n")
+    assert pointer.read_text() == "step_4\n"
+    assert len(renamed_with) == 1 and any(".latest.tmp-" in path for path in renamed_with[0])
+    assert flushed[-1] == str(tmp_path)
+    assert _tree(tmp_path) == ["latest"]

@@ -22,10 +22,13 @@ def is_nonempty(path: Path) -> bool:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Readers see the old text or the new one, never a mix (rename is atomic on one file system)."""
+    """Readers see the old text or the new one, never a mix (rename is atomic on one file system), and
+    after a crash of the machine too: the text is on disk before the rename, the rename after it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 @contextmanager
