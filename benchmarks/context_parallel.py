@@ -5,6 +5,8 @@ One forward and backward pass of the tiny Qwen2.5-VL (local layer spec) on a mic
 sequence of `--seq-length` tokens (four samples, block-diagonal mask), as SFT runs it. Memory is the
 rise of each rank's peak RSS over its resident memory before the step (the kernel's high-water mark,
 reset first), so it counts activations, the score matrices and the gradients the step creates.
+CP=1 runs twice: with megatron-core's `DotProductAttention` (what CP=1 uses) and with the gathering
+attention that CP=2 uses, so that the ratio compares layouts, not attention modules.
 
 Usage: python benchmarks/context_parallel.py [--seq-length 4096] [--repeats 3]
 """
@@ -34,7 +36,24 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
-def step_worker(hf_dir: str, context_parallel: int, seq_length: int, repeats: int) -> dict[str, float]:
+def _use_gathering_attention() -> None:
+    """Make the model built next use `ContextParallelAttention` whatever the CP size."""
+    from xr_nemo.models.context_parallel_attention import ContextParallelAttention
+    from xr_nemo.models.qwen25_vl import language_model
+    from xr_nemo.models.specs import local_block_spec
+
+    def spec(config, vp_stage=None):
+        block = local_block_spec(config, vp_stage)
+        for layer in block.submodules.layer_specs:
+            layer.submodules.self_attention.submodules.core_attention = ContextParallelAttention
+        return block
+
+    language_model.local_block_spec = spec
+
+
+def step_worker(
+    hf_dir: str, context_parallel: int, seq_length: int, repeats: int, gathering: bool
+) -> dict[str, float]:
     from transformers import AutoConfig
 
     from xr_nemo.config import ParallelConfig
@@ -43,6 +62,8 @@ def step_worker(hf_dir: str, context_parallel: int, seq_length: int, repeats: in
     from xr_nemo.distributed import initialize, shutdown
     from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
 
+    if gathering:
+        _use_gathering_attention()
     parallel = ParallelConfig(context_parallel=context_parallel)
     initialize(parallel, seed=0)
     torch.manual_seed(0)
@@ -81,18 +102,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         hf_dir = str(build_tiny_qwen25_vl(Path(workdir) / "hf", TinyQwen25VLSpec(num_kv_heads=2)))
-        results = {
-            size: run_distributed(step_worker, size, hf_dir, size, args.seq_length, args.repeats)
-            for size in (1, 2)
+        runs = {
+            "CP=1, megatron-core attention": (1, False),
+            "CP=1, gathering attention": (1, True),
+            "CP=2, gathering attention": (2, True),
         }
-    whole, halves = results[1][0], results[2]
+        results = {
+            name: run_distributed(step_worker, size, hf_dir, size, args.seq_length, args.repeats, gathering)
+            for name, (size, gathering) in runs.items()
+        }
     print(f"one packed sequence of {args.seq_length} tokens, median of {args.repeats} steps")
-    print(f"{'layout':<8}{'rank':>6}{'step peak MiB':>16}{'step s':>10}")
-    print(f"{'CP=1':<8}{0:>6}{whole['peak_mib']:>16.0f}{whole['seconds']:>10.2f}")
-    for rank, result in enumerate(halves):
-        print(f"{'CP=2':<8}{rank:>6}{result['peak_mib']:>16.0f}{result['seconds']:>10.2f}")
-    worst = max(result["peak_mib"] for result in halves)
-    print(f"peak memory per rank, CP=2 / CP=1: {worst / whole['peak_mib']:.2f}")
+    print(f"{'layout':<32}{'rank':>6}{'step peak MiB':>16}{'step s':>10}")
+    for name, ranks in results.items():
+        for rank, result in enumerate(ranks):
+            print(f"{name:<32}{rank:>6}{result['peak_mib']:>16.0f}{result['seconds']:>10.2f}")
+    worst = max(result["peak_mib"] for result in results["CP=2, gathering attention"])
+    same = results["CP=1, gathering attention"][0]["peak_mib"]
+    print(f"peak memory per rank, CP=2 / CP=1 with the same attention: {worst / same:.2f}")
 
 
 if __name__ == "__main__":
