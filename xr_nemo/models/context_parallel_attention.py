@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from megatron.core import tensor_parallel
 from megatron.core.transformer import MegatronModule, TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.utils import attention_mask_func
@@ -70,7 +71,11 @@ class ContextParallelAttention(MegatronModule):
         if attention_mask is None:
             attention_mask = self._causal_mask(key.shape[0], query.device)
         probs = torch.softmax(attention_mask_func(scores.float(), attention_mask), dim=-1).to(query.dtype)
-        probs = self.dropout(probs)
+        if self.config.sequence_parallel:
+            probs = self.dropout(probs)
+        else:  # the model-parallel RNG stream, as megatron-core's DotProductAttention draws it
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                probs = self.dropout(probs)
         context = torch.einsum("bhst,tbhd->sbhd", probs, value)
         return context.reshape(context.shape[0], context.shape[1], -1)
 
