@@ -57,3 +57,32 @@ def test_completions_depend_only_on_prompt_seed_and_weights(tmp_path):
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False)
         assert out[0, 150:].tolist() == tokens
+
+
+def oversized_cache_worker(hf_dir: str) -> str:
+    import torch
+
+    from xr_nemo.errors import XrNemoError
+    from xr_nemo.generation.vllm_engine import VLLMEngine
+
+    try:
+        VLLMEngine(
+            hf_dir,
+            max_model_len=512,
+            dtype=torch.float32,
+            gpu_memory_utilization=0.05,
+            seed=0,
+            kv_cache_gib=1e5,
+        )
+    except XrNemoError as error:
+        return str(error)
+    return "no error"
+
+
+def test_a_kv_cache_that_does_not_fit_names_the_settings_that_size_it(tmp_path):
+    pytest.importorskip("vllm")
+    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2))
+    message = run_distributed(oversized_cache_worker, 1, str(hf_dir))[0]
+    assert "could not fit its KV cache" in message and "kv_cache_gib" in message, message

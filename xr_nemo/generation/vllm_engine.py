@@ -10,13 +10,31 @@ engine sleeps, releasing its KV cache and weights on GPU (sleep mode is a no-op 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from xr_nemo.errors import XrNemoError
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
+
+
+@contextmanager
+def _kv_cache_errors_explained() -> Iterator[None]:
+    """vLLM reports a KV cache that does not fit as a bare ValueError; name the settings that size it."""
+    try:
+        yield
+    except ValueError as exc:
+        if "memory" not in str(exc).lower() and "kv cache" not in str(exc).lower():
+            raise
+        raise XrNemoError(
+            f"vLLM could not fit its KV cache: {exc}",
+            where="kv_cache_gib / gpu_memory_utilization (rollout.* for GRPO)",
+            fix="set kv_cache_gib to a size that fits (0.25 GiB serves the tiny models on CPU), or "
+            "change gpu_memory_utilization; a shorter max_model_len needs less",
+        ) from exc
 
 
 class VLLMEngine:
@@ -45,21 +63,22 @@ class VLLMEngine:
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
-        self.llm = LLM(
-            model=str(hf_dir),
-            dtype=str(dtype).removeprefix("torch."),
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
-            enforce_eager=not on_gpu,
-            enable_sleep_mode=on_gpu,
-            seed=seed,
-            load_format=load_format,
-            logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
-            tensor_parallel_size=tensor_parallel_size,
-            **vllm_cpu.multimodal_engine_kwargs(max_images_per_prompt),
-            **vllm_cpu.seeded_sampling_engine_kwargs(),
-        )
+        with _kv_cache_errors_explained():
+            self.llm = LLM(
+                model=str(hf_dir),
+                dtype=str(dtype).removeprefix("torch."),
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
+                enforce_eager=not on_gpu,
+                enable_sleep_mode=on_gpu,
+                seed=seed,
+                load_format=load_format,
+                logprobs_mode="processed_logprobs",  # after temperature: what was actually sampled from
+                tensor_parallel_size=tensor_parallel_size,
+                **vllm_cpu.multimodal_engine_kwargs(max_images_per_prompt),
+                **vllm_cpu.seeded_sampling_engine_kwargs(),
+            )
         self._asleep = False
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
