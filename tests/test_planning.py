@@ -1,6 +1,7 @@
 """The memory planner's per-rank parameter counts equal those of our megatron-core model built at the
 same layout (TP=2, PP=2, tied and untied embeddings), and its whole-model count equals the published
-Qwen2.5-VL-7B's."""
+Qwen2.5-VL-7B's. Its training FLOPs per token equal what PyTorch's FLOP counter counts in Transformers'
+forward and backward pass."""
 
 import pytest
 
@@ -59,3 +60,38 @@ def test_the_7b_count_is_the_published_one():
         qwen25_vl_7b_config(), Layout(tensor_parallel=4, data_parallel=2, seq_length=16384)
     )
     assert estimate.trained_parameters < trained / 3  # split over four tensor-parallel ranks
+
+
+@pytest.mark.parametrize(("tied", "kv_heads"), [(False, 1), (True, 2)], ids=["untied-gqa", "tied-mha"])
+def test_training_flops_per_token_equal_the_counted_flops(tmp_path, tied, kv_heads):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    from xr_nemo.planning import training_flops_per_token
+    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    hf_dir = build_tiny_qwen25_vl(
+        tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=kv_heads, tie_word_embeddings=tied)
+    )
+    # eager attention: plain matmuls the counter sees, over every key (the causal mask is applied after)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager")
+    batch, length = 2, 48
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=torch.randint(0, 400, (batch, length))).logits.sum().backward()
+    counted = counter.get_total_flops() / (batch * length)
+    assert training_flops_per_token(AutoConfig.from_pretrained(hf_dir), keys_per_token=length) == counted
+
+
+def test_plan_prints_memory_and_throughput_per_layout(capsys):
+    from xr_nemo.cli import main
+    from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
+    from xr_nemo.planning import Layout, estimate_throughput
+
+    assert main(["plan", "--nodes", "1,2", "--mfu", "0.5", "--mean-sample-length", "2048"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 8 ") or line.startswith("| 16 ")]
+    assert len(rows) == 2
+    expected = estimate_throughput(qwen25_vl_7b_config(), Layout(4, 1, 1, 2), 2048, 0.5, 989.0)
+    assert f"| {expected.tokens_per_s_per_gpu:,.0f} | {expected.hours_per_billion_tokens:.1f} |" in rows[0]
+    assert "assumed 50% MFU" in printed

@@ -89,7 +89,7 @@ def _plan(args: argparse.Namespace) -> None:
 
     from xr_nemo.errors import ConfigError
     from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
-    from xr_nemo.planning import TABLE_HEADER, Layout, estimate_memory, table_row
+    from xr_nemo.planning import TABLE_HEADER, Layout, estimate_memory, estimate_throughput, table_row
 
     config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
     per_replica = args.tp * args.pp * args.cp
@@ -102,7 +102,15 @@ def _plan(args: argparse.Namespace) -> None:
                 where="--nodes / --tp / --pp / --cp",
             )
         layout = Layout(args.tp, args.pp, args.cp, gpus // per_replica, args.micro_batch, args.seq_length)
-        print(table_row(layout, estimate_memory(config, layout)))
+        throughput = estimate_throughput(
+            config, layout, min(args.mean_sample_length, args.seq_length), args.mfu, args.peak_tflops
+        )
+        print(table_row(layout, estimate_memory(config, layout), throughput))
+    print(
+        f"\nThroughput at an assumed {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s per GPU, packed "
+        f"samples of {min(args.mean_sample_length, args.seq_length):,} tokens on average; measure and "
+        "replace (--mfu)."
+    )
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
@@ -247,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("overrides", nargs="*", help="e.g. samples=8 keep=1 temperature=0.7 limit=1000")
     distill.set_defaults(handler=_distill)
 
-    plan = commands.add_parser("plan", help="memory per GPU of training layouts, from the model's shapes")
+    plan = commands.add_parser(
+        "plan", help="memory per GPU and expected throughput of training layouts, from the model's shapes"
+    )
     plan.add_argument("--model", default="7b", help="an HF directory, or 7b for Qwen2.5-VL-7B")
     plan.add_argument("--nodes", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4, 8])
     plan.add_argument("--gpus-per-node", type=int, default=8)
@@ -256,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cp", type=int, default=1)
     plan.add_argument("--micro-batch", type=int, default=1)
     plan.add_argument("--seq-length", type=int, default=16384)
+    plan.add_argument(
+        "--mean-sample-length", type=int, default=4096, help="tokens per packed sample, for attention cost"
+    )
+    plan.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    plan.add_argument("--peak-tflops", type=float, default=989.0, help="per GPU; H100 SXM dense bf16: 989")
     plan.set_defaults(handler=_plan)
 
     _add_convert(commands)

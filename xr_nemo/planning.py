@@ -1,4 +1,5 @@
-"""Memory per GPU of a training layout, estimated from the model's shapes alone (`xr-nemo plan`).
+"""Memory per GPU and expected throughput of a training layout, estimated from the model's shapes
+alone (`xr-nemo plan`).
 
 Weights are counted exactly per rank: every tensor of the Hugging Face checkpoint, split as megatron-core
 splits it (vocabulary and linear layers over tensor-parallel ranks, norms replicated, layers over
@@ -12,6 +13,12 @@ and no recomputation (Korthikanti et al., 2022), divided by TP with sequence par
 first pipeline stage holds up to PP micro-batches in flight under 1F1B, i.e. about all layers' worth;
 plus the fp32 logits and their gradient on the last stage. Allocator fragmentation and communication
 buffers come on top: plan for 10–15 % headroom.
+
+Throughput is the model's training FLOPs per token — three times the forward pass: 2 FLOPs per weight
+of every language-model matrix (output layer included, embedding lookup not), plus 4·L·(heads·head
+dim) per key attended to — at an assumed model FLOPs utilisation (MFU) of the GPU's peak. Packed
+samples attend only within themselves, so a token attends to (s + 1) / 2 keys on average in a sample of
+s tokens. The MFU is an assumption until measured on the cluster (`docs/scaling.md`).
 """
 
 from __future__ import annotations
@@ -121,13 +128,47 @@ def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
     return max(candidates, key=lambda estimate: estimate.total_gib)
 
 
+def training_flops_per_token(config: Qwen2_5_VLConfig, keys_per_token: float) -> float:
+    """Forward and backward FLOPs of the language model per trained token, when each token attends to
+    `keys_per_token` keys (e.g. (s + 1) / 2 under a causal mask in a sample of s tokens)."""
+    text = config.get_text_config()
+    matrices = sum(
+        _numel(shape)
+        for name, shape in expected_hf_shapes(config).items()
+        if len(shape) == 2 and not name.startswith(("visual.", "model.embed_tokens"))
+    )
+    if config.tie_word_embeddings:  # the output layer multiplies by the embedding matrix
+        matrices += text.vocab_size * text.hidden_size
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    attention = 4 * text.num_hidden_layers * text.num_attention_heads * head_dim * keys_per_token
+    return 3 * (2 * matrices + attention)
+
+
+@dataclass(frozen=True)
+class ThroughputEstimate:
+    tokens_per_s_per_gpu: float
+    gpus: int
+
+    @property
+    def hours_per_billion_tokens(self) -> float:
+        return 1e9 / (self.tokens_per_s_per_gpu * self.gpus) / 3600
+
+
+def estimate_throughput(
+    config: Qwen2_5_VLConfig, layout: Layout, mean_sample_length: int, mfu: float, peak_tflops: float
+) -> ThroughputEstimate:
+    per_token = training_flops_per_token(config, (mean_sample_length + 1) / 2)
+    return ThroughputEstimate(mfu * peak_tflops * 1e12 / per_token, layout.gpus)
+
+
 TABLE_HEADER = (
     "| GPUs | TP | PP | CP | DP | tokens / micro-batch | weights | gradients | optimizer | activations "
-    "| logits | total (GiB / GPU) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| logits | total (GiB / GPU) | tokens/s/GPU | hours per 10⁹ tokens |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
-def table_row(layout: Layout, estimate: MemoryEstimate) -> str:
+def table_row(layout: Layout, estimate: MemoryEstimate, throughput: ThroughputEstimate) -> str:
     cells = [
         layout.gpus,
         layout.tensor_parallel,
@@ -146,5 +187,7 @@ def table_row(layout: Layout, estimate: MemoryEstimate) -> str:
                 estimate.total_gib,
             )
         ),
+        f"{throughput.tokens_per_s_per_gpu:,.0f}",
+        f"{throughput.hours_per_billion_tokens:.1f}",
     ]
     return "| " + " | ".join(map(str, cells)) + " |"
