@@ -172,7 +172,14 @@ def test_two_data_parallel_ranks_reproduce_the_single_process_step(sft_run):
     split_args = grpo_args(sft_run, "dp2", *common, "stragglers.report_every=1")
     split = run_distributed(_stage_worker, 2, "grpo", split_args)[0]
     assert len(single) == len(split) == 2
-    exact = ("reward_mean", "response_length", "sampling_rounds", "informative_groups", "prompt_cursor")
+    exact = (
+        "reward_mean",
+        "response_length",
+        "sampling_rounds",
+        "informative_groups",
+        "prompt_cursor",
+        "rollout_tokens",
+    )
     assert [split[0][k] for k in exact] == [single[0][k] for k in exact]
     for key in ("loss", "kl", "entropy", "grad_norm", "clip_fraction"):
         assert split[0][key] == pytest.approx(single[0][key], abs=1e-5), key
@@ -203,7 +210,7 @@ def test_vllm_rollouts_at_tp2_and_pp2_follow_the_single_process_step(sft_run, vl
     args = grpo_args(sft_run, f"vllm-{name}", *PARITY_STEPS, layout)
     split = run_distributed(_stage_worker, 2, "grpo", args)[0]
     first_update = next(i for i, row in enumerate(single) if row["grad_norm"] > 0)
-    exact = ("reward_mean", "response_length", "informative_groups")
+    exact = ("reward_mean", "response_length", "informative_groups", "rollout_tokens")
     for i in range(first_update + 1):  # until the first update, the weights are the same bit for bit
         assert [split[i][k] for k in exact] == [single[i][k] for k in exact], i
     for key in ("loss", "entropy", "grad_norm"):

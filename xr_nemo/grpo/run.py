@@ -38,7 +38,7 @@ from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
 from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
 from xr_nemo.training.fault_tolerance import FaultTolerance
-from xr_nemo.training.loop import resume_point, run_schedule, sum_over_data_and_pipeline, summed_report
+from xr_nemo.training.loop import resume_point, run_schedule, summed_report
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
 from xr_nemo.training.schedule import learning_rate
@@ -320,6 +320,15 @@ def _train_on(
     }
 
 
+def _generated_tokens(job: GRPOJob, rollouts: StepRollouts) -> float:
+    """Completion tokens the step generated, over all ranks. Each rank's own engine generates a share of
+    its replica's prompts; a model-parallel engine is run by the whole replica, so it counts once."""
+    total = torch.tensor([float(rollouts.tokens)], dtype=torch.float64)
+    group = parallel_state.get_data_parallel_group() if job.worker.engine_is_model_parallel else None
+    dist.all_reduce(total, group=group)
+    return float(total[0])
+
+
 def _train(job: GRPOJob) -> int:
     """The step loop; returns the last step. Collective."""
     config, trainer = job.config, job.config.trainer
@@ -353,7 +362,7 @@ def _train(job: GRPOJob) -> int:
         trained = _train_on(job, rollouts, wrap_policy_step)
         train_s = time.perf_counter() - train_start
         step += 1
-        tokens = sum_over_data_and_pipeline(torch.tensor([float(rollouts.tokens)], dtype=torch.float64))
+        tokens = _generated_tokens(job, rollouts)
         values = {
             **_rollout_metrics(rollouts),
             **trained,
@@ -364,7 +373,8 @@ def _train(job: GRPOJob) -> int:
             "time_reward_s": rollouts.reward_s,
             "time_train_s": train_s,
             "step_time_s": time.perf_counter() - step_start,
-            "rollout_tokens_per_s": float(tokens[0]) / max(rollouts.generation_s, 1e-9),
+            "rollout_tokens": tokens,
+            "rollout_tokens_per_s": tokens / max(rollouts.generation_s, 1e-9),
             **report_stragglers(stragglers.after_step(step), "grpo"),
         }
         if metrics is not None:

@@ -58,7 +58,7 @@ def resume_point(config: SFTConfig) -> Path | None:
     return Path(resume)
 
 
-def sum_over_data_and_pipeline(values: torch.Tensor) -> torch.Tensor:
+def _sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """Sums over every rank that holds other tokens: data-parallel and context-parallel ranks (each of
     those holds a slice of the sequences), and pipeline stages (only the last one reports)."""
     dist.all_reduce(values, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
@@ -85,12 +85,12 @@ def run_schedule(
 
 def summed_report(outputs: list[dict[str, torch.Tensor]], key: str, width: int) -> torch.Tensor:
     """`key` of every micro-batch's report summed over micro-batches and ranks (see
-    `sum_over_data_and_pipeline`)."""
+    `_sum_over_ranks`)."""
     totals = torch.zeros(width, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage():
         for output in outputs:
             totals += output[key].double().cpu()
-    return sum_over_data_and_pipeline(totals)
+    return _sum_over_ranks(totals)
 
 
 def _run_schedule(
