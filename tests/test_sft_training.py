@@ -136,13 +136,16 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
         assert all(row["straggler_slow_ranks"] == 0 for row in reports), reports
 
 
-def test_a_context_parallel_checkpoint_resumes_in_one_process(base, single_process):
-    """The CP=2 checkpoint of step 2 holds the whole model and optimizer: one process resumed from it
-    continues the single-process loss curve."""
+def test_a_context_parallel_checkpoint_resumes_exactly_and_in_one_process(base, single_process):
+    """The CP=2 checkpoint of step 2 holds the whole model, optimizer and RNG state: CP=2 resumed from it
+    gives the uninterrupted CP=2 run's losses exactly, and one process resumed from it continues the
+    single-process loss curve."""
     root, _ = base
-    halves = [*PARITY_STEPS, "trainer.max_steps=2", "checkpoint.every_steps=2"]
-    run(base, 2, "cp2-until-step-2", *halves, "parallel.cp=2")
+    cp2 = [*PARITY_STEPS, "parallel.cp=2"]
+    whole = run(base, 2, "cp2-whole", *cp2)
+    run(base, 2, "cp2-until-step-2", *cp2, "trainer.max_steps=2", "checkpoint.every_steps=2")
     checkpoint = root / "cp2-until-step-2" / "checkpoints" / "step_2"
+    assert run(base, 2, "cp2-resumed", *cp2, f"trainer.resume={checkpoint}") == whole[2:]
     resumed = run(base, 1, "resumed-from-cp2", *PARITY_STEPS, f"trainer.resume={checkpoint}")
     assert resumed == pytest.approx(single_process[2:], abs=2e-5, rel=0)
 
