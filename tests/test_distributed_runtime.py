@@ -57,3 +57,29 @@ def test_parallel_state_matches_the_requested_layout(tp, pp):
 def test_layout_that_does_not_divide_the_world_fails_before_any_group_is_made():
     messages = run_distributed(bad_layout_worker, 2)
     assert all("world size 2 is not divisible" in message for message in messages)
+
+
+def replica_worker(context_parallel: int) -> tuple[int, list[int], list[int]]:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from xr_nemo.config import ParallelConfig
+    from xr_nemo.distributed import initialize, replica_group, shutdown
+
+    initialize(ParallelConfig(context_parallel=context_parallel))
+    result = (
+        parallel_state.get_data_parallel_rank(),
+        sorted(dist.get_process_group_ranks(replica_group())),
+        sorted(dist.get_process_group_ranks(parallel_state.get_data_parallel_group())),
+    )
+    shutdown()
+    return result
+
+
+def test_a_replica_group_holds_the_context_parallel_ranks_of_its_data_parallel_replica():
+    """At CP=2 on 4 ranks (DP=2), each replica is the two CP ranks that share a data-parallel rank."""
+    results = run_distributed(replica_worker, 4, 2)
+    for rank, (dp_rank, replica, data_parallel) in enumerate(results):
+        assert rank in replica and len(replica) == 2
+        assert replica == [r for r, (other, _, _) in enumerate(results) if other == dp_rank]
+        assert set(replica) & set(data_parallel) == {rank}  # one rank of each replica per DP group

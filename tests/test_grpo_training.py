@@ -200,11 +200,13 @@ def vllm_single_process(sft_run):
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2"])
-def test_vllm_rollouts_at_tp2_and_pp2_follow_the_single_process_step(sft_run, vllm_single_process, layout):
+@pytest.mark.parametrize("layout", ["parallel.tp=2", "parallel.pp=2", "parallel.cp=2"])
+def test_vllm_rollouts_at_tp2_pp2_and_cp2_follow_the_single_process_step(
+    sft_run, vllm_single_process, layout
+):
     """Each rank runs its own engine, refit from the gathered (TP) and broadcast (PP) weights; micro-batches
-    share one padded length under pipelining. The first step's rollouts equal the single-process run's
-    and the update matches it."""
+    share one padded length under pipelining, and each context-parallel rank trains on half of every
+    sequence. The first step's rollouts equal the single-process run's and the update matches it."""
     single = vllm_single_process
     name = layout.split(".")[1].replace("=", "")
     args = grpo_args(sft_run, f"vllm-{name}", *PARITY_STEPS, layout)

@@ -63,11 +63,39 @@ def initialize(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: floa
         context_parallel_size=parallel.context_parallel,
     )
     model_parallel_cuda_manual_seed(seed)
+    _create_replica_groups()
     return DistributedContext(launch, backend, device, data_parallel_size)
+
+
+_replica_group: dist.ProcessGroup | None = None
+
+
+def _create_replica_groups() -> None:
+    """One group per data-parallel replica: its tensor-, context- and pipeline-parallel ranks.
+    megatron-core's model-parallel group leaves out the context-parallel ranks."""
+    global _replica_group
+    if parallel_state.get_context_parallel_world_size() == 1:
+        _replica_group = parallel_state.get_model_parallel_group()
+        return
+    replica_of_rank: list[int] = [0] * dist.get_world_size()
+    dist.all_gather_object(replica_of_rank, parallel_state.get_data_parallel_rank())
+    for replica in sorted(set(replica_of_rank)):
+        group = dist.new_group([rank for rank, r in enumerate(replica_of_rank) if r == replica])
+        if replica == parallel_state.get_data_parallel_rank():
+            _replica_group = group
+
+
+def replica_group() -> dist.ProcessGroup:
+    """The ranks of this data-parallel replica, which hold one whole copy of the model between them."""
+    if _replica_group is None:
+        raise RuntimeError("xr_nemo.distributed.initialize() has not been called")
+    return _replica_group
 
 
 def shutdown() -> None:
     """Destroy megatron-core's groups and the process group; safe to call when nothing is up."""
+    global _replica_group
+    _replica_group = None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

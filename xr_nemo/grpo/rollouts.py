@@ -3,9 +3,10 @@ are kept.
 
 - Prompts: a seeded permutation per epoch, read at a global cursor, so the prompts of every step are a
   pure function of (seed, cursor) — resume needs only the cursor.
-- Each data-parallel replica takes a contiguous share of a round's prompts. Inside the replica, the
-  model-parallel ranks split that share between their engines (vLLM) or generate it together (the
-  reference engine is itself tensor-parallel); results are all-gathered in the replica.
+- Each data-parallel replica takes a contiguous share of a round's prompts. Inside the replica, its
+  ranks (tensor-, context- and pipeline-parallel) split that share between their engines (vLLM) or
+  generate it together (the reference engine is itself tensor-parallel); results are all-gathered in
+  the replica.
 - The replica's first rank scores the completions in the reward workers and broadcasts the scores.
 - Dynamic sampling keeps only groups whose rewards differ, in a global order (round, replica, prompt),
   sampling more rounds until the step has its prompts' worth of groups or the round limit is hit.
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from xr_nemo.distributed import replica_group
 from xr_nemo.generation.engine import Completion, Engine, Sampling, generate
 from xr_nemo.grpo.algorithm import informative_groups
 from xr_nemo.grpo.prompts import PromptSet
@@ -65,14 +67,14 @@ def _share(items: list, parts: int, index: int) -> tuple[int, list]:
 
 
 def _gather_in_replica(values: list) -> list:
-    group = parallel_state.get_model_parallel_group()
+    group = replica_group()
     gathered: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, values, group=group)
     return [v for part in gathered for v in part]
 
 
 def _broadcast_in_replica(value):
-    group = parallel_state.get_model_parallel_group()
+    group = replica_group()
     holder = [value]
     dist.broadcast_object_list(holder, src=dist.get_process_group_ranks(group)[0], group=group)
     return holder[0]
@@ -93,7 +95,7 @@ class RolloutWorker:
         if self.engine_is_model_parallel:
             offset, mine = 0, indices
         else:
-            group = parallel_state.get_model_parallel_group()
+            group = replica_group()
             offset, mine = _share(indices, dist.get_world_size(group), dist.get_rank(group))
         prompts = [self.prompts.token_ids[i] for i in mine]
         completions = (

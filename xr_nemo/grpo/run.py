@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 from xr_nemo.config.schema import GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.conversion.in_memory import hf_weights
-from xr_nemo.distributed import initialize, shutdown
+from xr_nemo.distributed import context_parallel, initialize, replica_group, shutdown
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
@@ -73,12 +73,19 @@ def _check(config: GRPOConfig) -> None:
         raise ConfigError("unknown loss aggregation", where="grpo.loss_aggregation", fix="token or sequence")
     if config.grpo.overlong not in ("keep", "mask"):
         raise ConfigError("unknown over-long policy", where="grpo.overlong", fix="keep or mask")
-    if config.model.context_parallel > 1:
+    if config.model.context_parallel > 1 and config.rollout.engine != "vllm":
         raise ConfigError(
-            "GRPO does not support context parallelism: it is for SFT on long traces, while rollouts "
-            "and their training sequences stay within rollout.max_new_tokens",
-            where="model.context_parallel",
-            fix="set model.context_parallel=1 (parallel.cp=1) for GRPO; use tensor parallelism for memory",
+            "context parallelism needs rollout.engine=vllm: the reference engine generates with the "
+            "training model, which under context parallelism holds a slice of each sequence",
+            where="model.context_parallel / rollout.engine",
+            fix="set rollout.engine=vllm, or model.context_parallel=1",
+        )
+    if config.model.context_parallel > 1 and config.grpo.loss_aggregation != "token":
+        raise ConfigError(
+            "context parallelism needs grpo.loss_aggregation=token: a sequence-level mean needs each "
+            "whole sequence on one rank",
+            where="model.context_parallel / grpo.loss_aggregation",
+            fix="set grpo.loss_aggregation=token, or model.context_parallel=1",
         )
     dp = config.model.data_parallel_size(read_launch_env().world_size)
     if config.trainer.prompts_per_step < dp:
@@ -286,14 +293,17 @@ def _train_on(
     samples = _samples(config, rollouts, job.prompts)
     pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
     length = uniform_length(samples, multiple) if pipelined else None
-    updates = minibatches(
-        samples,
-        config.grpo.updates_per_rollout,
-        config.trainer.micro_batch_size,
-        job.pad_id,
-        multiple,
-        length,
-    )
+    updates = [
+        [context_parallel.split_batch(batch) for batch in update]
+        for update in minibatches(
+            samples,
+            config.grpo.updates_per_rollout,
+            config.trainer.micro_batch_size,
+            job.pad_id,
+            multiple,
+            length,
+        )
+    ]
     every_batch = [batch for update in updates for batch in update]
     _attach_logprobs(partial(logprob_step, temperature), job.wrapped, every_batch, "old_logprobs")
     if job.reference is not None:
@@ -408,7 +418,7 @@ def run_grpo(config: GRPOConfig) -> Path:
     pool, job = None, None
     try:
         hf_dir = prepare_run_dir(config)
-        if dist.get_rank(parallel_state.get_model_parallel_group()) == 0:
+        if dist.get_rank(replica_group()) == 0:
             reward = config.reward
             spec = RewardSpec(reward.correctness, reward.format_weight)
             pool = RewardPool(spec, workers=reward.workers, timeout_s=reward.timeout_s)
