@@ -34,9 +34,8 @@ def test_user_error_exits_2_with_a_message_and_no_traceback(tmp_path):
         (["rollout.engnie=vllm"], ["rollout.engine"]),
         (["rollout.n=1", "init.checkpoint={tmp}/nowhere"], ["at least 2 completions", "rollout.n"]),
         (["parallel.cp=2", "rollout.engine=reference"], ["context parallelism", "rollout.engine"]),
-        (["parallel.cp=2", "grpo.loss_aggregation=sequence"], ["whole sequence", "grpo.loss_aggregation"]),
     ],
-    ids=["missing-sft-run", "typo", "group-of-one", "cp-reference-engine", "cp-sequence-mean"],
+    ids=["missing-sft-run", "typo", "group-of-one", "cp-reference-engine"],
 )
 def test_grpo_user_errors_say_what_and_where(tmp_path, overrides, expected):
     args = [o.format(tmp=tmp_path) for o in overrides]

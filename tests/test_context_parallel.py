@@ -1,5 +1,6 @@
-"""The context-parallel sequence split: the same load-balanced layout as megatron-core's, and gathering
-the slices of every rank restores the sequence."""
+"""The context-parallel sequence split: the same load-balanced layout as megatron-core's, gathering the
+slices of every rank restores the sequence, and GRPO's loss weights summed over the slices equal the
+whole batch's."""
 
 import pytest
 import torch
@@ -55,3 +56,33 @@ def test_a_length_that_does_not_split_evenly_is_refused():
 )
 def test_sequences_are_padded_to_what_the_layout_splits(parallel, multiple):
     assert parallel.sequence_multiple == multiple
+
+
+def grpo_sums_worker(context_parallel: int, level: str) -> tuple[float, float]:
+    """Σ labels·loss weights and Σ loss counts over this rank's slices of GRPO micro-batches whose
+    responses cross the chunk boundaries."""
+    from xr_nemo.distributed import initialize, shutdown
+    from xr_nemo.generation.engine import Completion
+    from xr_nemo.grpo.batch import Sample, minibatches
+
+    initialize(ParallelConfig(context_parallel=context_parallel))
+    samples = [
+        Sample([1, 2, 3], Completion(list(range(10, 10 + length)), [-0.5] * length), 1.0)
+        for length in (29, 17, 8, 1)
+    ]
+    updates = minibatches(samples, 1, 2, pad_id=0, multiple_of=4, loss_aggregation=level)
+    weighted = sum(float((b["labels"].float() * b["loss_weights"]).sum()) for b in updates[0])
+    counts = sum(float(b["loss_counts"].sum()) for b in updates[0])
+    shutdown()
+    return weighted, counts
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_grpo_loss_weights_come_from_whole_sequences_under_context_parallelism(level):
+    from xr_nemo.testing.multiprocess import run_distributed
+
+    (whole,) = run_distributed(grpo_sums_worker, 1, 1, level)
+    slices = run_distributed(grpo_sums_worker, 2, 2, level)
+    assert sum(weighted for weighted, _ in slices) == pytest.approx(whole[0], rel=1e-6)
+    assert sum(count for _, count in slices) == whole[1]
+    assert all(0 < weighted < whole[0] for weighted, _ in slices)  # both ranks hold response tokens

@@ -9,11 +9,11 @@ import torch
 
 from xr_nemo.generation.engine import Completion, Sampling, generate
 from xr_nemo.grpo.algorithm import (
-    aggregate,
     clipped_surrogate,
     group_advantages,
     informative_groups,
     kl_k3,
+    loss_weights,
     truncated_importance_weights,
 )
 from xr_nemo.grpo.batch import Sample, microbatch, minibatches
@@ -73,10 +73,28 @@ def test_truncated_importance_weights():
 def test_token_and_sequence_aggregation_by_hand():
     per_token = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    total, count = aggregate(per_token, mask, "token")
-    assert (total.item(), count.item()) == (10.0, 4.0)  # every token weighs the same: 10 / 4
-    total, count = aggregate(per_token, mask, "sequence")
-    assert (total.item(), count.item()) == (6.0, 2.0)  # mean of the sequence means (2 and 4)
+    weights, counts = loss_weights(mask, "token")
+    assert ((per_token * weights).sum().item(), counts.sum().item()) == (10.0, 4.0)  # 10 / 4
+    weights, counts = loss_weights(mask, "sequence")
+    # the mean of the sequence means (2 and 4); the sequence without response tokens does not count
+    assert ((per_token * weights).sum().item(), counts.sum().item()) == (6.0, 2.0)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_aggregation_weights_add_up_over_any_split_of_the_positions(level):
+    """Context-parallel ranks each hold some positions of every sequence: their partial sums must add
+    up to the whole batch's."""
+    generator = torch.Generator().manual_seed(0)
+    per_token = torch.randn(4, 12, generator=generator)
+    mask = (torch.rand(4, 12, generator=generator) > 0.4).float()
+    weights, counts = loss_weights(mask, level)
+    whole = ((per_token * weights).sum(), counts.sum())
+    part = torch.tensor([0, 1, 2, 9, 10, 11])  # context-parallel rank 0 of 2: chunks 0 and 3
+    rest = torch.tensor([3, 4, 5, 6, 7, 8])
+    halves = [((per_token * weights)[:, p].sum(), counts[:, p].sum()) for p in (part, rest)]
+    assert torch.allclose(halves[0][0] + halves[1][0], whole[0])
+    assert halves[0][1] + halves[1][1] == whole[1]
+    assert all(float(count) == int(count) for _, count in halves)  # whole counts on every rank
 
 
 class ScriptedEngine:

@@ -207,10 +207,25 @@ def test_vllm_rollouts_at_tp2_pp2_and_cp2_follow_the_single_process_step(
     """Each rank runs its own engine, refit from the gathered (TP) and broadcast (PP) weights; micro-batches
     share one padded length under pipelining, and each context-parallel rank trains on half of every
     sequence. The first step's rollouts equal the single-process run's and the update matches it."""
-    single = vllm_single_process
     name = layout.split(".")[1].replace("=", "")
     args = grpo_args(sft_run, f"vllm-{name}", *PARITY_STEPS, layout)
-    split = run_distributed(_stage_worker, 2, "grpo", args)[0]
+    _assert_follows_until_the_first_update(
+        vllm_single_process, run_distributed(_stage_worker, 2, "grpo", args)[0]
+    )
+
+
+@pytest.mark.vllm
+def test_vllm_cp2_with_sequence_means_follows_the_single_process_step(sft_run):
+    """Sequence-level means under context parallelism, end to end. (Here every response lies in one
+    rank's chunks; `tests/test_context_parallel.py` checks responses that cross them.)"""
+    pytest.importorskip("vllm")
+    means = [*PARITY_STEPS, "grpo.loss_aggregation=sequence"]
+    single = run_distributed(_stage_worker, 1, "grpo", grpo_args(sft_run, "means-single", *means))[0]
+    split_args = grpo_args(sft_run, "means-cp2", *means, "parallel.cp=2")
+    _assert_follows_until_the_first_update(single, run_distributed(_stage_worker, 2, "grpo", split_args)[0])
+
+
+def _assert_follows_until_the_first_update(single: list[dict], split: list[dict]) -> None:
     first_update = next(i for i, row in enumerate(single) if row["grad_norm"] > 0)
     exact = ("reward_mean", "response_length", "informative_groups", "rollout_tokens")
     for i in range(first_update + 1):  # until the first update, the weights are the same bit for bit

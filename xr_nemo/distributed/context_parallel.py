@@ -20,7 +20,8 @@ IMAGE_INPUTS = ("pixel_values", "image_grid_thw")  # whole images go to every ra
 
 
 def size() -> int:
-    return parallel_state.get_context_parallel_world_size()
+    """1 outside a distributed job (megatron-core says 0 there)."""
+    return max(1, parallel_state.get_context_parallel_world_size())
 
 
 def rank() -> int:

@@ -1,6 +1,6 @@
 """GRPO's arithmetic as small pure functions on tensors: group advantages, the clipped surrogate with
 separate low/high clip ("clip-higher"), the k3 KL estimator, truncated importance sampling for the
-rollout/training probability mismatch, and token- or sequence-level aggregation.
+rollout/training probability mismatch, and the weights of token- or sequence-level aggregation.
 
 Per-token tensors are [batch, seq] with a float `mask` of the response tokens that carry loss.
 """
@@ -55,16 +55,19 @@ def clipped_surrogate(
     return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum, count) whose ratio over the whole batch is the loss.
+def loss_weights(mask: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position (weights, counts) such that Σ per_token·weights / Σ counts over the whole batch is the
+    loss. Computed on whole sequences, they stay right when the positions are later split over ranks
+    (context parallelism): every sum is then a sum of partial sums.
 
-    `token`: every response token weighs the same (sum over tokens, count of tokens), so long responses
-    are not down-weighted. `sequence`: the mean over each sequence's tokens, then over sequences.
+    `token`: every response token weighs the same (weights and counts are the mask), so long responses
+    are not down-weighted. `sequence`: the mean over each sequence's tokens (weights 1 / its token
+    count), then over sequences (a count of 1 at each sequence's first response token).
     """
     if level == "token":
-        return (per_token * mask).sum(), mask.sum()
+        return mask, mask
     if level == "sequence":
-        per_sequence = (per_token * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
-        has_tokens = (mask.sum(dim=-1) > 0).float()
-        return (per_sequence * has_tokens).sum(), has_tokens.sum()
+        weights = mask / mask.sum(dim=-1, keepdim=True).clamp(min=1)
+        first = ((mask.cumsum(dim=-1) == 1) & (mask > 0)).to(mask.dtype)
+        return weights, first
     raise ValueError(f"unknown loss aggregation {level!r}: token or sequence")

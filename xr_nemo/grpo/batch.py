@@ -1,6 +1,7 @@
 """Scored completions → training micro-batches: one sequence per row (prompt + completion), the loss
 on the sampled completion tokens, and per-token advantages and rollout log-probabilities laid out at
-the label positions (position t predicts token t + 1)."""
+the label positions (position t predicts token t + 1). Loss weights are taken from whole sequences
+before a micro-batch is cut to this rank's context-parallel slice."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 
 from xr_nemo.data.packing import collate
+from xr_nemo.distributed import context_parallel
 from xr_nemo.generation.engine import Completion
+from xr_nemo.grpo.algorithm import loss_weights
 
 Batch = dict[str, torch.Tensor]
 
@@ -62,17 +65,28 @@ def minibatches(
     pad_id: int,
     multiple_of: int = 1,
     length: int | None = None,
+    loss_aggregation: str = "token",
 ) -> list[list[Batch]]:
     """`updates` mini-batches (one optimizer step each) of micro-batches; empty ones get a placeholder.
-    Micro-batches are padded to their longest row, or to `length` when given."""
+    Micro-batches are padded to their longest row, or to `length` when given. Each carries the weights
+    of `loss_aggregation`, taken from whole sequences, and is then cut to this rank's context-parallel
+    slice."""
     parts = np.array_split(np.arange(len(samples)), updates)
     result = []
     for part in parts:
         chosen = [samples[i] for i in part] or [placeholder(pad_id)]
         result.append(
             [
-                microbatch(chosen[i : i + micro_batch_size], pad_id, multiple_of, length)
+                _weighted_slice(
+                    microbatch(chosen[i : i + micro_batch_size], pad_id, multiple_of, length),
+                    loss_aggregation,
+                )
                 for i in range(0, len(chosen), micro_batch_size)
             ]
         )
     return result
+
+
+def _weighted_slice(batch: Batch, loss_aggregation: str) -> Batch:
+    batch["loss_weights"], batch["loss_counts"] = loss_weights(batch["loss_mask"], loss_aggregation)
+    return context_parallel.split_batch(batch)

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 from xr_nemo.config.schema import GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.conversion.in_memory import hf_weights
-from xr_nemo.distributed import context_parallel, initialize, replica_group, shutdown
+from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
@@ -79,13 +79,6 @@ def _check(config: GRPOConfig) -> None:
             "training model, which under context parallelism holds a slice of each sequence",
             where="model.context_parallel / rollout.engine",
             fix="set rollout.engine=vllm, or model.context_parallel=1",
-        )
-    if config.model.context_parallel > 1 and config.grpo.loss_aggregation != "token":
-        raise ConfigError(
-            "context parallelism needs grpo.loss_aggregation=token: a sequence-level mean needs each "
-            "whole sequence on one rank",
-            where="model.context_parallel / grpo.loss_aggregation",
-            fix="set grpo.loss_aggregation=token, or model.context_parallel=1",
         )
     dp = config.model.data_parallel_size(read_launch_env().world_size)
     if config.trainer.prompts_per_step < dp:
@@ -293,17 +286,15 @@ def _train_on(
     samples = _samples(config, rollouts, job.prompts)
     pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
     length = uniform_length(samples, multiple) if pipelined else None
-    updates = [
-        [context_parallel.split_batch(batch) for batch in update]
-        for update in minibatches(
-            samples,
-            config.grpo.updates_per_rollout,
-            config.trainer.micro_batch_size,
-            job.pad_id,
-            multiple,
-            length,
-        )
-    ]
+    updates = minibatches(
+        samples,
+        config.grpo.updates_per_rollout,
+        config.trainer.micro_batch_size,
+        job.pad_id,
+        multiple,
+        length,
+        config.grpo.loss_aggregation,
+    )
     every_batch = [batch for update in updates for batch in update]
     _attach_logprobs(partial(logprob_step, temperature), job.wrapped, every_batch, "old_logprobs")
     if job.reference is not None:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from xr_nemo.config.schema import GRPOAlgorithmConfig
-from xr_nemo.grpo.algorithm import aggregate, clipped_surrogate, kl_k3, truncated_importance_weights
+from xr_nemo.grpo.algorithm import clipped_surrogate, kl_k3, truncated_importance_weights
 
 Batch = dict[str, torch.Tensor]
 # what a training micro-batch reports, summed: loss sum, loss count, then per response token: clipped,
@@ -71,7 +71,8 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
     if config.kl_coef:
         kl = kl_k3(logprobs, batch["ref_logprobs"])
         per_token = per_token + config.kl_coef * kl
-    loss_sum, count = aggregate(per_token, mask, config.loss_aggregation)
+    loss_sum = (per_token * batch["loss_weights"]).sum()
+    count = batch["loss_counts"].sum()
     mismatch = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()
     report = torch.stack(
         [
