@@ -9,7 +9,6 @@ whole sequence (`gather_sequence`), and everything else in the model works on th
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
@@ -75,14 +74,3 @@ def gather_sequence(local: torch.Tensor) -> torch.Tensor:
         return local
     gathered = gather_from_sequence_parallel_region(local, tensor_parallel_output_grad=True, group=group)
     return _in_sequence_order(gathered, group.size())
-
-
-@torch.no_grad()
-def gather_sequence_of_ids(local: torch.Tensor) -> torch.Tensor:
-    """The whole sequence of a [batch, seq] tensor that needs no gradient (token ids)."""
-    group = parallel_state.get_context_parallel_group()
-    if group.size() == 1:
-        return local
-    parts = [torch.empty_like(local) for _ in range(group.size())]
-    dist.all_gather(parts, local.contiguous(), group=group)
-    return _in_sequence_order(torch.cat(parts, dim=1).T, group.size()).T

@@ -72,7 +72,8 @@ class Qwen25VLModel(MegatronModule):
         features in place of the image placeholders. Under context parallelism the features are placed
         in the whole sequence, whose ids the ranks exchange, and each rank keeps its slice."""
         if context_parallel.size() > 1:
-            input_ids = context_parallel.gather_sequence_of_ids(input_ids)
+            with torch.no_grad():
+                input_ids = context_parallel.gather_sequence(input_ids.t().contiguous()).t()
         embeddings = self.language_model.embedding(input_ids=input_ids, position_ids=None)
         if self.config.sequence_parallel:
             # The split's backward takes the local slice; the region after it is sequence-parallel.
