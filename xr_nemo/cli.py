@@ -93,6 +93,7 @@ def _plan(args: argparse.Namespace) -> None:
 
     config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
     per_replica = args.tp * args.pp * args.cp
+    sample_length = min(args.mean_sample_length, args.seq_length)
     print(TABLE_HEADER)
     for nodes in args.nodes:
         gpus = nodes * args.gpus_per_node
@@ -102,13 +103,11 @@ def _plan(args: argparse.Namespace) -> None:
                 where="--nodes / --tp / --pp / --cp",
             )
         layout = Layout(args.tp, args.pp, args.cp, gpus // per_replica, args.micro_batch, args.seq_length)
-        throughput = estimate_throughput(
-            config, layout, min(args.mean_sample_length, args.seq_length), args.mfu, args.peak_tflops
-        )
+        throughput = estimate_throughput(config, layout, sample_length, args.mfu, args.peak_tflops)
         print(table_row(layout, estimate_memory(config, layout), throughput))
     print(
         f"\nThroughput at an assumed {args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s per GPU, packed "
-        f"samples of {min(args.mean_sample_length, args.seq_length):,} tokens on average; measure and "
+        f"samples of {sample_length:,} tokens on average; measure and "
         "replace (--mfu)."
     )
 
