@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 
 def _status_kib(field: str) -> int:
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     with tempfile.TemporaryDirectory() as workdir:
         hf_dir = str(build_tiny_qwen25_vl(Path(workdir) / "hf", TinyQwen25VLSpec(num_kv_heads=2)))

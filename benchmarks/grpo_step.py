@@ -35,8 +35,8 @@ def _grpo_worker(overrides: list[str]) -> list[dict]:
 def _prompts(hf_dir: Path) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from recipes.tiny_cpu import SAMPLE_PROMPTS
     from xr_nemo.grpo.prompts import load_prompts
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_PROMPTS
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     return load_prompts(str(SAMPLE_PROMPTS), "train", tokenizer, max_samples=PROMPTS).token_ids
@@ -117,8 +117,8 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="grpo-bench-"))
 
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.multiprocess import run_distributed
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.distributed.local_launch import run_distributed
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = work / "hf"
     if not (hf_dir / "config.json").exists():

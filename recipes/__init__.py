@@ -1,1 +1,3 @@
-"""Recipes: functions returning typed configs. `xr-nemo sft --recipe NAME` calls `recipes.NAME.sft()`."""
+"""Recipes: functions returning typed configs. `xr-nemo sft --recipe NAME` calls `NAME.sft()` in this folder.
+
+Installed as `xr_nemo.recipes` (pyproject maps this folder there): `xr_nemo.recipes.NAME`."""

@@ -4,8 +4,8 @@ then GRPO on the bundled MedQA questions, from a tiny run given as `model.checkp
 
 from __future__ import annotations
 
-from recipes import tiny_cpu
-from xr_nemo.config.schema import GRPOConfig, SFTConfig
+from xr_nemo.config.schema import DistillConfig, GRPOConfig, SFTConfig
+from xr_nemo.recipes import tiny_cpu
 
 MEDQA = tiny_cpu.SAMPLES / "medqa_tiny.jsonl"
 MEDQA_TRACES = tiny_cpu.SAMPLES / "medqa_traces_tiny.jsonl"
@@ -35,4 +35,13 @@ def grpo() -> GRPOConfig:
     config.data.max_prompt_length = 512
     config.reward.correctness = "choice"
     config.export.hf = True
+    return config
+
+
+def distill() -> DistillConfig:
+    """Traces for the toy medical SFT from a tiny teacher (give `--teacher`), on the bundled questions."""
+    config = DistillConfig(data=str(MEDQA), schema="medqa", out="runs/tiny_medqa_traces")
+    config.samples = 4
+    config.generation.max_new_tokens = 64
+    config.generation.kv_cache_gib = 0.25
     return config

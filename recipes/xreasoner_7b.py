@@ -6,21 +6,21 @@ Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr ×
 
 Our defaults elsewhere: samples are packed into 16,384-token sequences (one per micro-batch, about four
 4,096-token samples: the paper's per-device load without padding); the global batch is 32 packed
-sequences; one 8×H100 node runs TP=4 × DP=2 (`model.tensor_parallel=4`); add nodes to grow DP. For a
+sequences; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`); add nodes to grow DP. For a
 longer context set `data.max_length=16384 trainer.seq_length=16384`.
 """
 
 from __future__ import annotations
 
-from xr_nemo.config.schema import GRPOConfig, SFTConfig
+from xr_nemo.config.schema import EvalConfig, GRPOConfig, SFTConfig
 
 
 def sft() -> SFTConfig:
     config = SFTConfig()
     config.run.dir = "runs/xreasoner_7b_sft"
     config.model.hf_dir = "Qwen2.5-VL-7B-Instruct"  # a local download of the hub checkpoint
-    config.model.tensor_parallel = 4
-    config.model.sequence_parallel = True
+    config.parallel.tensor_parallel = 4
+    config.parallel.sequence_parallel = True
     config.data.train = "open-thoughts/OpenThoughts-114k"
     config.data.schema = "openthoughts"
     config.data.max_length = 4096
@@ -59,8 +59,8 @@ def grpo() -> GRPOConfig:
     config = GRPOConfig()
     config.run.dir = "runs/xreasoner_7b_grpo"
     config.model.checkpoint = "runs/xreasoner_7b_sft"
-    config.model.tensor_parallel = 4
-    config.model.sequence_parallel = True
+    config.parallel.tensor_parallel = 4
+    config.parallel.sequence_parallel = True
     config.data.train = "orz_math_57k_collected.json"
     config.data.schema = "orz"
     config.data.max_prompt_length = 1024
@@ -87,4 +87,15 @@ def grpo() -> GRPOConfig:
     config.checkpoint.keep_last = 3
     config.export.hf = True
     config.export.dtype = "bfloat16"
+    return config
+
+
+def eval() -> EvalConfig:
+    """The paper's evaluation of the final model: greedy, 4,096 output tokens with forced exiting, on the
+    headline benchmarks (`--suite paper` for all of them). Sampled @k metrics: `samples=5
+    generation.temperature=0.3`."""
+    config = EvalConfig(model="runs/xreasoner_7b_grpo", benchmarks=["mmmu", "mmmu_pro", "mathvista"])
+    config.generation.temperature = 0.0
+    config.generation.max_new_tokens = 4096
+    config.generation.thinking_budget = 3840
     return config

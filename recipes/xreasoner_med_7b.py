@@ -9,14 +9,13 @@ The paper publishes no other hyperparameters for the medical stages; ours are X-
 
 The data, as `xr-nemo distill` and the MedQA release give them:
 
-    xr-nemo distill --teacher QwQ-32B --data medqa/train.jsonl --schema medqa --out runs/medqa_traces \\
-        samples=8 keep=1 temperature=0.7 data_parallel=8
+    xr-nemo distill --recipe xreasoner_med_7b --teacher QwQ-32B --data medqa/train.jsonl
 """
 
 from __future__ import annotations
 
-from recipes import xreasoner_7b
-from xr_nemo.config.schema import GRPOConfig, SFTConfig
+from xr_nemo.config.schema import DistillConfig, EvalConfig, GRPOConfig, SFTConfig
+from xr_nemo.recipes import xreasoner_7b
 
 
 def sft() -> SFTConfig:
@@ -43,4 +42,24 @@ def grpo() -> GRPOConfig:
     config.data.schema = "medqa"
     config.reward.correctness = "choice"
     config.trainer.epochs = 3
+    return config
+
+
+def distill() -> DistillConfig:
+    """The SFT data: MedQA training questions answered by the teacher, correct traces kept. Ours: 8
+    samples per question at temperature 0.7, one kept (the paper gives neither)."""
+    config = DistillConfig(teacher="QwQ-32B", data="medqa/train.jsonl", schema="medqa")
+    config.out = "runs/medqa_traces"
+    config.samples = 8
+    config.keep = 1
+    config.generation.temperature = 0.7
+    config.generation.max_new_tokens = 4096
+    return config
+
+
+def eval() -> EvalConfig:
+    """The medical suite, greedy with forced exiting, as the paper reports it."""
+    config = xreasoner_7b.eval()
+    config.model = "runs/xreasoner_med_7b_grpo"
+    config.benchmarks = ["medqa", "mmlu_pro_health", "medxpertqa_mm", "nejm"]
     return config

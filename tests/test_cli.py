@@ -32,12 +32,22 @@ def test_user_error_exits_2_with_a_message_and_no_traceback(tmp_path):
     [
         (["init.checkpoint={tmp}/nowhere"], ["neither a checkpoint nor a run directory", "model.checkpoint"]),
         (["rollout.engnie=vllm"], ["rollout.engine"]),
-        (["rollout.n=1", "init.checkpoint={tmp}/nowhere"], ["at least 2 completions", "rollout.n"]),
+        (["rollout.n=1", "init.checkpoint={tmp}/nowhere"], ["out of range", "rollout.n"]),
         (["parallel.cp=2", "rollout.engine=reference"], ["context parallelism", "rollout.engine"]),
+        (["rollout.engine=hf"], ["cannot generate rollouts", "rollout.engine"]),
+        (["run.dir={tmp}/file.txt"], ["is not a directory", "run.dir"]),
     ],
-    ids=["missing-sft-run", "typo", "group-of-one", "cp-reference-engine"],
+    ids=[
+        "missing-sft-run",
+        "typo",
+        "group-of-one",
+        "cp-reference-engine",
+        "eval-only-engine",
+        "run-dir-a-file",
+    ],
 )
 def test_grpo_user_errors_say_what_and_where(tmp_path, overrides, expected):
+    (tmp_path / "file.txt").write_text("not a run directory")
     args = [o.format(tmp=tmp_path) for o in overrides]
     result = subprocess.run(
         [sys.executable, "-m", "xr_nemo.cli", "grpo", f"run.dir={tmp_path / 'run'}", *args],

@@ -79,7 +79,7 @@ def grpo_sums_worker(context_parallel: int, level: str) -> tuple[float, float]:
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_grpo_loss_weights_come_from_whole_sequences_under_context_parallelism(level):
-    from xr_nemo.testing.multiprocess import run_distributed
+    from xr_nemo.distributed.local_launch import run_distributed
 
     (whole,) = run_distributed(grpo_sums_worker, 1, 1, level)
     slices = run_distributed(grpo_sums_worker, 2, 2, level)

@@ -10,7 +10,7 @@ from xr_nemo.cli import main
 from xr_nemo.conversion.convert import export_hf, import_hf
 from xr_nemo.conversion.hf_checkpoint import ConversionError, HFCheckpointReader
 from xr_nemo.errors import XrNemoError
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from xr_nemo.config import ParallelConfig
 from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, GatedMLPMapping, QKVMapping, find_mapping
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
 
 def _config(heads: int, groups: int, head_dim: int = 8) -> TransformerConfig:

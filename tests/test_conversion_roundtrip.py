@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from xr_nemo.conversion.convert import export_hf, import_hf
 from xr_nemo.conversion.hf_checkpoint import HFCheckpointReader
-from xr_nemo.testing.multiprocess import run_distributed
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.distributed.local_launch import run_distributed
+from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
 SPECS = {
     "gqa-untied-hub": (TinyQwen25VLSpec(num_heads=4, num_kv_heads=2, hidden_size=256), "hub"),
@@ -85,7 +85,7 @@ def test_round_trip_through_tp2_is_bit_exact(tmp_path, name):
 def test_export_loads_in_transformers_with_identical_logits(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from xr_nemo.testing.vl_inputs import vl_batch
+    from helpers.vl_inputs import vl_batch
 
     spec, _ = SPECS["mha-tied-transformers"]
     source = build_tiny_qwen25_vl(tmp_path / "hf", spec, key_naming="transformers")

@@ -4,8 +4,8 @@ answer format, the acceptance statistics add up, and a second run generates noth
 
 import json
 
-from recipes.tiny_cpu_med import MEDQA
 from xr_nemo.generation.engine import Completion, token_ids
+from xr_nemo.recipes.tiny_cpu_med import MEDQA
 
 
 class SeedTeacher:
@@ -34,9 +34,9 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     from transformers import AutoTokenizer
 
     from xr_nemo.config.schema import DistillConfig
-    from xr_nemo.data.distill import run_distill
-    from xr_nemo.prompt_format import user_text
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.distill.run import run_distill
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+    from xr_nemo.tasks.prompt_format import user_text
 
     teacher = build_tiny_qwen25_vl(tmp_path / "teacher")
     tokenizer = AutoTokenizer.from_pretrained(teacher)
@@ -48,7 +48,8 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     engine = SeedTeacher(tokenizer, gold)
     stats = run_distill(config, engine=engine)
 
-    seeds = {i: [config.seed + 4 * i + j for j in range(4)] for i in range(8)}  # eval's per-item seeds
+    # eval's per-item seeds
+    seeds = {i: [config.generation.seed + 4 * i + j for j in range(4)] for i in range(8)}
     right = {i: [s for s in seeds[i] if s % 3 == 0] for i in range(8)}
     assert stats["samples"] == 32 and stats["correct_samples"] == sum(map(len, right.values()))
     assert stats["acceptance"] == stats["correct_samples"] / 32
@@ -76,7 +77,7 @@ def test_distill_cli_runs_a_real_teacher(tmp_path):
     import subprocess
     import sys
 
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     teacher = build_tiny_qwen25_vl(tmp_path / "teacher")
     out = tmp_path / "out"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 
 def layout_worker(tensor_parallel: int, pipeline_parallel: int) -> dict:

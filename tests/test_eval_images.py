@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from xr_nemo.data.records import Record
-from xr_nemo.eval.benchmark import image_list, option_list
-from xr_nemo.eval.images import MissingImage, UndecodableImage, image_source, load_image
+from xr_nemo.tasks.benchmark import image_list, option_list
+from xr_nemo.tasks.images import MissingImage, UndecodableImage, image_source, load_image
 
 
 def _png(colour, size=(8, 6)) -> bytes:

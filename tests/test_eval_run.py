@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from xr_nemo.eval.benchmarks import REGISTRY
-from xr_nemo.testing.eval_fixtures import SKIPPED, VALID, WRITERS, image_key, write_fixtures
+from xr_nemo.tasks.benchmarks import REGISTRY
+
+from helpers.eval_fixtures import SKIPPED, VALID, WRITERS, image_key, write_fixtures
 
 
 def test_every_registered_benchmark_has_a_fixture():
@@ -60,7 +61,7 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
 
     from xr_nemo.config.schema import EvalConfig
     from xr_nemo.eval.run import run_eval
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     paths, truth = fixtures
     model = build_tiny_qwen25_vl(tmp_path / "model")
@@ -121,7 +122,7 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
 
 
 def test_unknown_benchmark_is_a_clear_error(tmp_path):
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(tmp_path / "model")
     result = subprocess.run(
@@ -138,7 +139,7 @@ def test_unknown_benchmark_is_a_clear_error(tmp_path):
 @pytest.mark.vllm
 def test_cli_evaluates_the_tiny_model_text_on_vllm_and_images_on_transformers(tmp_path, fixtures):
     pytest.importorskip("vllm")
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=2))
     data = [f"+data.{name}={path}" for name, path in fixtures[0].items()]
@@ -179,7 +180,7 @@ def test_a_run_without_an_export_is_exported_from_its_latest_checkpoint(tmp_path
     from xr_nemo.conversion.convert import import_hf
     from xr_nemo.errors import ConfigError
     from xr_nemo.eval.run import model_directory
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     original = build_tiny_qwen25_vl(tmp_path / "original")
     run = tmp_path / "run"
@@ -198,7 +199,7 @@ def test_a_run_without_an_export_is_exported_from_its_latest_checkpoint(tmp_path
 def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path, fixtures):
     from xr_nemo.config.schema import EvalConfig
     from xr_nemo.eval.run import run_eval
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(tmp_path / "model")
     names = ["gsm8k", "mmmu", "nejm"]
@@ -234,8 +235,8 @@ def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path
 
 
 def test_named_suites_hold_registered_benchmarks_and_unknown_suites_are_refused(tmp_path):
-    from xr_nemo.eval.benchmarks import SUITES, suite
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+    from xr_nemo.tasks.benchmarks import SUITES, suite
 
     assert all(set(names) <= set(REGISTRY) for names in SUITES.values())
     assert {"medqa", "medmcqa", "pubmedqa", "vqa_rad", "slake", "pmc_vqa", "omnimedvqa"} <= set(

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from xr_nemo.eval.extract import Extraction, extract_choice, extract_math
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
+from xr_nemo.tasks.extract import Extraction, extract_choice, extract_math
 
 OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
 
@@ -92,7 +92,7 @@ def test_an_option_text_with_capital_letters_is_not_ambiguous():
     ],
 )
 def test_short_answer_extraction(output, answer, method):
-    from xr_nemo.eval.extract import extract_short
+    from xr_nemo.tasks.extract import extract_short
 
     assert extract_short(output) == Extraction(answer, method)
 
@@ -108,6 +108,6 @@ def test_short_answer_extraction(output, answer, method):
     ],
 )
 def test_short_answers_compare_after_normalisation(answer, gold, same):
-    from xr_nemo.eval.extract import same_short_answer
+    from xr_nemo.tasks.extract import same_short_answer
 
     assert same_short_answer(answer, gold) is same

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xr_nemo.testing import processes
+from helpers import processes
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ KEYS = ("loss", "grad_norm", "lr", "consumed_samples")
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     root = tmp_path_factory.mktemp("ft")
     hf_dir = build_tiny_qwen25_vl(root / "hf", TinyQwen25VLSpec(num_kv_heads=2))

@@ -171,7 +171,7 @@ def test_minibatches_split_evenly_and_fill_empty_ones():
 def test_prompt_readers(tmp_path):
     from xr_nemo.data.records import DataError
     from xr_nemo.grpo.prompts import load_prompts
-    from xr_nemo.testing.tokenizer import build_tokenizer
+    from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(256)
     orz = tmp_path / "orz.json"
@@ -219,12 +219,12 @@ def test_prompt_readers(tmp_path):
 
 
 def test_benchmark_readers_give_prompts_exactly_as_evaluation_asks(tmp_path):
-    from recipes.tiny_cpu_med import MEDQA
     from xr_nemo.errors import ConfigError
-    from xr_nemo.eval.benchmarks import get_benchmark
-    from xr_nemo.eval.prompts import PromptBuilder
     from xr_nemo.grpo.prompts import load_prompts
-    from xr_nemo.testing.tokenizer import build_tokenizer
+    from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
+    from xr_nemo.recipes.tiny_cpu_med import MEDQA
+    from xr_nemo.tasks.benchmarks import get_benchmark
+    from xr_nemo.tasks.prompts import PromptBuilder
 
     tokenizer = build_tokenizer(256)
     prompts = load_prompts(str(MEDQA), "train", tokenizer, schema="medqa")

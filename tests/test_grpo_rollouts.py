@@ -4,13 +4,15 @@ the global (round, rank, prompt) order, sampling more rounds until the step is f
 
 import pytest
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 PROMPTS, PER_STEP, N = 12, 4, 4
 
 
 class ParityEngine:
     """Prompt [i]: even i always answers 1 (all correct: no signal); odd i answers seed % 2 (mixed)."""
+
+    collective = False
 
     def sample(self, prompts, seeds, sampling):
         from xr_nemo.generation.engine import Completion
@@ -37,7 +39,6 @@ def rollout_worker(dynamic: bool, cursor: int):
         worker = RolloutWorker(
             prompts,
             ParityEngine(),
-            engine_is_model_parallel=False,
             sampling=Sampling(max_new_tokens=1),
             n=N,
             seed=3,

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from xr_nemo.testing import processes
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
+
+from helpers import processes
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,8 @@ def _stage_worker(stage: str, overrides: list[str]) -> list[dict] | None:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT
 
     root = tmp_path_factory.mktemp("grpo")
     hf_dir = build_tiny_qwen25_vl(root / "hf", TinyQwen25VLSpec(num_kv_heads=2))

@@ -12,11 +12,11 @@ def setup(tmp_path_factory):
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from xr_nemo.eval.benchmark import EvalItem
-    from xr_nemo.eval.prompts import PromptBuilder
     from xr_nemo.generation.engine import Sampling, chat_stop_ids
     from xr_nemo.generation.hf_engine import HFEngine
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+    from xr_nemo.tasks.benchmark import EvalItem
+    from xr_nemo.tasks.prompts import PromptBuilder
 
     model_dir = build_tiny_qwen25_vl(tmp_path_factory.mktemp("model"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

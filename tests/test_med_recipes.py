@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recipes import xreasoner_med_7b
+from xr_nemo.recipes import xreasoner_med_7b
 
 
 def _cli(*args):
@@ -35,7 +35,7 @@ def test_the_7b_recipes_continue_x_reasoner_on_medqa():
 def test_tiny_medical_continuation_sft_then_grpo(tmp_path):
     pytest.importorskip("vllm")
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     model = build_tiny_qwen25_vl(tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=2))
     x_reasoner = tmp_path / "x_reasoner"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 TOL = 1e-5
 GLOBAL_BATCH = 8
@@ -19,7 +19,7 @@ SEED = 7
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from xr_nemo.testing.tiny_gpt import SEQ_LEN, VOCAB_SIZE
+    from helpers.tiny_gpt import SEQ_LEN, VOCAB_SIZE
 
     generator = torch.Generator().manual_seed(SEED)
     tokens = torch.randint(0, VOCAB_SIZE, (GLOBAL_BATCH, SEQ_LEN + 1), generator=generator)
@@ -29,7 +29,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _build(parallel, **config_overrides):
     from xr_nemo.distributed import initialize
-    from xr_nemo.testing.tiny_gpt import build_tiny_gpt, tiny_gpt_config
+
+    from helpers.tiny_gpt import build_tiny_gpt, tiny_gpt_config
 
     initialize(parallel, seed=SEED)
     return build_tiny_gpt(tiny_gpt_config(sequence_parallel=parallel.sequence_parallel, **config_overrides))
@@ -57,7 +58,7 @@ def reference_worker() -> dict:
 
 
 def _grad_diffs(model, reference: dict, grads: dict[str, torch.Tensor]) -> dict[str, float]:
-    from xr_nemo.testing.tiny_gpt import sharded_reference
+    from helpers.tiny_gpt import sharded_reference
 
     expected = sharded_reference(model, reference["grads"])
     return {name: (grads[name] - expected[name]).abs().max().item() for name in expected}
@@ -72,7 +73,8 @@ def model_parallel_worker(reference: dict, parallel, num_microbatches: int) -> d
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from xr_nemo.distributed import shutdown
-    from xr_nemo.testing.tiny_gpt import SEQ_LEN, load_full_state_dict
+
+    from helpers.tiny_gpt import SEQ_LEN, load_full_state_dict
 
     model = _build(parallel)
     load_full_state_dict(model, reference["weights"])
@@ -139,7 +141,8 @@ def data_parallel_worker(reference: dict, learning_rate: float) -> dict:
 
     from xr_nemo.config import ParallelConfig
     from xr_nemo.distributed import shutdown
-    from xr_nemo.testing.tiny_gpt import load_full_state_dict, sharded_reference
+
+    from helpers.tiny_gpt import load_full_state_dict, sharded_reference
 
     model = _build(ParallelConfig(use_distributed_optimizer=True))
     load_full_state_dict(model, reference["weights"])

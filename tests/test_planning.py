@@ -5,7 +5,7 @@ forward and backward pass."""
 
 import pytest
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 
 def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
@@ -32,8 +32,8 @@ def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
 def test_parameters_per_rank_match_the_built_model(tmp_path, tied, tensor_parallel, pipeline_parallel):
     from transformers import AutoConfig
 
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
     from xr_nemo.planning import Layout, parameters_per_stage
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = build_tiny_qwen25_vl(
         tmp_path / "model", TinyQwen25VLSpec(num_layers=4, num_kv_heads=2, tie_word_embeddings=tied)
@@ -47,11 +47,7 @@ def test_parameters_per_rank_match_the_built_model(tmp_path, tied, tensor_parall
 
 
 def test_the_7b_count_is_the_published_one():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from conversion import qwen25_vl_7b_config
+    from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
     from xr_nemo.planning import Layout, estimate_memory, parameters_per_stage
 
     trained, frozen = parameters_per_stage(qwen25_vl_7b_config(), Layout())[0]
@@ -68,8 +64,8 @@ def test_training_flops_per_token_equal_the_counted_flops(tmp_path, tied, kv_hea
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
     from xr_nemo.planning import training_flops_per_token
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = build_tiny_qwen25_vl(
         tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=kv_heads, tie_word_embeddings=tied)

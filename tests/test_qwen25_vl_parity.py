@@ -6,7 +6,7 @@ sequence; the logits of both halves are gathered for the comparison)."""
 import pytest
 import torch
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 TOL = 1e-4
 CASES = {
@@ -103,8 +103,9 @@ def imported(request, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
-    from xr_nemo.testing.vl_inputs import vl_batch
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    from helpers.vl_inputs import vl_batch
 
     root = tmp_path_factory.mktemp("parity")
     spec = TinyQwen25VLSpec(num_heads=4, num_kv_heads=2, hidden_size=256, tie_word_embeddings=request.param)

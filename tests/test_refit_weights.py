@@ -5,7 +5,7 @@ no more, no less, on every rank."""
 import pytest
 import torch
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_refit_weights_equal_the_hf_checkpoint(tmp_path, tp, pp, tied):
     from safetensors.torch import load_file
 
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2, tie_word_embeddings=tied))
     checkpoint = import_hf(hf_dir, tmp_path / "megatron", progress=False)

@@ -16,7 +16,7 @@ from xr_nemo.data.packing import best_fit_decreasing, collate
 from xr_nemo.data.records import DataError, Record, read_records
 from xr_nemo.data.tokenize import tokenize_dataset, tokenize_messages
 from xr_nemo.errors import ConfigError
-from xr_nemo.testing.tokenizer import build_tokenizer, save_tokenizer
+from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer, save_tokenizer
 from xr_nemo.training.schedule import learning_rate
 
 OPEN_THOUGHTS = {
@@ -163,7 +163,7 @@ def test_overrides_follow_hydra_grammar_and_reject_unknown_keys():
         SFTConfig(),
         ["model.hf_dir=/m", "data.train=/d", "trainer.max_steps=200", "parallel.tp=4", "run.dir=/r"],
     )
-    assert (config.trainer.max_steps, config.model.tensor_parallel, config.run.dir) == (200, 4, "/r")
+    assert (config.trainer.max_steps, config.parallel.tensor_parallel, config.run.dir) == (200, 4, "/r")
     with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_stepz'") as error:
         apply_overrides(SFTConfig(), ["trainer.max_stepz=3"])
     assert "trainer.max_steps" in error.value.fix

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from xr_nemo.testing import processes
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
+
+from helpers import processes
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def sft_worker(overrides: list[str]) -> list[float] | None:
 def base(tmp_path_factory):
     """A tiny HF model and its imported checkpoint, shared by every run."""
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     root = tmp_path_factory.mktemp("sft")
     hf_dir = build_tiny_qwen25_vl(root / "hf", TinyQwen25VLSpec(num_kv_heads=2))
@@ -69,7 +70,7 @@ def test_loss_falls_and_the_export_carries_the_training(base):
 
     root, _ = base
     tokenizer = AutoTokenizer.from_pretrained(root / "hf")
-    from recipes.tiny_cpu import SAMPLE_DATA
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
 
     record = next(iter(read_records(str(SAMPLE_DATA))))
     ids, mask = tokenize_messages(tokenizer, prepare(record, "auto", False, None))
@@ -194,10 +195,10 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
 
 
 def test_packed_and_unpacked_training_give_the_same_losses(base):
-    from recipes.tiny_cpu import SAMPLE_DATA
     from xr_nemo.config.schema import DataConfig
     from xr_nemo.data.batches import BatchPlan
     from xr_nemo.data.tokenize import tokenize_dataset
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
 
     root, _ = base
     data = DataConfig(train=str(SAMPLE_DATA), max_samples=6, max_length=1024, num_workers=1)
@@ -218,11 +219,11 @@ def test_validation_loss_equals_transformers_on_the_validation_samples(base, tmp
     import torch
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    from recipes.tiny_cpu import SAMPLE_DATA
     from xr_nemo.conversion.convert import export_hf
     from xr_nemo.data.conversation import prepare
     from xr_nemo.data.records import read_records
     from xr_nemo.data.tokenize import tokenize_messages
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
     from xr_nemo.training.metrics import read_metrics
 
     lines = SAMPLE_DATA.read_text().splitlines()[-4:]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xr_nemo.testing import processes
+from helpers import processes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))

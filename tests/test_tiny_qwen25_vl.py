@@ -9,10 +9,10 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.conversion.naming import to_hub_name
+from xr_nemo.models.qwen25_vl.naming import to_hub_name
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
-from xr_nemo.testing.tokenizer import REASONING_TOKENS, SPECIAL_TOKENS
+from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.qwen25_vl.tiny_tokenizer import REASONING_TOKENS, SPECIAL_TOKENS
 
 EXPECTED_FILES = {
     "config.json",

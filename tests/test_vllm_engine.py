@@ -4,7 +4,7 @@ enough that the scheduler cannot prefill every prompt in one step."""
 
 import pytest
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -41,7 +41,7 @@ def test_completions_depend_only_on_prompt_seed_and_weights(tmp_path):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2))
     everything, alone, greedy = run_distributed(engine_worker, 1, str(hf_dir))[0]
@@ -81,7 +81,7 @@ def oversized_cache_worker(hf_dir: str) -> str:
 
 def test_a_kv_cache_that_does_not_fit_names_the_settings_that_size_it(tmp_path):
     pytest.importorskip("vllm")
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2))
     message = run_distributed(oversized_cache_worker, 1, str(hf_dir))[0]

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from xr_nemo.testing.multiprocess import run_distributed
+from xr_nemo.distributed.local_launch import run_distributed
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -40,7 +40,7 @@ def test_vllm_greedy_equals_transformers_greedy(tmp_path, source):
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from xr_nemo.conversion.convert import export_hf, import_hf
-    from xr_nemo.testing.qwen25_vl import build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
     model_dir = build_tiny_qwen25_vl(tmp_path / "tiny", key_naming="hub" if source == "exported" else source)
     served = model_dir

@@ -18,13 +18,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def load_recipe(name: str, stage: str):
-    """`recipes.<name>.<stage>()`: the recipe's typed config."""
+    """`xr_nemo.recipes.<name>.<stage>()` (the top-level `recipes/` folder): the recipe's typed config."""
     import importlib
 
     from xr_nemo.errors import ConfigError
 
     try:
-        module = importlib.import_module(f"recipes.{name}")
+        module = importlib.import_module(f"xr_nemo.recipes.{name}")
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"no recipe named {name!r}",
@@ -36,33 +36,52 @@ def load_recipe(name: str, stage: str):
     return getattr(module, stage)()
 
 
-def _sft(args: argparse.Namespace) -> None:
+def _base_config(args: argparse.Namespace, stage: str, default):
+    """The config a command starts from: a saved `config.yaml` (`--config`), a recipe, or `default()`."""
+    from xr_nemo.config.overrides import load_config
+
+    if args.config:
+        return load_config(args.config, type(default()))
+    return load_recipe(args.recipe, stage) if args.recipe else default()
+
+
+def _resolved(args: argparse.Namespace, stage: str, default, **flags):
+    """Recipe or saved config, then the command's own flags, then `key=value` overrides."""
     from xr_nemo.config.overrides import apply_overrides
+
+    config = _base_config(args, stage, default)
+    for key, value in flags.items():
+        if value is not None:
+            setattr(config, key, value)
+    return apply_overrides(config, args.overrides)
+
+
+def _sft(args: argparse.Namespace) -> None:
+    from xr_nemo.config.schema import SFTConfig
     from xr_nemo.sft.run import run_sft
 
-    run_sft(apply_overrides(load_recipe(args.recipe, "sft"), args.overrides))
+    run_sft(_resolved(args, "sft", SFTConfig))
 
 
 def _grpo(args: argparse.Namespace) -> None:
-    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.config.schema import GRPOConfig
     from xr_nemo.grpo.run import run_grpo
 
-    run_grpo(apply_overrides(load_recipe(args.recipe, "grpo"), args.overrides))
+    run_grpo(_resolved(args, "grpo", GRPOConfig))
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from xr_nemo.config.overrides import apply_overrides
     from xr_nemo.config.schema import EvalConfig
-    from xr_nemo.eval.benchmarks import suite
     from xr_nemo.eval.run import run_eval
+    from xr_nemo.tasks.benchmarks import suite
 
-    config = EvalConfig(model=args.model)
+    benchmarks = None
     if args.benchmarks or args.suite:
         names = suite(args.suite) if args.suite else []
         names += [name.strip() for name in (args.benchmarks or "").split(",") if name.strip()]
-        config.benchmarks = list(dict.fromkeys(names))
-    overrides = [o.removeprefix("eval.").replace("+eval.", "+") for o in args.overrides]
-    summary = run_eval(apply_overrides(config, overrides))
+        benchmarks = list(dict.fromkeys(names))
+    args.overrides = [o.removeprefix("eval.").replace("+eval.", "+") for o in args.overrides]
+    summary = run_eval(_resolved(args, "eval", EvalConfig, model=args.model, benchmarks=benchmarks))
     for name, result in summary["benchmarks"].items():
         low, high = result["ci95"]
         print(
@@ -71,16 +90,16 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _distill(args: argparse.Namespace) -> None:
-    from xr_nemo.config.overrides import apply_overrides
     from xr_nemo.config.schema import DistillConfig
-    from xr_nemo.data.distill import run_distill
+    from xr_nemo.distill.run import run_distill
 
-    config = DistillConfig(teacher=args.teacher, data=args.data, schema=args.schema, out=args.out)
-    stats = run_distill(apply_overrides(config, args.overrides))
+    flags = {"teacher": args.teacher, "data": args.data, "schema": args.schema, "out": args.out}
+    config = _resolved(args, "distill", DistillConfig, **flags)
+    stats = run_distill(config)
     print(
         f"distilled {stats['traces']} traces: {stats['questions_solved']} of {stats['questions']} questions "
         f"solved, {100 * stats['acceptance']:.1f} % of {stats['samples']} samples correct "
-        f"→ {args.out}/traces.jsonl"
+        f"→ {config.out}/traces.jsonl"
     )
 
 
@@ -113,7 +132,7 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
-    from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
     out = Path(args.out_dir)
     if is_nonempty(out) and not args.overwrite:
@@ -188,6 +207,16 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     to_hf.set_defaults(handler=_convert_export)
 
 
+def _add_config_source(command: argparse.ArgumentParser, default_recipe: str | None) -> None:
+    source = command.add_mutually_exclusive_group()
+    source.add_argument(
+        "--recipe",
+        default=default_recipe,
+        help=f"recipe module in recipes/ (default: {default_recipe or 'the built-in defaults'})",
+    )
+    source.add_argument("--config", help="re-run a saved config: RUN_DIR/config.yaml (then overrides apply)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xr-nemo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -213,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft = commands.add_parser(
         "sft", help="supervised fine-tuning (stage 1); run under torchrun/srun for more than one process"
     )
-    sft.add_argument("--recipe", default="tiny_cpu", help="recipe module in recipes/ (default: tiny_cpu)")
+    _add_config_source(sft, default_recipe="tiny_cpu")
     sft.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. trainer.max_steps=200 parallel.tp=4"
+        "overrides", nargs="*", help="config overrides, e.g. trainer.max_steps=200 parallel.tensor_parallel=4"
     )
     sft.set_defaults(handler=_sft)
 
@@ -223,35 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
         "grpo",
         help="GRPO with verifiable rewards (stage 2), e.g. `xr-nemo grpo init.checkpoint=runs/sft`",
     )
-    grpo.add_argument("--recipe", default="tiny_cpu", help="recipe module in recipes/ (default: tiny_cpu)")
+    _add_config_source(grpo, default_recipe="tiny_cpu")
     grpo.add_argument("overrides", nargs="*", help="config overrides, e.g. rollout.n=8 trainer.max_steps=50")
     grpo.set_defaults(handler=_grpo)
 
     evaluate = commands.add_parser(
         "eval", help="evaluate an HF model or a run's export on benchmarks (vLLM), with a report"
     )
-    evaluate.add_argument(
-        "--model", required=True, help="HF directory, or a run directory with an hf/ export"
-    )
+    _add_config_source(evaluate, default_recipe=None)
+    evaluate.add_argument("--model", help="HF directory, a run directory, or a checkpoint")
     evaluate.add_argument("--benchmarks", default=None, help="comma-separated names (default: gsm8k,medqa)")
     evaluate.add_argument(
         "--suite", default=None, help="a named set of benchmarks: paper, medical, multimodal"
     )
     evaluate.add_argument(
-        "overrides", nargs="*", help="e.g. limit=100 samples=5 temperature=0.3 +data.medqa=local.jsonl"
+        "overrides",
+        nargs="*",
+        help="e.g. limit=100 samples=5 generation.temperature=0.3 +data.medqa=local.jsonl",
     )
     evaluate.set_defaults(handler=_eval)
 
     distill = commands.add_parser(
         "distill", help="rejection-sampled chains of thought from a teacher, as an SFT dataset"
     )
-    distill.add_argument("--teacher", required=True, help="HF directory (or run directory) of the teacher")
-    distill.add_argument("--data", required=True, help="questions: a local file/folder or a hub id")
+    _add_config_source(distill, default_recipe=None)
+    distill.add_argument("--teacher", help="HF directory (or run directory) of the teacher")
+    distill.add_argument("--data", help="questions: a local file/folder or a hub id")
+    distill.add_argument("--schema", help="the benchmark reader for --data (default: medqa)")
+    distill.add_argument("--out", help="output directory (traces.jsonl, stats.json)")
     distill.add_argument(
-        "--schema", default="medqa", help="the benchmark reader for --data (medqa, medmcqa, …)"
+        "overrides", nargs="*", help="e.g. samples=8 keep=1 generation.temperature=0.7 limit=1000"
     )
-    distill.add_argument("--out", required=True, help="output directory (traces.jsonl, stats.json)")
-    distill.add_argument("overrides", nargs="*", help="e.g. samples=8 keep=1 temperature=0.7 limit=1000")
     distill.set_defaults(handler=_distill)
 
     plan = commands.add_parser(

@@ -7,22 +7,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from xr_nemo.config.bounds import validate
 from xr_nemo.errors import ConfigError
 
 T = TypeVar("T")
 
-# Short spellings of the parallel layout, as other Megatron front ends write them.
+_PARALLEL = ("tensor_parallel", "pipeline_parallel", "context_parallel", "sequence_parallel")
+_GENERATION = ("engine", "temperature", "top_p", "max_new_tokens", "thinking_budget", "tensor_parallel")
+_GENERATION += ("gpu_memory_utilization", "kv_cache_gib", "seed")
+
+# Other spellings that keep working: short forms of the parallel layout (as other Megatron front ends
+# write them), the keys of earlier versions, and GRPO's `init.checkpoint=<SFT run>`. An alias applies
+# only where its target exists in the config being overridden.
 ALIASES = {
-    "parallel.tp": "model.tensor_parallel",
-    "parallel.pp": "model.pipeline_parallel",
-    "parallel.cp": "model.context_parallel",
-    "parallel.sp": "model.sequence_parallel",
-    "init.checkpoint": "model.checkpoint",  # GRPO starts from an SFT run: `init.checkpoint=<run dir>`
+    **{
+        f"parallel.{short}": f"parallel.{name}"
+        for short, name in zip(("tp", "pp", "cp", "sp"), _PARALLEL, strict=True)
+    },
+    **{f"model.{name}": f"parallel.{name}" for name in (*_PARALLEL, "use_distributed_optimizer")},
+    **{name: f"generation.{name}" for name in _GENERATION},  # eval and distill, before `generation.`
+    "init.checkpoint": "model.checkpoint",
 }
 
 
@@ -52,7 +62,7 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
             str(exc), where="command-line overrides", fix="write overrides as key=value"
         ) from exc
     for override in parsed:
-        key = ALIASES.get(override.key_or_group, override.key_or_group)
+        key = _canonical(node, override.key_or_group)
         text = override.input_line
         try:
             if override.is_delete():
@@ -72,6 +82,11 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
                 fix="check the type",
             ) from exc
     return to_object(node, type(config))
+
+
+def _canonical(node: DictConfig, key: str) -> str:
+    target = ALIASES.get(key)
+    return target if target is not None and not _exists(node, key) and _exists(node, target) else key
 
 
 def _exists(node: DictConfig, key: str) -> bool:
@@ -98,15 +113,28 @@ def to_object(node: DictConfig, kind: type[T]) -> T:
         )
     try:
         OmegaConf.resolve(node)
-        return OmegaConf.to_object(node)
+        config = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve the config: {_first_line(exc)}", where=str(exc.full_key)) from exc
+    validate(config)
+    return config
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+def config_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def load_config(path: str | Path, kind: type[T]) -> T:
-    node = OmegaConf.merge(OmegaConf.structured(kind), OmegaConf.load(path))
+    """A saved `config.yaml` as the typed config `kind`, checked as overrides are."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(kind), OmegaConf.load(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", where="--config") from exc
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        message = _first_line(exc) if isinstance(exc, OmegaConfBaseException) else str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{path} is not a config of this command: {message}",
+            where=f"--config {path}",
+            fix="pass the config.yaml of a run of the same stage",
+        ) from exc
     return to_object(node, kind)

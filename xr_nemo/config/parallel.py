@@ -35,21 +35,21 @@ class ParallelConfig:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(
                     f"{key} must be a positive integer, got {value!r}",
-                    where=f"model.{key}",
-                    fix=f"set model.{key}=1 or a larger divisor of the world size ({world_size})",
+                    where=f"parallel.{key}",
+                    fix=f"set parallel.{key}=1 or a larger divisor of the world size ({world_size})",
                 )
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError(
                 "sequence_parallel needs tensor_parallel > 1",
-                where="model.sequence_parallel",
-                fix="set model.sequence_parallel=false, or model.tensor_parallel to 2 or more",
+                where="parallel.sequence_parallel",
+                fix="set parallel.sequence_parallel=false, or parallel.tensor_parallel to 2 or more",
             )
         if world_size % self.model_parallel_size != 0:
             raise ConfigError(
                 f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel × "
                 f"context_parallel = {self.tensor_parallel} × {self.pipeline_parallel} × "
                 f"{self.context_parallel} = {self.model_parallel_size}",
-                where="model.tensor_parallel / model.pipeline_parallel / model.context_parallel",
+                where="parallel.tensor_parallel / parallel.pipeline_parallel / parallel.context_parallel",
                 fix=f"launch a multiple of {self.model_parallel_size} processes, or choose sizes whose "
                 f"product divides {world_size}",
             )

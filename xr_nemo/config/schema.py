@@ -1,88 +1,159 @@
-"""The typed configuration of a training run. Recipes return an `SFTConfig` or a `GRPOConfig`;
-`key=value` overrides land on it (see `overrides.py`); the resolved config is saved as `config.yaml` in
-the run directory."""
+"""The typed configuration of every command. Recipes return these dataclasses; `key=value` overrides
+land on them (`overrides.py`), choice fields are Enums (a wrong value is refused with the allowed ones),
+bounds live beside the fields (`bounds.py`) and every section is checked before any process starts; the
+resolved config is saved as `config.yaml` in the run directory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from xr_nemo.config.bounds import at_least, between, positive
 from xr_nemo.config.parallel import ParallelConfig
+
+# ── choices ──────────────────────────────────────────────────────────────────────────────────────────
+# Member names are what users write (`data.overlong=drop`); as StrEnums they compare equal to them.
+
+
+class Dtype(StrEnum):
+    auto = "auto"  # bfloat16 on GPU, float32 on CPU
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+class ExportDtype(StrEnum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Synthetic(StrEnum):
+    tiny = "tiny"  # build a tiny random Qwen2.5-VL at model.hf_dir if it is absent
+
+
+class SFTSchema(StrEnum):
+    auto = "auto"
+    openthoughts = "openthoughts"
+    messages = "messages"
+    prompt_response = "prompt_response"
+
+
+class Overlong(StrEnum):
+    truncate = "truncate"
+    drop = "drop"
+
+
+# `raise` is a keyword, hence the functional form. skip: bad records are counted and reported.
+OnError = StrEnum("OnError", {"raise": "raise", "skip": "skip"})
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+    epoch_decay = "epoch_decay"
+
+
+class Fault(StrEnum):
+    exception = "exception"
+    hang = "hang"
+    slow = "slow"  # forward passes take 3× as long
+
+
+class EngineKind(StrEnum):
+    auto = "auto"  # eval: vLLM, or the Hugging Face model for images where vLLM cannot take them
+    vllm = "vllm"  # colocated in GRPO, refit in memory
+    hf = "hf"  # the Hugging Face model (eval and distillation)
+    reference = "reference"  # GRPO only: generates with the training model itself (tests, TP on CPU)
+
+
+class LossAggregation(StrEnum):
+    token = "token"
+    sequence = "sequence"
+
+
+class OverlongResponses(StrEnum):
+    keep = "keep"
+    mask = "mask"  # responses cut by max_new_tokens carry no loss
+
+
+class Correctness(StrEnum):
+    auto = "auto"  # choice when the item has options, else math
+    math = "math"
+    choice = "choice"
+
+
+# ── shared sections ──────────────────────────────────────────────────────────────────────────────────
 
 
 @dataclass
-class ModelConfig(ParallelConfig):
-    """The model and how it is split. `hf_dir` holds config.json, tokenizer and chat template (and the
-    weights, when `checkpoint` is not given: they are imported into the run directory once)."""
+class ModelConfig:
+    """The model. `hf_dir` holds config.json, tokenizer and chat template (and the weights, when
+    `checkpoint` is not given: they are imported into the run directory once)."""
 
     hf_dir: str | None = "???"  # None: the `hf/` side files of `checkpoint`
     checkpoint: str | None = None  # a checkpoint, or a run directory (its latest checkpoint)
-    synthetic: str | None = None  # "tiny": build a tiny random Qwen2.5-VL at hf_dir if it is absent
+    synthetic: Synthetic | None = None
     train_vision: bool = False
-    dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU) | bfloat16 | float32
+    dtype: Dtype = Dtype.auto
 
 
 @dataclass
-class DataConfig:
-    train: str = "???"  # hub name, or a local .jsonl/.json/.parquet file or directory of them
-    split: str = "train"
-    validation: str | None = None
-    validation_split: str = "train"
-    schema: str = "auto"  # auto | openthoughts | messages | prompt_response
-    max_length: int = 4096  # tokens per sample, prompt and response together
-    overlong: str = "truncate"  # truncate | drop
-    on_error: str = "raise"  # raise | skip (bad records are counted and reported)
-    packing: bool = True
-    answer_tags: bool = False  # wrap the final answer in <answer> … </answer>
-    system_prompt: str | None = None  # replaces the data's system prompt when set
-    max_samples: int | None = None
-    num_workers: int = 2  # tokenisation processes
-    cache_dir: str | None = None  # default: <run.dir>/cache
+class GenerationConfig:
+    """How an engine generates: GRPO's rollouts, evaluation and distillation share it."""
+
+    engine: EngineKind = EngineKind.auto
+    temperature: float = at_least(0.0, 1.0)
+    top_p: float = between(0.0, 1.0, 1.0, low_open=True)
+    max_new_tokens: int = positive(4096)
+    thinking_budget: int | None = positive(None)  # forced exiting: close thinking after this many tokens
+    gpu_memory_utilization: float = between(0.0, 1.0, 0.5, low_open=True)  # of CPU memory on CPU
+    kv_cache_gib: float | None = at_least(0.0, None, open=True)  # None: what gpu_memory_utilization leaves
+    tensor_parallel: int = positive(1)  # GPUs per vLLM engine (eval, distillation)
+    seed: int = 0
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    clip_grad: float = 1.0
+    lr: float = at_least(0.0, 1e-5)
+    weight_decay: float = at_least(0.0, 0.0)
+    beta1: float = between(0.0, 1.0, 0.9, high_open=True)
+    beta2: float = between(0.0, 1.0, 0.999, high_open=True)
+    eps: float = at_least(0.0, 1e-8, open=True)
+    clip_grad: float | None = at_least(0.0, 1.0, open=True)  # None: no clipping
 
 
 @dataclass
 class SchedulerConfig:
-    name: str = "constant"  # constant | cosine | epoch_decay
-    warmup_steps: int = 0
-    warmup_fraction: float = 0.0  # of the total steps; used when warmup_steps is 0
-    min_lr: float = 0.0  # cosine floor
-    epoch_decay: float = 0.8  # epoch_decay: lr × this after every epoch
+    name: Schedule = Schedule.constant
+    warmup_steps: int = at_least(0, 0)
+    warmup_fraction: float = between(0.0, 1.0, 0.0)  # of the total steps; used when warmup_steps is 0
+    min_lr: float = at_least(0.0, 0.0)  # cosine floor
+    epoch_decay: float = at_least(0.0, 0.8)  # epoch_decay: lr × this after every epoch
 
 
 @dataclass
 class TrainerConfig:
+    """What the training loop needs from every stage."""
+
     seed: int = 1234
-    epochs: int = 1
-    max_steps: int | None = None  # stop early; the schedule still spans `epochs`
-    seq_length: int = 4096  # length of a packed sequence (packing), or the padding cap (no packing)
-    micro_batch_size: int = 1  # sequences per forward pass per data-parallel rank
-    global_batch_size: int = 8  # sequences per optimizer step, over all data-parallel ranks
-    val_every: int | None = None
-    val_batches: int = 4
+    epochs: int = positive(1)  # passes over the data (the schedule spans them)
+    max_steps: int | None = positive(None)  # stop early; the schedule still spans `epochs`
+    micro_batch_size: int = positive(1)  # sequences per forward pass per data-parallel rank
     resume: str = "auto"  # auto (latest checkpoint of run.dir, if any) | never | a checkpoint path
     progress: bool = True
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int | None = 500
-    keep_last: int | None = 2  # None keeps all
+    every_steps: int | None = positive(500)  # None: only at the end
+    keep_last: int | None = positive(2)  # None keeps all
     at_end: bool = True
 
 
 @dataclass
 class ExportConfig:
     hf: bool = False  # export the final checkpoint to <run.dir>/hf
-    dtype: str | None = None  # bfloat16 | float16 | float32; default as trained
+    dtype: ExportDtype | None = None  # default: as trained
 
 
 @dataclass
@@ -92,11 +163,11 @@ class FaultToleranceConfig:
 
     # after this many steps, replace the launcher's heartbeat timeout by one learned from the observed
     # step times (× the launcher's safety factor); kept in checkpoints across restarts. None: never.
-    learn_timeout_after: int | None = 10
+    learn_timeout_after: int | None = positive(10)
     # drill: make one rank fail at one step of the first launch, to prove recovery on a cluster
-    inject_fault: str | None = None  # exception | hang | slow (forward passes take 3× as long)
-    inject_at_step: int = 1
-    inject_on_rank: int = 0
+    inject_fault: Fault | None = None
+    inject_at_step: int = positive(1)
+    inject_on_rank: int = at_least(0, 0)
 
 
 @dataclass
@@ -104,8 +175,8 @@ class StragglerConfig:
     """Every rank times its own computation; every `report_every` steps, ranks slower than `threshold` ×
     the fastest are reported (log and `straggler_*` metrics). None: off."""
 
-    report_every: int | None = 50
-    threshold: float = 1.5
+    report_every: int | None = positive(50)
+    threshold: float = at_least(1.0, 1.5, open=True)
 
 
 @dataclass
@@ -114,10 +185,12 @@ class RunConfig:
 
 
 @dataclass
-class SFTConfig:
+class TrainingConfig:
+    """The sections every training stage has; `SFTConfig` and `GRPOConfig` add their own."""
+
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -127,78 +200,104 @@ class SFTConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
+# ── stage 1: SFT ─────────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class DataConfig:
+    train: str = "???"  # hub name, or a local .jsonl/.json/.parquet file or directory of them
+    split: str = "train"
+    validation: str | None = None
+    validation_split: str = "train"
+    schema: SFTSchema = SFTSchema.auto
+    max_length: int = positive(4096)  # tokens per sample, prompt and response together
+    overlong: Overlong = Overlong.truncate
+    on_error: OnError = OnError["raise"]
+    packing: bool = True
+    answer_tags: bool = False  # wrap the final answer in <answer> … </answer>
+    system_prompt: str | None = None  # replaces the data's system prompt when set
+    max_samples: int | None = positive(None)
+    num_workers: int = positive(2)  # tokenisation processes
+    cache_dir: str | None = None  # default: <run.dir>/cache
+
+
+@dataclass
+class SFTTrainerConfig(TrainerConfig):
+    seq_length: int = positive(4096)  # length of a packed sequence (packing), or the padding cap
+    global_batch_size: int = positive(8)  # sequences per optimizer step, over all data-parallel ranks
+    val_every: int | None = positive(None)
+    val_batches: int = positive(4)
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+
+
+# ── stage 2: GRPO ────────────────────────────────────────────────────────────────────────────────────
+
+
 @dataclass
 class PromptDataConfig:
     train: str = "???"  # hub name, or local .jsonl/.json/.parquet (Orz-Math pairs or {prompt, answer})
     split: str = "train"
     schema: str = "auto"  # auto | orz | prompt_answer | a text benchmark's reader (medqa, medmcqa, …)
     system_prompt: str | None = None  # default: the reasoning prompt (think, then <answer>)
-    max_prompt_length: int = 1024  # tokens; longer prompts are dropped and counted
-    on_error: str = "raise"  # raise | skip
-    max_samples: int | None = None
+    max_prompt_length: int = positive(1024)  # tokens; longer prompts are dropped and counted
+    on_error: OnError = OnError["raise"]
+    max_samples: int | None = positive(None)
 
 
 @dataclass
-class RolloutConfig:
-    engine: str = "vllm"  # vllm (colocated, refit in memory) | reference (our model; tests, TP on CPU)
-    n: int = 8  # completions per prompt (the group)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 4096
-    thinking_budget: int | None = None  # forced exiting: append </think> after this many tokens
-    gpu_memory_utilization: float = 0.5  # vLLM's share of device memory (of CPU memory on CPU)
-    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
+class RolloutConfig(GenerationConfig):
+    """Generation for GRPO: `n` completions per prompt from the current policy."""
+
+    engine: EngineKind = EngineKind.vllm
+    n: int = at_least(2, 8)  # completions per prompt (the group)
 
 
 @dataclass
 class GRPOAlgorithmConfig:
-    clip_low: float = 0.2
-    clip_high: float = 0.28  # > clip_low: "clip-higher"
-    kl_coef: float = 0.01  # k3 estimator against the initial policy; 0 skips the reference model
-    loss_aggregation: str = "token"  # token | sequence
+    clip_low: float = at_least(0.0, 0.2)
+    clip_high: float = at_least(0.0, 0.28)  # > clip_low: "clip-higher"
+    kl_coef: float = at_least(0.0, 0.01)  # k3 estimator against the initial policy; 0 skips the reference
+    loss_aggregation: LossAggregation = LossAggregation.token
     normalize_std: bool = True  # divide advantages by the group's reward std
-    updates_per_rollout: int = 1  # optimizer steps (mini-batches) per rollout batch
-    importance_cap: float | None = 2.0  # truncated importance sampling vs the engine's logprobs; None: off
+    updates_per_rollout: int = positive(1)  # optimizer steps (mini-batches) per rollout batch
+    importance_cap: float | None = at_least(1.0, 2.0)  # truncated IS vs the engine's logprobs; None: off
     dynamic_sampling: bool = False  # drop groups with equal rewards and sample more prompts
-    max_sampling_rounds: int = 3
-    overlong: str = "keep"  # keep | mask (responses cut by max_new_tokens carry no loss)
-    overlong_penalty: float = 0.0  # subtracted from the reward of a cut response
+    max_sampling_rounds: int = positive(3)
+    overlong: OverlongResponses = OverlongResponses.keep
+    overlong_penalty: float = at_least(0.0, 0.0)  # subtracted from the reward of a cut response
 
 
 @dataclass
 class RewardConfig:
-    correctness: str = "auto"  # auto (choice when the item has options, else math) | math | choice
-    format_weight: float = 0.0
-    workers: int = 2
-    timeout_s: float = 10.0  # per answer; a worker that overruns is killed and the answer scores 0
+    correctness: Correctness = Correctness.auto
+    format_weight: float = at_least(0.0, 0.0)
+    workers: int = positive(2)
+    timeout_s: float = at_least(0.0, 10.0, open=True)  # per answer; an overrunning worker is killed: 0
 
 
 @dataclass
-class GRPOTrainerConfig:
-    seed: int = 1234
-    epochs: int = 1  # passes over the prompts
-    max_steps: int | None = None
-    prompts_per_step: int = 128  # rollout batch, over all data-parallel ranks
-    micro_batch_size: int = 4  # sequences per forward pass
-    resume: str = "auto"
-    progress: bool = True
+class GRPOTrainerConfig(TrainerConfig):
+    prompts_per_step: int = positive(128)  # rollout batch, over all data-parallel ranks
+    micro_batch_size: int = positive(4)
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(TrainingConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/grpo"))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hf_dir=None))
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOAlgorithmConfig = field(default_factory=GRPOAlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
-    stragglers: StragglerConfig = field(default_factory=StragglerConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ── evaluation and distillation ──────────────────────────────────────────────────────────────────────
 
 
 @dataclass
@@ -209,20 +308,18 @@ class EvalConfig:
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "medqa"])
     data: dict[str, str] = field(default_factory=dict)  # benchmark → local file instead of the hub
     out_dir: str | None = None  # default: <model>/eval
-    limit: int | None = None  # first N items per benchmark
-    samples: int = 1  # completions per item; > 1 adds avg@k, majority@k and pass@k
-    temperature: float = 0.0  # greedy for the headline numbers (the paper samples at 0.3 for @k)
-    max_new_tokens: int = 4096
-    thinking_budget: int | None = 3840  # forced exiting (the paper caps at 4,096 with it); None: off
-    batch_size: int = 64  # items per generation call (and per append to the predictions file)
-    engine: str = "auto"  # auto (vLLM; on CPU the Hugging Face model for image benchmarks) | vllm | hf
-    data_parallel: int = 1  # engine replicas, each in its own process on its own GPUs
-    tensor_parallel: int = 1  # GPUs per vLLM replica
-    gpu_memory_utilization: float = 0.8
-    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
-    dtype: str = "auto"
-    seed: int = 0
-    reward_timeout_s: float = 10.0  # per math answer
+    limit: int | None = positive(None)  # first N items per benchmark
+    samples: int = positive(1)  # completions per item; > 1 adds avg@k, majority@k and pass@k
+    # greedy for the headline numbers (the paper samples at 0.3 for @k); forced exiting as the paper
+    generation: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(
+            temperature=0.0, thinking_budget=3840, gpu_memory_utilization=0.8
+        )
+    )
+    batch_size: int = positive(64)  # items per generation call (and per append to the predictions file)
+    data_parallel: int = positive(1)  # engine replicas, each in its own process on its own GPUs
+    dtype: Dtype = Dtype.auto
+    reward_timeout_s: float = at_least(0.0, 10.0, open=True)  # per math answer
 
 
 @dataclass
@@ -234,18 +331,13 @@ class DistillConfig:
     data: str = "???"  # a local file/folder or a hub id, read by the `schema` benchmark's reader
     schema: str = "medqa"  # a benchmark's reader: medqa, medqa_5op, medmcqa, gsm8k, …
     out: str = "???"  # traces.jsonl, stats.json and the candidates (resumable) go here
-    samples: int = 4  # candidate traces per question
-    keep: int = 1  # correct traces kept per question
-    temperature: float = 0.7
-    max_new_tokens: int = 4096
-    thinking_budget: int | None = None
-    limit: int | None = None  # first N questions
-    batch_size: int = 64
-    engine: str = "auto"
-    data_parallel: int = 1
-    tensor_parallel: int = 1
-    gpu_memory_utilization: float = 0.8
-    kv_cache_gib: float | None = None  # vLLM's KV cache size; None: what gpu_memory_utilization leaves
-    dtype: str = "auto"
-    seed: int = 0
-    reward_timeout_s: float = 10.0
+    samples: int = positive(4)  # candidate traces per question
+    keep: int = positive(1)  # correct traces kept per question
+    generation: GenerationConfig = field(
+        default_factory=lambda: GenerationConfig(temperature=0.7, gpu_memory_utilization=0.8)
+    )
+    limit: int | None = positive(None)  # first N questions
+    batch_size: int = positive(64)
+    data_parallel: int = positive(1)
+    dtype: Dtype = Dtype.auto
+    reward_timeout_s: float = at_least(0.0, 10.0, open=True)

@@ -29,9 +29,9 @@ from xr_nemo.conversion.hf_checkpoint import (
     expected_hf_shapes,
 )
 from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, Mapping, find_mapping
-from xr_nemo.conversion.naming import to_transformers_name
 from xr_nemo.io.atomic_dir import atomic_output_dir
 from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
+from xr_nemo.models.qwen25_vl.naming import to_transformers_name
 
 HF_FILES_DIR = "hf"
 INFO_FILE = "xr_nemo.json"

@@ -14,8 +14,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from xr_nemo.conversion.naming import to_hub_name
 from xr_nemo.errors import XrNemoError
+from xr_nemo.models.qwen25_vl.naming import to_hub_name
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

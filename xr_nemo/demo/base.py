@@ -19,11 +19,11 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.eval.benchmark import EvalItem
-from xr_nemo.eval.prompts import PromptBuilder
 from xr_nemo.generation.engine import ImagePrompt, token_ids
 from xr_nemo.io.atomic_dir import atomic_output_dir
 from xr_nemo.models.qwen25_vl.processing import IMAGE_PAD, transformers_batch
+from xr_nemo.tasks.benchmark import EvalItem
+from xr_nemo.tasks.prompts import PromptBuilder
 
 SIDE_FILES = (
     "tokenizer.json",

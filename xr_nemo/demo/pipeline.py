@@ -29,7 +29,7 @@ from xr_nemo.demo.base import train_base
 from xr_nemo.demo.report import StageResult, write_report
 from xr_nemo.demo.toy_world import ToyWorld, write_toy_world
 from xr_nemo.errors import XrNemoError
-from xr_nemo.testing.qwen25_vl import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
 
 BENCHMARKS = ("arith_text", "arith_image")
 
@@ -155,9 +155,9 @@ class Demo:
                 f"+data.arith_text={self.world.eval_text}",
                 f"+data.arith_image={self.world.eval_image}",
                 f"out_dir={out}",
-                f"max_new_tokens={self.scale.max_new_tokens}",
+                f"generation.max_new_tokens={self.scale.max_new_tokens}",
                 "batch_size=32",
-                "kv_cache_gib=0.25",
+                "generation.kv_cache_gib=0.25",
             ],
             f"{stage} evaluation",
         )
@@ -168,10 +168,10 @@ class Demo:
         from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from xr_nemo.eval.benchmarks import get_benchmark
-        from xr_nemo.eval.prompts import PromptBuilder
         from xr_nemo.generation.engine import Sampling, chat_stop_ids
         from xr_nemo.generation.hf_engine import HFEngine
+        from xr_nemo.tasks.benchmarks import get_benchmark
+        from xr_nemo.tasks.prompts import PromptBuilder
 
         export = self.run_dir / "grpo" / "hf"
         item = next(iter(get_benchmark("arith_image").items(str(self.world.eval_image))))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT
+from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT
 
 IMAGE_QUESTION = "What is the value of the expression in the image?"
 READ_QUESTION = "What expression is written in the image?"

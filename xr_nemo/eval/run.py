@@ -19,46 +19,29 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from xr_nemo.config.bounds import validate
 from xr_nemo.config.schema import EvalConfig
-from xr_nemo.conversion.convert import export_hf
 from xr_nemo.data.records import DataError
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval.benchmarks import Benchmark, EvalItem, get_benchmark
 from xr_nemo.eval.engines import Engines
-from xr_nemo.eval.extract import Extraction, extract_choice, extract_math, extract_short, same_short_answer
-from xr_nemo.eval.images import MissingImage, UndecodableImage
 from xr_nemo.eval.predictions import append_predictions, merge_parts, predictions_path, read_predictions
-from xr_nemo.eval.prompts import PromptBuilder
 from xr_nemo.eval.report import accuracy_chart, report_markdown
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
 from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
-from xr_nemo.training.checkpoint import latest_checkpoint
+from xr_nemo.run_dir import resolve_hf_model
+from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
+from xr_nemo.tasks.extract import Extraction, extract_choice, extract_math, extract_short, same_short_answer
+from xr_nemo.tasks.images import MissingImage, UndecodableImage
+from xr_nemo.tasks.prompts import PromptBuilder
 
 Loaded = dict[str, tuple[list[EvalItem], list[DataError]]]
 
 
-def _has_weights(directory: Path) -> bool:
-    return (directory / "config.json").exists() and any(directory.glob("*.safetensors"))
-
-
-def model_directory(model: str) -> Path:
-    """An HF directory as given, or a run directory's `hf/` export — made from the run's latest
-    checkpoint first when the run has none."""
-    path = Path(model)
-    for candidate in (path, path / "hf"):
-        if _has_weights(candidate):
-            return candidate
-    latest = latest_checkpoint(path) if path.is_dir() else None
-    if latest is None:
-        raise ConfigError(
-            f"{model} is neither a Hugging Face model directory nor a run directory with checkpoints",
-            where="--model",
-            fix="pass a directory with config.json and *.safetensors, or a training run directory",
-        )
-    print(f"[eval] exporting {latest} → {path / 'hf'}", flush=True)
-    return export_hf(latest, path / "hf", overwrite=True)
+def model_directory(model: str, where: str = "--model") -> Path:
+    """An HF directory, or a run directory's (or a checkpoint's) export, made first when missing."""
+    return resolve_hf_model(model, where, say=lambda message: print(f"[eval] {message}", flush=True))
 
 
 def output_directory(config: EvalConfig, model_dir: Path) -> Path:
@@ -96,10 +79,10 @@ class Evaluator:
         self.decode = tokenizer.decode
         self.stop_ids = chat_stop_ids(tokenizer)
         self.sampling = Sampling(
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
+            max_new_tokens=config.generation.max_new_tokens,
+            temperature=config.generation.temperature,
             stop_token_ids=self.stop_ids,
-            thinking_budget=config.thinking_budget,
+            thinking_budget=config.generation.thinking_budget,
             end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
         )
 
@@ -182,7 +165,8 @@ def generate(
             )
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
-                seeds = [config.seed + index * config.samples for index, _ in batch]  # a function of the item
+                # a function of the item
+                seeds = [config.generation.seed + index * config.samples for index, _ in batch]
                 rows = evaluator.generate_rows(
                     engines.get(benchmark), benchmark, [item for _, item in batch], seeds
                 )
@@ -234,11 +218,8 @@ def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loa
 
 def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
     """Evaluate every benchmark in `config.benchmarks`; returns the summary. `engine` replaces the
-    engines chosen by `config.engine` (tests pass a scripted one)."""
-    if config.data_parallel < 1 or config.tensor_parallel < 1:
-        raise ConfigError(
-            "data_parallel and tensor_parallel must be ≥ 1", where="data_parallel/tensor_parallel"
-        )
+    engines chosen by `config.generation.engine` (tests pass a scripted one)."""
+    validate(config)
     model_dir = model_directory(config.model)
     out_dir = output_directory(config, model_dir)
     benchmarks = [get_benchmark(name) for name in config.benchmarks]

@@ -11,7 +11,7 @@ answer budget. Appended tokens are marked as not sampled, so they carry no polic
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,11 +71,15 @@ def chat_stop_ids(tokenizer) -> tuple[int, ...]:
 
 
 class Engine(Protocol):
+    # True when every rank of a model-parallel group runs the engine together on the same prompts (the
+    # reference engine, which is the training model); False when each rank has an engine of its own.
+    collective: bool
+
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         """One completion per (prompt, seed), up to `sampling.max_new_tokens`, ended by a stop token."""
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
+    def refit(self, model: torch.nn.Module) -> None:
+        """Take the weights of the live megatron-core model. Collective over its model-parallel group."""
 
     def sleep(self) -> None:
         """Release memory (KV cache) while training runs."""

@@ -22,9 +22,10 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.conversion.naming import to_transformers_name
+from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling, token_ids
 from xr_nemo.generation.sampling import draw
+from xr_nemo.models.qwen25_vl.naming import to_transformers_name
 from xr_nemo.models.qwen25_vl.processing import transformers_batch
 
 
@@ -48,6 +49,8 @@ class _SeededDraw(LogitsProcessor):
 
 
 class HFEngine:
+    collective = False
+
     def __init__(self, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype).eval()
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(hf_dir)
@@ -95,6 +98,9 @@ class HFEngine:
         parameters = dict(self.model.named_parameters())
         for hub_name, tensor in weights:
             parameters[to_transformers_name(hub_name)].copy_(tensor)
+
+    def refit(self, model: torch.nn.Module) -> None:
+        self.load_weights(hf_weights(model))
 
     def sleep(self) -> None:
         pass

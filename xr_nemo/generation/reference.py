@@ -8,7 +8,7 @@ supported. Collective over the tensor-parallel group: its ranks must call it wit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
@@ -20,12 +20,14 @@ from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
 
 
 class ReferenceEngine:
+    collective = True
+
     def __init__(self, model: torch.nn.Module, pad_id: int) -> None:
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:
             raise ConfigError(
                 "the reference engine cannot run with pipeline parallelism",
                 where="rollout.engine=reference",
-                fix="use model.pipeline_parallel=1, or rollout.engine=vllm",
+                fix="use parallel.pipeline_parallel=1, or rollout.engine=vllm",
             )
         self.model = model
         self.pad_id = pad_id
@@ -75,7 +77,7 @@ class ReferenceEngine:
         self.model.train(was_training)
         return completions
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def refit(self, model: torch.nn.Module) -> None:
         """The engine runs the training model itself: there is nothing to load."""
 
     def sleep(self) -> None:

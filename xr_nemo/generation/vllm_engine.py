@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.errors import XrNemoError
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
@@ -38,6 +39,8 @@ def _kv_cache_errors_explained() -> Iterator[None]:
 
 
 class VLLMEngine:
+    collective = False
+
     def __init__(
         self,
         hf_dir: str | Path,
@@ -108,8 +111,12 @@ class VLLMEngine:
         return completions
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
+
+    def refit(self, model: torch.nn.Module) -> None:
+        self.load_weights(hf_weights(model))
 
     def sleep(self) -> None:
         if torch.cuda.is_available() and not self._asleep:

@@ -12,8 +12,8 @@ from typing import Any
 
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval.benchmark import gold_letter, text
-from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
+from xr_nemo.tasks.benchmark import gold_letter, text
+from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 SCHEMAS = ("orz", "prompt_answer")
 _QUESTION_KEYS = ("prompt", "question", "problem")
@@ -86,7 +86,7 @@ def _prompt_answer(record: Record) -> PromptItem:
 def _benchmark_item(record: Record, schema: str, index: int) -> PromptItem | None:
     """A record read by an evaluation benchmark's reader (`data.schema=medqa`, `medmcqa`, `gsm8k`, …), so
     training and evaluation read one schema one way; None for a record outside the benchmark's subset."""
-    from xr_nemo.eval.benchmarks import REGISTRY
+    from xr_nemo.tasks.benchmarks import REGISTRY
 
     text_benchmarks = sorted(name for name, cls in REGISTRY.items() if cls.modality == "text")
     if schema not in text_benchmarks:

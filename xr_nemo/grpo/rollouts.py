@@ -84,7 +84,6 @@ def _broadcast_in_replica(value):
 class RolloutWorker:
     prompts: PromptSet
     engine: Engine
-    engine_is_model_parallel: bool  # the reference engine: all ranks of a replica generate together
     sampling: Sampling
     n: int
     seed: int
@@ -92,7 +91,7 @@ class RolloutWorker:
     decode: Callable[[list[int]], str]
 
     def _generate(self, indices: list[int], seed: int) -> tuple[list[list[Completion]], int]:
-        if self.engine_is_model_parallel:
+        if self.engine.collective:
             offset, mine = 0, indices
         else:
             group = replica_group()
@@ -102,7 +101,7 @@ class RolloutWorker:
             generate(self.engine, prompts, self.n, seed + offset * self.n, self.sampling) if mine else []
         )
         tokens = sum(len(c.token_ids) for group in completions for c in group)
-        if self.engine_is_model_parallel:
+        if self.engine.collective:
             return completions, tokens
         return _gather_in_replica(completions), tokens
 

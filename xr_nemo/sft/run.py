@@ -1,63 +1,34 @@
-"""`xr-nemo sft`: from a config to a trained (and optionally exported) checkpoint, on every rank."""
+"""`xr-nemo sft`: from a config to a trained (and optionally exported) checkpoint, on every rank. The
+stage supplies the training loop (`xr_nemo.training.loop`) with one optimizer step over packed
+micro-batches and the count of consumed samples to resume from."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from transformers import AutoConfig, AutoTokenizer
 
+from xr_nemo.config.bounds import check_writable_directory, validate
 from xr_nemo.config.schema import SFTConfig
-from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.data.batches import BatchPlan
 from xr_nemo.data.packing import collate
 from xr_nemo.data.tokenize import TokenizedDataset, tokenize_dataset
 from xr_nemo.distributed import context_parallel, initialize, shutdown
+from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 from xr_nemo.sft.step import forward_step
-from xr_nemo.training.loop import TrainingJob, resume_point, train
-from xr_nemo.training.setup import (
-    build_model,
-    export_final,
-    initial_checkpoint,
-    on_rank_zero_first,
-    prepare_run_dir,
-    wrap_for_training,
-)
+from xr_nemo.training.loop import Batch, Policy, StepHooks, run_schedule, say, summed_report, train
+from xr_nemo.training.setup import build_policy, export_final, on_rank_zero_first, prepare_run_dir
 
-
-def _say(message: str) -> None:
-    if dist.get_rank() == 0:
-        print(f"[sft] {message}", flush=True)
-
-
-def _datasets(config: SFTConfig, hf_dir: Path) -> tuple[TokenizedDataset, TokenizedDataset | None]:
-    data = config.data
-    cache = data.cache_dir or str(Path(config.run.dir) / "cache")
-    progress = config.trainer.progress and dist.get_rank() == 0
-    train_set = on_rank_zero_first(
-        tokenize_dataset, data.train, data.split, str(hf_dir), data, cache, progress
-    )
-    _say(f"train data: {train_set.stats.summary()}")
-    for example in train_set.stats.bad_examples:
-        _say(f"  skipped {example}")
-    validation = None
-    if data.validation:
-        validation = on_rank_zero_first(
-            tokenize_dataset,
-            data.validation,
-            data.validation_split,
-            str(hf_dir),
-            data,
-            cache,
-            progress,
-        )
-        _say(f"validation data: {validation.stats.summary()}")
-    return train_set, validation
+Microbatches = Callable[[int], list[Batch]]  # step → this rank's micro-batches
 
 
 def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
@@ -69,8 +40,15 @@ def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
             where="trainer.global_batch_size",
             fix=f"use a multiple of {trainer.micro_batch_size * dp_size}",
         )
-    multiple = config.model.sequence_multiple
-    if config.model.pipeline_parallel > 1 and trainer.seq_length % multiple:
+
+
+def check_config(config: SFTConfig) -> None:
+    """Everything that can be checked before a process group exists."""
+    validate(config)
+    check_writable_directory(config.run.dir, "run.dir")
+    trainer = config.trainer
+    multiple = config.parallel.sequence_multiple
+    if config.parallel.pipeline_parallel > 1 and trainer.seq_length % multiple:
         raise ConfigError(
             f"trainer.seq_length {trainer.seq_length} is not a multiple of {multiple}: pipeline "
             "parallelism pads every sequence to it, and context and sequence parallelism split "
@@ -78,6 +56,7 @@ def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
             where="trainer.seq_length",
             fix=f"set trainer.seq_length to a multiple of {multiple}",
         )
+    _check_batch_layout(config, config.parallel.data_parallel_size(read_launch_env().world_size))
     if config.data.max_length - 1 > trainer.seq_length:
         raise ConfigError(
             f"data.max_length {config.data.max_length} does not fit trainer.seq_length {trainer.seq_length}",
@@ -86,13 +65,32 @@ def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
         )
 
 
-def _microbatch_source(config: SFTConfig, dataset: TokenizedDataset, plan: BatchPlan, pad_id: int, positions):
+def _datasets(config: SFTConfig, hf_dir: Path) -> tuple[TokenizedDataset, TokenizedDataset | None]:
+    data = config.data
+    cache = data.cache_dir or str(Path(config.run.dir) / "cache")
+    progress = config.trainer.progress and dist.get_rank() == 0
+
+    def tokenized(source: str, split: str, what: str) -> TokenizedDataset:
+        dataset = on_rank_zero_first(tokenize_dataset, source, split, str(hf_dir), data, cache, progress)
+        say("sft", f"{what} data: {dataset.stats.summary()}")
+        for example in dataset.stats.bad_examples:
+            say("sft", f"  skipped {example}")
+        return dataset
+
+    train_set = tokenized(data.train, data.split, "train")
+    validation = tokenized(data.validation, data.validation_split, "validation") if data.validation else None
+    return train_set, validation
+
+
+def _microbatch_source(
+    config: SFTConfig, dataset: TokenizedDataset, plan: BatchPlan, pad_id: int, positions
+) -> Microbatches:
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    fixed = config.trainer.seq_length if config.model.pipeline_parallel > 1 else None
-    multiple = config.model.sequence_multiple
+    fixed = config.trainer.seq_length if config.parallel.pipeline_parallel > 1 else None
+    multiple = config.parallel.sequence_multiple
 
-    def microbatches(step: int) -> list[dict[str, torch.Tensor]]:
+    def microbatches(step: int) -> list[Batch]:
         return [
             context_parallel.split_batch(
                 collate(
@@ -109,14 +107,94 @@ def _microbatch_source(config: SFTConfig, dataset: TokenizedDataset, plan: Batch
     return microbatches
 
 
+def _token_counts(microbatches: list[Batch]) -> torch.Tensor:
+    """[samples, real tokens, computed tokens] over the data-parallel group. The counts are those of
+    whole sequences: context-parallel ranks share the samples, each computing a slice."""
+    cp_size = parallel_state.get_context_parallel_world_size()
+    counts = torch.tensor(
+        [[int(b["num_samples"]), int(b["real_tokens"]), b["tokens"].numel() * cp_size] for b in microbatches],
+        dtype=torch.float64,
+    ).sum(0)
+    dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+    return counts
+
+
+class SFTStage:
+    """One optimizer step over a global batch of packed sequences; resumes from consumed samples."""
+
+    name = "sft"
+
+    def __init__(
+        self,
+        config: SFTConfig,
+        policy: Policy,
+        train_microbatches: Microbatches,
+        validation_microbatches: Callable[[], list[list[Batch]]] | None,
+        steps_per_epoch: int,
+    ) -> None:
+        self.config, self.policy = config, policy
+        self.train_microbatches, self.validation_microbatches = train_microbatches, validation_microbatches
+        self.steps_per_epoch = steps_per_epoch
+        self.consumed = 0
+        self.steps_done = 0
+
+    def _loss(self, forward: Callable, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
+        """[loss sum, loss tokens] over the global batch, on every rank."""
+        outputs = run_schedule(forward, self.policy.wrapped, microbatches, forward_only)
+        return summed_report(outputs, "loss", 2)
+
+    def _validation_loss(self) -> float:
+        wrapped = self.policy.wrapped
+        wrapped.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for microbatches in self.validation_microbatches():
+                totals += self._loss(forward_step, microbatches, forward_only=True)
+        wrapped.train()
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def train_step(self, step: int, hooks: StepHooks) -> dict[str, float]:
+        microbatches = self.train_microbatches(step)
+        start = time.perf_counter()
+        self.policy.wrapped.zero_grad_buffer()
+        self.policy.optimizer.zero_grad()
+        loss_sum, loss_tokens = self._loss(hooks.wrap(forward_step), microbatches, forward_only=False)
+        _, grad_norm, _ = self.policy.optimizer.step()
+        elapsed = time.perf_counter() - start
+        samples, real, computed = _token_counts(microbatches).tolist()
+        self.consumed += int(samples)
+        self.steps_done = step + 1
+        values = {
+            "loss": (loss_sum / loss_tokens.clamp(min=1)).item(),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_s": real / elapsed,
+            "padding_fraction": 1 - real / computed,
+            "consumed_samples": self.consumed,
+            "epoch": step // self.steps_per_epoch,
+        }
+        val_every = self.config.trainer.val_every
+        if self.validation_microbatches is not None and val_every and (step + 1) % val_every == 0:
+            values["val_loss"] = self._validation_loss()
+        return values
+
+    def progress(self, values: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{values['loss']:.4f}", "lr": f"{values['lr']:.2e}"}
+
+    def state(self) -> dict[str, Any]:
+        return {"consumed_samples": self.consumed, "epoch": self.steps_done // self.steps_per_epoch}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.consumed = state["consumed_samples"]
+        self.steps_done = state["step"]
+
+
 def run_sft(config: SFTConfig) -> Path:
     """Train; return the directory of the last checkpoint. Collective: every rank calls it."""
+    check_config(config)
     run_dir = Path(config.run.dir)
-    initialize(config.model, seed=config.trainer.seed)
+    initialize(config.parallel, seed=config.trainer.seed)
     try:
-        hf_dir = prepare_run_dir(config)
-        dp_size = parallel_state.get_data_parallel_world_size()
-        _check_batch_layout(config, dp_size)
+        hf_dir = prepare_run_dir(config, "sft")
         train_set, validation = _datasets(config, hf_dir)
         hf_config = AutoConfig.from_pretrained(hf_dir)
         pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id or 0
@@ -133,9 +211,10 @@ def run_sft(config: SFTConfig) -> Path:
             trainer.global_batch_size,
             trainer.seed,
         )
-        _say(
+        say(
+            "sft",
             f"{len(train_set)} samples → {len(plan.sequences)} sequences of ≤ {trainer.seq_length} tokens; "
-            f"{plan.steps_per_epoch} steps per epoch × {trainer.epochs} epochs"
+            f"{plan.steps_per_epoch} steps per epoch × {trainer.epochs} epochs",
         )
         validation_source = None
         if validation is not None:
@@ -151,23 +230,14 @@ def run_sft(config: SFTConfig) -> Path:
             val_steps = min(trainer.val_batches, val_plan.steps_per_epoch)
             validation_source = lambda: [val_microbatches(i) for i in range(val_steps)]  # noqa: E731
 
-        torch.manual_seed(trainer.seed)
-        model = build_model(hf_config, config.model)
-        resume_from = resume_point(config)
-        if resume_from is None:
-            load_model_weights(model, initial_checkpoint(config.model, run_dir, _say))
-        wrapped, optimizer = wrap_for_training(model, config.model, config.optim)
-        job = TrainingJob(
-            model=model,
-            wrapped=wrapped,
-            optimizer=optimizer,
-            forward_step=forward_step,
-            train_microbatches=_microbatch_source(config, train_set, plan, pad_id, positions),
-            validation_microbatches=validation_source,
-            steps_per_epoch=plan.steps_per_epoch,
-            hf_dir=hf_dir,
-            resume_from=resume_from,
+        policy = build_policy(config, hf_dir, partial(say, "sft"))
+        stage = SFTStage(
+            config,
+            policy,
+            _microbatch_source(config, train_set, plan, pad_id, positions),
+            validation_source,
+            plan.steps_per_epoch,
         )
-        return export_final(run_dir, train(config, job), config.export, _say)
+        return export_final(run_dir, train(config, policy, stage), config.export, partial(say, "sft"))
     finally:
         shutdown()

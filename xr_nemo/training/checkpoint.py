@@ -19,14 +19,11 @@ from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer import MegatronOptimizer
 
-from xr_nemo.conversion.convert import HF_FILES_DIR
 from xr_nemo.conversion.hf_checkpoint import copy_side_files
-from xr_nemo.errors import XrNemoError
 from xr_nemo.io.atomic_dir import move_into_place, write_text_atomically
+from xr_nemo.run_dir import LATEST, checkpoint_dir, checkpoints_dir, side_files
 from xr_nemo.training.optimizer import load_optimizer_state, optimizer_state_to_load, optimizer_state_to_save
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 TRAIN_STATE = "train_state"
 OPTIMIZER = "optimizer"
 RNG = "rng_state"
@@ -56,24 +53,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def checkpoints_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = checkpoints_dir(run_dir) / LATEST
-    if not pointer.exists():
-        return None
-    target = checkpoints_dir(run_dir) / pointer.read_text().strip()
-    if not target.is_dir():
-        raise XrNemoError(
-            f"{pointer} names {target.name}, which does not exist",
-            where=str(pointer),
-            fix="delete the pointer to start over, or restore the checkpoint",
-        )
-    return target
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -84,8 +63,8 @@ def save_checkpoint(
     keep_last: int | None,
 ) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
-    root = checkpoints_dir(run_dir)
-    final, staging = root / f"step_{step}", root / f"step_{step}.tmp"
+    root, final = checkpoints_dir(run_dir), checkpoint_dir(run_dir, step)
+    staging = final.with_name(f"{final.name}.tmp")
     if dist.get_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted save
         staging.mkdir(parents=True)
@@ -97,22 +76,24 @@ def save_checkpoint(
     dist_checkpointing.save(state, str(staging))
     _barrier()
     if dist.get_rank() == 0:
-        copy_side_files(Path(hf_dir), staging / HF_FILES_DIR)
+        copy_side_files(Path(hf_dir), side_files(staging))
         move_into_place(staging, final)  # re-saving a step swaps, never leaving it half-written
         write_text_atomically(root / LATEST, final.name + "\n")
-        _prune(root, keep_last)
+        _prune(root, keep_last, newest=final)
     _barrier()
     return final
 
 
-def _prune(root: Path, keep_last: int | None) -> None:
+def _prune(root: Path, keep_last: int | None, newest: Path) -> None:
+    """Removes all but the `keep_last` newest checkpoints; never the one just written (`latest`)."""
     if keep_last is None:
         return
     steps = sorted(
         (int(p.name.removeprefix("step_")), p) for p in root.glob("step_*") if p.name[5:].isdigit()
     )
     for _, path in steps[: max(0, len(steps) - keep_last)]:
-        shutil.rmtree(path)
+        if path != newest:
+            shutil.rmtree(path)
 
 
 def read_train_state(checkpoint: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from xr_nemo.data.records import DataError, Record
-from xr_nemo.eval.benchmark import Benchmark, EvalItem, lettered, register, text
+from xr_nemo.tasks.benchmark import Benchmark, EvalItem, lettered, register, text
 
 
 @register

@@ -12,29 +12,34 @@ the `messages` schema, prompted exactly as evaluation prompts. A trace whose ans
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
+from xr_nemo.config.bounds import validate
 from xr_nemo.config.schema import DistillConfig, EvalConfig
-from xr_nemo.eval.benchmarks import get_benchmark
 from xr_nemo.eval.predictions import read_predictions
 from xr_nemo.eval.run import generate, load_items, model_directory
 from xr_nemo.generation.engine import Engine
 from xr_nemo.io.atomic_dir import write_text_atomically
-from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
+from xr_nemo.tasks.benchmarks import get_benchmark
+from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
-    """The sampled evaluation that distillation is: every setting the two configs share, by name
-    (`data` means a path here and a benchmark → path map there)."""
-    own = {
-        "model": str(teacher),
-        "benchmarks": [config.schema],
-        "data": {config.schema: config.data},
-        "out_dir": config.out,
-    }
-    shared = {f.name: getattr(config, f.name) for f in fields(EvalConfig) if hasattr(config, f.name)}
-    return EvalConfig(**(shared | own))
+    """The sampled evaluation that distillation is."""
+    return EvalConfig(
+        model=str(teacher),
+        benchmarks=[config.schema],
+        data={config.schema: config.data},
+        out_dir=config.out,
+        limit=config.limit,
+        samples=config.samples,
+        generation=config.generation,
+        batch_size=config.batch_size,
+        data_parallel=config.data_parallel,
+        dtype=config.dtype,
+        reward_timeout_s=config.reward_timeout_s,
+    )
 
 
 def _in_answer_format(output: str, answer: str, method: str) -> str:
@@ -43,7 +48,8 @@ def _in_answer_format(output: str, answer: str, method: str) -> str:
 
 def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     """Generate what is missing, then rewrite `traces.jsonl` and `stats.json`; returns the stats."""
-    teacher = model_directory(config.teacher)
+    validate(config)
+    teacher = model_directory(config.teacher, where="--teacher")
     out = Path(config.out)
     evaluation = _as_evaluation(config, teacher)
     benchmark = get_benchmark(config.schema)

@@ -4,7 +4,7 @@ pictures, local files only: `{id, question, answer[, image]}`, judged as math.""
 from __future__ import annotations
 
 from xr_nemo.data.records import Record
-from xr_nemo.eval.benchmark import Benchmark, EvalItem, record_images, register, text
+from xr_nemo.tasks.benchmark import Benchmark, EvalItem, record_images, register, text
 
 
 @register

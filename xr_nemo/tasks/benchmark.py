@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from xr_nemo.data.records import DataError, Record, read_records
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval.images import ImageSource, MissingImage, image_source, load_image
+from xr_nemo.tasks.images import ImageSource, MissingImage, image_source, load_image
 
 FreeForm = Literal["math", "short"]
 

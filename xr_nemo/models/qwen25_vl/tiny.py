@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from xr_nemo.conversion.naming import to_hub_name
-from xr_nemo.testing.tokenizer import build_tokenizer
+from xr_nemo.models.qwen25_vl.naming import to_hub_name
+from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
 
 KeyNaming = Literal["hub", "transformers"]
 

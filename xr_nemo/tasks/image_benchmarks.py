@@ -2,7 +2,7 @@
 medical (MedXpertQA, OmniMedVQA, NEJM Image Challenge, VQA-RAD, SLAKE, PMC-VQA).
 
 Each reads its release's own schema; a record's images may be PIL images (hub), `{bytes, path}` dicts
-(Parquet) or file names relative to the data file (see `xr_nemo.eval.images`).
+(Parquet) or file names relative to the data file (see `xr_nemo.tasks.images`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import string
 from typing import ClassVar
 
 from xr_nemo.data.records import DataError, Record
-from xr_nemo.eval.benchmark import (
+from xr_nemo.tasks.benchmark import (
     Benchmark,
     EvalItem,
     gold_letter,
@@ -23,7 +23,7 @@ from xr_nemo.eval.benchmark import (
     register,
     text,
 )
-from xr_nemo.eval.images import ImageSource
+from xr_nemo.tasks.images import ImageSource
 
 IMAGE_FIELDS = [f"image_{k}" for k in range(1, 8)]  # MMMU and MMMU-Pro: up to seven per question
 HEALTH_SUBJECTS = frozenset(  # MMMU's Health & Medicine discipline: the paper's MMMU-Health subset

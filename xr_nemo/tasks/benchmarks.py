@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from xr_nemo.errors import ConfigError
-from xr_nemo.eval import image_benchmarks, text_benchmarks, toy_benchmarks
-from xr_nemo.eval.benchmark import REGISTRY, Benchmark, EvalItem
+from xr_nemo.tasks import image_benchmarks, text_benchmarks, toy_benchmarks
+from xr_nemo.tasks.benchmark import REGISTRY, Benchmark, EvalItem
 
 READERS = (text_benchmarks, image_benchmarks, toy_benchmarks)  # imported for their registrations
 __all__ = ["READERS", "REGISTRY", "SUITES", "Benchmark", "EvalItem", "get_benchmark", "suite"]

@@ -1,4 +1,4 @@
-"""Evaluation prompts in the released X-Reasoner format (`xr_nemo.prompt_format`). Images come first
+"""Evaluation prompts in the released X-Reasoner format (`xr_nemo.tasks.prompt_format`). Images come first
 in the user turn, in order, as Qwen2.5-VL's chat template expects; a question's "<image 1>" mentions
 stay as text and refer to that order."""
 
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from xr_nemo.eval.benchmark import EvalItem
-from xr_nemo.eval.images import load_image
 from xr_nemo.generation.engine import ImagePrompt, Prompt
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
-from xr_nemo.prompt_format import REASONING_SYSTEM_PROMPT, user_text
+from xr_nemo.tasks.benchmark import EvalItem
+from xr_nemo.tasks.images import load_image
+from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def messages(item: EvalItem) -> list[dict[str, Any]]:

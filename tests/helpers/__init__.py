@@ -1,0 +1,1 @@
+"""Test-only scaffolding: benchmark fixtures, a tiny GPT, subprocess helpers, VL inputs."""

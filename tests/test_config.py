@@ -1,0 +1,130 @@
+"""The typed config a user learns: choices refused with the allowed values, bounds checked with the full
+key, old spellings still read, every recipe stage valid, a saved config re-read as it was, and a run
+directory that keeps the first launch's config."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import xr_nemo.recipes
+from xr_nemo.cli import load_recipe
+from xr_nemo.config.overrides import apply_overrides, config_yaml, load_config
+from xr_nemo.config.schema import (
+    DistillConfig,
+    EngineKind,
+    EvalConfig,
+    GRPOConfig,
+    OnError,
+    Overlong,
+    SFTConfig,
+)
+from xr_nemo.errors import ConfigError
+from xr_nemo.run_dir import record_config
+
+REQUIRED = ["model.hf_dir=/m", "data.train=/d"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.overlong=dorp", r"expected one of \[truncate, drop\]"),
+        ("data.on_error=rise", r"expected one of \[raise, skip\]"),
+        ("data.schema=mesages", r"openthoughts, messages, prompt_response"),
+        ("scheduler.name=cosin", r"constant, cosine, epoch_decay"),
+        ("trainer.max_steps=-1", r"trainer\.max_steps=-1 is out of range"),
+        ("trainer.max_steps=0", r"trainer\.max_steps=0 is out of range"),
+        ("checkpoint.keep_last=0", r"checkpoint\.keep_last=0 is out of range"),
+        ("optim.lr=-1e-5", r"optim\.lr=-1e-05 is out of range"),
+        ("trainer.global_batch_size=0", r"trainer\.global_batch_size=0 is out of range"),
+        ("optim.beta2=1.0", r"optim\.beta2=1\.0 is out of range: it must lie in \[0, 1\)"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(SFTConfig(), [*REQUIRED, override])
+
+
+def test_choices_are_enums_that_read_as_their_names():
+    config = apply_overrides(SFTConfig(), [*REQUIRED, "data.overlong=drop", "data.on_error=raise"])
+    assert config.data.overlong is Overlong.drop and config.data.overlong == "drop"
+    assert config.data.on_error is OnError["raise"]
+    assert "overlong: drop" in config_yaml(config) and "on_error: raise" in config_yaml(config)
+
+
+def test_grpo_bounds_and_rollout_engine():
+    with pytest.raises(ConfigError, match=r"rollout\.n=1 is out of range"):
+        apply_overrides(GRPOConfig(), ["data.train=/d", "rollout.n=1"])
+    config = apply_overrides(GRPOConfig(), ["data.train=/d", "rollout.engine=reference"])
+    assert config.rollout.engine is EngineKind.reference
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("parallel.tp=4", ("parallel", "tensor_parallel", 4)),
+        ("model.tensor_parallel=4", ("parallel", "tensor_parallel", 4)),
+        ("model.pipeline_parallel=2", ("parallel", "pipeline_parallel", 2)),
+        ("parallel.cp=2", ("parallel", "context_parallel", 2)),
+        ("model.use_distributed_optimizer=false", ("parallel", "use_distributed_optimizer", False)),
+        ("init.checkpoint=/c", ("model", "checkpoint", "/c")),
+    ],
+)
+def test_old_spellings_of_training_keys_keep_working(old, new):
+    config = apply_overrides(SFTConfig(), [*REQUIRED, old])
+    section, key, value = new
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_eval_and_distill_share_the_generation_section_and_read_the_flat_keys():
+    evaluation = apply_overrides(
+        EvalConfig(model="m"), ["temperature=0.3", "max_new_tokens=64", "generation.seed=5", "samples=5"]
+    )
+    generation = evaluation.generation
+    assert (generation.temperature, generation.max_new_tokens, generation.seed) == (0.3, 64, 5)
+    distill = apply_overrides(DistillConfig(teacher="t", data="d", out="o"), ["kv_cache_gib=0.25"])
+    assert distill.generation.kv_cache_gib == 0.25
+    with pytest.raises(ConfigError, match=r"generation\.top_p=0\.0 is out of range"):
+        apply_overrides(EvalConfig(model="m"), ["generation.top_p=0"])
+
+
+def _recipe_stages() -> list[tuple[str, str]]:
+    names = [module.name for module in pkgutil.iter_modules(xr_nemo.recipes.__path__)]
+    return [
+        (name, stage)
+        for name in names
+        for stage in ("sft", "grpo", "eval", "distill")
+        if hasattr(importlib.import_module(f"xr_nemo.recipes.{name}"), stage)
+    ]
+
+
+@pytest.mark.parametrize(("recipe", "stage"), _recipe_stages())
+def test_every_recipe_stage_is_a_valid_config(recipe, stage):
+    given_on_the_command_line = ["teacher=/models/teacher"] if stage == "distill" else []
+    config = apply_overrides(load_recipe(recipe, stage), given_on_the_command_line)
+    assert config_yaml(config)
+
+
+def test_a_saved_config_reads_back_as_the_same_config(tmp_path):
+    config = apply_overrides(load_recipe("xreasoner_7b", "grpo"), ["rollout.n=4", "data.on_error=skip"])
+    (tmp_path / "config.yaml").write_text(config_yaml(config))
+    assert load_config(tmp_path / "config.yaml", GRPOConfig) == config
+    with pytest.raises(ConfigError, match="not a config of this command"):
+        load_config(tmp_path / "config.yaml", SFTConfig)
+
+
+def test_a_relaunch_keeps_the_first_config_and_records_what_changed(tmp_path):
+    said = []
+    first = apply_overrides(SFTConfig(), [*REQUIRED, "trainer.max_steps=3"])
+    assert record_config(first, tmp_path, said.append) == tmp_path / "config.yaml"
+    assert record_config(first, tmp_path, said.append) == tmp_path / "config.yaml"  # same settings
+    second = apply_overrides(SFTConfig(), [*REQUIRED, "trainer.max_steps=5", "optim.lr=0"])
+    assert record_config(second, tmp_path, said.append) == tmp_path / "config.1.yaml"
+    assert load_config(tmp_path / "config.yaml", SFTConfig) == first
+    assert load_config(tmp_path / "config.1.yaml", SFTConfig) == second
+    assert len(said) == 1 and "trainer.max_steps: 3 → 5" in said[0] and "optim.lr: 1e-05 → 0.0" in said[0]
+    third = apply_overrides(SFTConfig(), [*REQUIRED, "trainer.max_steps=6"])
+    assert record_config(third, tmp_path, said.append) == tmp_path / "config.2.yaml"
+    assert "trainer.max_steps: 5 → 6" in said[1]
