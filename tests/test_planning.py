@@ -5,6 +5,7 @@ forward and backward pass."""
 
 import pytest
 
+from xr_nemo.config import ParallelConfig
 from xr_nemo.distributed.local_launch import run_distributed
 
 
@@ -13,7 +14,6 @@ def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
     from megatron.core import parallel_state
     from transformers import AutoConfig
 
-    from xr_nemo.config import ParallelConfig
     from xr_nemo.distributed import initialize, shutdown
     from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
 
@@ -40,7 +40,7 @@ def test_parameters_per_rank_match_the_built_model(tmp_path, tied, tensor_parall
     )
     world = tensor_parallel * pipeline_parallel
     built = run_distributed(_count_worker, world, str(hf_dir), tensor_parallel, pipeline_parallel)
-    layout = Layout(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+    layout = Layout(ParallelConfig(tensor_parallel, pipeline_parallel))
     planned = parameters_per_stage(AutoConfig.from_pretrained(hf_dir), layout)
     for _, stage, trained, frozen in built:
         assert planned[stage] == (trained, frozen)
@@ -53,7 +53,8 @@ def test_the_7b_count_is_the_published_one():
     trained, frozen = parameters_per_stage(qwen25_vl_7b_config(), Layout())[0]
     assert trained + frozen == 8_292_166_656  # Qwen/Qwen2.5-VL-7B-Instruct's safetensors index
     estimate = estimate_memory(
-        qwen25_vl_7b_config(), Layout(tensor_parallel=4, data_parallel=2, seq_length=16384)
+        qwen25_vl_7b_config(),
+        Layout(ParallelConfig(4, sequence_parallel=True), data_parallel=2, seq_length=16384),
     )
     assert estimate.trained_parameters < trained / 3  # split over four tensor-parallel ranks
 
@@ -88,6 +89,8 @@ def test_plan_prints_memory_and_throughput_per_layout(capsys):
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| 8 ") or line.startswith("| 16 ")]
     assert len(rows) == 2
-    expected = estimate_throughput(qwen25_vl_7b_config(), Layout(4, 1, 1, 2), 2048, 0.5, 989.0)
+    expected = estimate_throughput(
+        qwen25_vl_7b_config(), Layout(ParallelConfig(4, sequence_parallel=True), 2), 2048, 0.5, 989.0
+    )
     assert f"| {expected.tokens_per_s_per_gpu:,.0f} | {expected.hours_per_billion_tokens:.1f} |" in rows[0]
     assert "assumed 50% MFU" in printed

@@ -106,12 +106,14 @@ def _distill(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from transformers import AutoConfig
 
+    from xr_nemo.config.parallel import ParallelConfig
     from xr_nemo.errors import ConfigError
     from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
     from xr_nemo.planning import TABLE_HEADER, Layout, estimate_memory, estimate_throughput, table_row
 
     config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
-    per_replica = args.tp * args.pp * args.cp
+    parallel = ParallelConfig(args.tp, args.pp, args.cp, sequence_parallel=args.tp > 1)
+    per_replica = parallel.model_parallel_size
     sample_length = min(args.mean_sample_length, args.seq_length)
     print(TABLE_HEADER)
     for nodes in args.nodes:
@@ -121,7 +123,7 @@ def _plan(args: argparse.Namespace) -> None:
                 f"{gpus} GPUs on {nodes} node(s) are not a multiple of TP×PP×CP = {per_replica}",
                 where="--nodes / --tp / --pp / --cp",
             )
-        layout = Layout(args.tp, args.pp, args.cp, gpus // per_replica, args.micro_batch, args.seq_length)
+        layout = Layout(parallel, gpus // per_replica, args.micro_batch, args.seq_length)
         throughput = estimate_throughput(config, layout, sample_length, args.mfu, args.peak_tflops)
         print(table_row(layout, estimate_memory(config, layout), throughput))
     print(

@@ -24,10 +24,11 @@ s tokens. The MFU is an assumption until measured on the cluster (`docs/scaling.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import Qwen2_5_VLConfig
 
+from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.conversion.hf_checkpoint import expected_hf_shapes
 
 GIB = 1024**3
@@ -36,18 +37,17 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 @dataclass(frozen=True)
 class Layout:
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    context_parallel: int = 1
+    """A training job's shape: the model-parallel layout as training configures it, and the rest."""
+
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data_parallel: int = 1
     micro_batch_size: int = 1
     seq_length: int = 4096
-    sequence_parallel: bool = True
     train_vision: bool = False
 
     @property
     def gpus(self) -> int:
-        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel * self.data_parallel
+        return self.parallel.model_parallel_size * self.data_parallel
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 def parameters_per_stage(config: Qwen2_5_VLConfig, layout: Layout) -> list[tuple[int, int]]:
     """(trained, frozen) parameters held by one tensor-parallel rank of each pipeline stage."""
     text = config.get_text_config()
-    layers, tp, pp = text.num_hidden_layers, layout.tensor_parallel, layout.pipeline_parallel
+    layers, tp, pp = (
+        text.num_hidden_layers,
+        layout.parallel.tensor_parallel,
+        layout.parallel.pipeline_parallel,
+    )
     per_stage = [[0, 0] for _ in range(pp)]
     for name, shape in expected_hf_shapes(config).items():
         count = _numel(shape)
@@ -106,11 +110,11 @@ def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
     """The most loaded rank's memory (the larger of the first and last pipeline stages)."""
     text = config.get_text_config()
     stages = parameters_per_stage(config, layout)
-    tokens = layout.seq_length * layout.micro_batch_size // layout.context_parallel
-    split = layout.tensor_parallel if layout.sequence_parallel else 1
+    tokens = layout.seq_length * layout.micro_batch_size // layout.parallel.context_parallel
+    split = layout.parallel.tensor_parallel if layout.parallel.sequence_parallel else 1
     layers_in_flight = text.num_hidden_layers  # 1F1B: PP micro-batches × L/PP layers on the first stage
     activations = 34 * tokens * text.hidden_size * layers_in_flight / split
-    logits = 2 * 4 * tokens * text.vocab_size / layout.tensor_parallel
+    logits = 2 * 4 * tokens * text.vocab_size / layout.parallel.tensor_parallel
     candidates = []
     for index, (trained, frozen) in enumerate(stages):
         first, last = index == 0, index == len(stages) - 1
@@ -120,8 +124,9 @@ def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
                 frozen_parameters=frozen,
                 weights_gib=2 * (trained + frozen) / GIB,
                 gradients_gib=4 * trained / GIB,
-                optimizer_gib=12 * trained / (layout.data_parallel * layout.context_parallel) / GIB,
-                activations_gib=(activations if first else activations / layout.pipeline_parallel) / GIB,
+                optimizer_gib=12 * trained / (layout.data_parallel * layout.parallel.context_parallel) / GIB,
+                activations_gib=(activations if first else activations / layout.parallel.pipeline_parallel)
+                / GIB,
                 logits_gib=(logits if last else 0.0) / GIB,
             )
         )
@@ -171,9 +176,9 @@ TABLE_HEADER = (
 def table_row(layout: Layout, estimate: MemoryEstimate, throughput: ThroughputEstimate) -> str:
     cells = [
         layout.gpus,
-        layout.tensor_parallel,
-        layout.pipeline_parallel,
-        layout.context_parallel,
+        layout.parallel.tensor_parallel,
+        layout.parallel.pipeline_parallel,
+        layout.parallel.context_parallel,
         layout.data_parallel,
         f"{layout.micro_batch_size}×{layout.seq_length}",
         *(

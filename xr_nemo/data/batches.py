@@ -44,9 +44,6 @@ class BatchPlan:
     def steps_per_epoch(self) -> int:
         return len(self.sequences) // self.global_batch_size
 
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
-
     def global_batch(self, step: int) -> list[list[int]]:
         epoch, index = divmod(step, self.steps_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sequences))
