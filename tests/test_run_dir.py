@@ -83,3 +83,20 @@ def test_isolated_runs_forget_the_launcher_and_return_errors(tmp_path, monkeypat
     assert run_isolated(os.getenv, "RANK", "unset") == "unset"
     with pytest.raises(ConfigError, match="neither a checkpoint nor a run directory"):
         run_isolated(resolve_checkpoint, tmp_path / "nowhere", "model.checkpoint")
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tmp_path):
+    from xr_nemo.training.metrics import METRICS_FILE, MetricsWriter, read_metrics
+
+    (tmp_path / METRICS_FILE).write_text(
+        '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo'
+    )
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2]
+    writer = MetricsWriter(tmp_path, resumed_step=2)
+    writer.write(3, {"loss": 1.25})
+    writer.close()
+    assert read_metrics(tmp_path) == [
+        {"step": 1, "loss": 2.0},
+        {"step": 2, "loss": 1.5},
+        {"step": 3, "loss": 1.25},
+    ]

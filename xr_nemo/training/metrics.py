@@ -15,13 +15,13 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsWriter:
     def __init__(self, run_dir: str | Path, resumed_step: int) -> None:
         """Records of steps after `resumed_step` (from a run that died after its last checkpoint) are
-        dropped, so the file reads as one uninterrupted run."""
+        dropped, so the file reads as one uninterrupted run; so is a last line a crash cut short."""
         self.path = Path(run_dir) / METRICS_FILE
         if self.path.exists():
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resumed_step
+                for line, record in _records(self.path.read_text())
+                if record.get("step", 0) <= resumed_step
             ]
             write_text_atomically(self.path, "".join(f"{line}\n" for line in kept))
         self._file = self.path.open("a")
@@ -38,6 +38,18 @@ class MetricsWriter:
         self._board.close()
 
 
+def _records(text: str) -> list[tuple[str, dict]]:
+    """(line, record) pairs; a last line that is not whole JSON (a write cut by a crash) is left out."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+    return records
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _records((Path(run_dir) / METRICS_FILE).read_text())]
