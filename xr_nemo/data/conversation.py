@@ -57,7 +57,7 @@ def _turns(record: Record, key: str, role_key: str, text_key: str) -> list[Messa
             raise DataError(
                 f"{key}[{index}] must be an object with '{role_key}' and '{text_key}'", where=record.where
             )
-        role = ROLE_NAMES.get(turn[role_key])
+        role = ROLE_NAMES.get(turn[role_key]) if isinstance(turn[role_key], str) else None
         if role is None:
             raise DataError(
                 f"{key}[{index}] has unknown role {turn[role_key]!r}",
@@ -116,17 +116,43 @@ def reasoning_format(response: str, answer_tags: bool) -> str:
     if match is None:
         return f"<answer>\n{response.strip()}\n</answer>" if answer_tags else response
     thought, solution = match["thought"].strip(), match["solution"].strip()
+    if not thought and not solution:
+        raise ValueError("the response's thought and solution are both empty")
     if answer_tags:
         solution = f"<answer>\n{solution}\n</answer>"
     return f"<think>\n{thought}\n</think>\n\n{solution}"
 
 
-def prepare(record: Record, schema: str, answer_tags: bool, system_prompt: str | None) -> list[Message]:
+def _check_control_tokens(messages: list[Message], control_tokens: tuple[str, ...], where: str) -> None:
+    """Text that spells a control token (`<|im_end|>`, `<|image_pad|>`, …) would be tokenised as the
+    real one — ending turns early, or claiming an image that is not there — and trained on. Such records
+    are refused (ours: not escaped), so what is trained is what the data says."""
+    for message in messages:
+        found = next((token for token in control_tokens if token in message["content"]), None)
+        if found is not None:
+            raise DataError(
+                f"a {message['role']} turn contains the text {found!r}, which the tokenizer reads as its "
+                "control token",
+                where=where,
+            )
+
+
+def prepare(
+    record: Record,
+    schema: str,
+    answer_tags: bool,
+    system_prompt: str | None,
+    control_tokens: tuple[str, ...] = (),
+) -> list[Message]:
     messages = to_messages(record, schema)
+    _check_control_tokens(messages, control_tokens, record.where)
     if system_prompt is not None:
         messages = [m for m in messages if m["role"] != "system"]
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return [
-        {**m, "content": reasoning_format(m["content"], answer_tags)} if m["role"] == "assistant" else m
-        for m in messages
-    ]
+    try:
+        return [
+            {**m, "content": reasoning_format(m["content"], answer_tags)} if m["role"] == "assistant" else m
+            for m in messages
+        ]
+    except ValueError as error:
+        raise DataError(str(error), where=record.where) from None

@@ -11,6 +11,7 @@ from typing import Any
 from xr_nemo.errors import XrNemoError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_FORMATS = "JSON lines (.jsonl), JSON (.json), Parquet (.parquet) or CSV (.csv)"
 
 
 TURN_PAIR = "turn_pair"  # the field a .json list item (not an object) is read into
@@ -27,10 +28,20 @@ class Record:
     origin: Path | None = None  # the local file it came from (relative image paths resolve against it)
 
 
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
+        if _suffix(path) not in LOCAL_SUFFIXES:
+            raise DataError(
+                f"cannot tell the format of {path.name} from its name",
+                where=str(path),
+                fix=f"give the file a name that ends in the format it holds: {_FORMATS}",
+            )
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if _suffix(p) in LOCAL_SUFFIXES)
     if not files:
         raise DataError(
             f"no {'/'.join(LOCAL_SUFFIXES)} files in {path}", where=str(path), fix="point data.* at the files"
@@ -38,21 +49,59 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key(s) {', '.join(map(repr, repeated))} appear more than once in one object")
+    return dict(pairs)
+
+
+def _not_text(value: Any) -> str | None:
+    """The first string inside `value` that is not valid Unicode text (a lone UTF-16 surrogate such as
+    "\\ud800", which JSON allows and no tokenizer can encode), shown escaped."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode()[:80]
+        return None
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((found for child in children if (found := _not_text(child)) is not None), None)
+
+
+def parse_json(text: str) -> Any:
+    """JSON as data files need it: duplicate keys and strings that are not text are errors (ValueError),
+    not silently resolved."""
+    value = json.loads(text, object_pairs_hook=_unique_keys)
+    bad = _not_text(value)
+    if bad is not None:
+        raise ValueError(f"a string holds a lone surrogate, which is not text: {bad!r}")
+    return value
+
+
 def _jsonl(path: Path) -> Iterator[Record | DataError]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is fine
             except UnicodeDecodeError as exc:
-                yield DataError(f"not UTF-8 ({exc.reason} at byte {exc.start})", where=where)
+                yield DataError(
+                    f"not UTF-8 ({exc.reason} at byte {exc.start})",
+                    where=where,
+                    fix="re-encode the file as UTF-8 (e.g. `iconv -t UTF-8`)",
+                )
                 continue
             if not line.strip():
                 continue
             try:
-                fields = json.loads(line)
+                fields = parse_json(line)
             except json.JSONDecodeError as exc:
                 yield DataError(f"malformed JSON: {exc.msg} at column {exc.colno}", where=where)
+                continue
+            except ValueError as exc:
+                yield DataError(str(exc), where=where, fix="fix or drop the record")
                 continue
             if not isinstance(fields, dict):
                 yield DataError(f"expected a JSON object, got {type(fields).__name__}", where=where)
@@ -70,7 +119,7 @@ def _csv(path: Path) -> Iterator[Record | DataError]:
     import csv
 
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
                 yield Record(f"{path}:{reader.line_num}", dict(row), path)
@@ -85,25 +134,30 @@ def read_records(
     caller decides whether to stop or skip and count."""
     path = Path(source)
     if path.exists():
+        readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
         for file in _local_files(path):
-            if file.suffix == ".jsonl":
-                yield from _jsonl(file)
-            elif file.suffix == ".json":
-                yield from _json(file)
-            elif file.suffix == ".csv":
-                yield from _csv(file)
-            else:
-                yield from _parquet(file)
+            yield from readers[_suffix(file)](file)
         return
-    if source.startswith((".", "/", "~")) or source.endswith(LOCAL_SUFFIXES):
+    if _looks_local(source):
         raise DataError(f"{source} does not exist", where="data path", fix="check the path")
     yield from _hub(source, split, config)
 
 
+def _looks_local(source: str) -> bool:
+    """A path that is not there, rather than a hub name (`org/name`): so a typo is reported at once
+    instead of after the hub's retries."""
+    path = Path(source)
+    if source.startswith((".", "/", "~")) or len(path.parts) > 2:
+        return True
+    if len(path.parts) == 1:
+        return bool(path.suffix)  # `train.jsonl`; a bare name may be a legacy hub id (`gsm8k`)
+    return _suffix(path) in LOCAL_SUFFIXES or Path(path.parts[0]).is_dir()
+
+
 def _json(path: Path) -> Iterator[Record | DataError]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        rows = parse_json(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         yield DataError(f"cannot read JSON: {exc}", where=str(path), fix="use UTF-8 JSON or JSONL")
         return
     if not isinstance(rows, list):
@@ -120,9 +174,18 @@ def _json(path: Path) -> Iterator[Record | DataError]:
 
 
 def _parquet(path: Path) -> Iterator[Record]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    yield from _rows(pq.read_table(path).to_pylist(), str(path), path)
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise DataError(
+            f"cannot read Parquet: {str(exc).splitlines()[0]}",
+            where=str(path),
+            fix="check that the file is complete Parquet (or name it for the format it holds)",
+        ) from exc
+    yield from _rows(table.to_pylist(), str(path), path)
 
 
 def _hub(name: str, split: str, config: str | None) -> Iterator[Record]:

@@ -131,8 +131,15 @@ def _fingerprint(source: str, split: str, tokenizer_dir: Path, data: DataConfig)
     return digest.hexdigest()[:16]
 
 
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """The tokenizer's special tokens (ChatML's and the vision placeholders), which data text must not
+    spell out."""
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    return tuple(sorted(set(tokenizer.all_special_tokens) | set(added)))
+
+
 def _conversation_chunks(
-    source: str, split: str, data: DataConfig, stats: TokenizeStats
+    source: str, split: str, data: DataConfig, stats: TokenizeStats, reserved: tuple[str, ...]
 ) -> Iterator[list[list[Message]]]:
     chunk: list[list[Message]] = []
     for item in read_records(source, split):
@@ -142,7 +149,7 @@ def _conversation_chunks(
         try:
             if isinstance(item, DataError):
                 raise item
-            chunk.append(prepare(item, data.schema, data.answer_tags, data.system_prompt))
+            chunk.append(prepare(item, data.schema, data.answer_tags, data.system_prompt, reserved))
         except DataError as error:
             if data.on_error != "skip":
                 raise DataError(
@@ -202,9 +209,10 @@ def tokenize_dataset(
         return TokenizedDataset(directory, TokenizeStats(**json.loads(done.read_text())))
     directory.mkdir(parents=True, exist_ok=True)
     stats = TokenizeStats()
+    reserved = control_tokens(AutoTokenizer.from_pretrained(tokenizer_dir))
     jobs = (
         (directory / f"chunk_{index:06d}.npz", chunk, data.max_length, data.overlong)
-        for index, chunk in enumerate(_conversation_chunks(source, split, data, stats))
+        for index, chunk in enumerate(_conversation_chunks(source, split, data, stats, reserved))
     )
     pending = (job for job in jobs if not job[0].exists())
     bar = tqdm(desc=f"tokenize {Path(source).name}", unit="chunk", disable=not progress)

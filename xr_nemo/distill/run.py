@@ -65,7 +65,7 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     traces, solved, correct, total = [], 0, 0, 0
     for item in items:
         row = rows.get(item.id)
-        if row is None:
+        if row is None or "unusable" in row:
             continue
         total += len(row["correct"])
         correct += sum(row["correct"])

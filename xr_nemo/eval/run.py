@@ -33,7 +33,7 @@ from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.run_dir import resolve_hf_model
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
 from xr_nemo.tasks.extract import Extraction, extract_choice, extract_math, extract_short, same_short_answer
-from xr_nemo.tasks.images import MissingImage, UndecodableImage
+from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
 from xr_nemo.tasks.prompts import PromptBuilder
 
 Loaded = dict[str, tuple[list[EvalItem], list[DataError]]]
@@ -51,17 +51,32 @@ def output_directory(config: EvalConfig, model_dir: Path) -> Path:
 
 
 def load_items(config: EvalConfig, benchmarks: list[Benchmark]) -> Loaded:
-    """Each benchmark's usable items (the first `limit`) and the errors of the records it skipped."""
+    """Each benchmark's usable items (the first `limit`) and the errors of the records it skipped. An item
+    whose id an earlier one has is skipped (one id, one prediction); a benchmark with no usable item at
+    all is an error, not a 0 % of nothing."""
     loaded: Loaded = {}
     for benchmark in benchmarks:
-        items, problems = [], []
-        for entry in benchmark.items(config.data.get(benchmark.name)):
+        items, problems, first_seen = [], [], {}
+        source = config.data.get(benchmark.name)
+        for entry in benchmark.items(source):
             if isinstance(entry, DataError):
                 problems.append(entry)
                 continue
+            if entry.id in first_seen:
+                message = f"item id {entry.id!r} already used at {first_seen[entry.id]}"
+                problems.append(DataError(message, where=entry.where))
+                continue
+            first_seen[entry.id] = entry.where
             items.append(entry)
             if config.limit is not None and len(items) >= config.limit:
                 break
+        if not items:
+            shown = "".join(f"; {p.where}: {p.what}" for p in problems[:3])
+            raise DataError(
+                f"{benchmark.name} has no usable items ({len(problems)} records skipped{shown})",
+                where=source or benchmark.name,
+                fix="check the file (and the benchmark's expected fields in docs/eval.md)",
+            )
         loaded[benchmark.name] = (items, problems)
     return loaded
 
@@ -100,19 +115,24 @@ class Evaluator:
     def generate_rows(
         self, engine: Engine, benchmark: Benchmark, items: list[EvalItem], first_seeds: list[int]
     ) -> list[dict]:
-        """Rows of the items whose prompt could be built; an image that fails now (deleted since the
-        items were read) drops its item with a warning, and the item counts as not generated."""
-        prompts, kept, seeds = [], [], []
+        """One row per item. An item whose prompt cannot be built (an image the model's processor
+        refuses, or one deleted since the items were read) gets an `unusable` row with the reason, so the
+        run goes on, the summary counts it, and a rerun skips it the same way."""
+        prompts, kept, seeds, rows = [], [], [], []
         for item, seed in zip(items, first_seeds, strict=True):
             try:
                 prompts.append(self.builder(item))
             except DataError as error:
-                print(f"[eval] {benchmark.name}: skipping {item.id}: {error.render()}", file=sys.stderr)
+                print(f"[eval] {benchmark.name}: unusable {item.id}: {error.render()}", file=sys.stderr)
+                rows.append(
+                    {"id": item.id, "unusable": _reason(error), "problem": f"{error.where}: {error.what}"}
+                )
                 continue
             kept.append(item)
             seeds.append(seed)
-        groups = generate_from_seeds(engine, prompts, seeds, self.config.samples, self.sampling)
-        rows = []
+        groups = (
+            generate_from_seeds(engine, prompts, seeds, self.config.samples, self.sampling) if kept else []
+        )
         for item, completions in zip(kept, groups, strict=True):
             outputs = [self.decode([t for t in c.token_ids if t not in self.stop_ids]) for c in completions]
             answers = [_extract(benchmark, item, output) for output in outputs]
@@ -176,7 +196,15 @@ def generate(
     engines.close()
 
 
-_REASONS = {MissingImage: "missing image", UndecodableImage: "undecodable image"}
+_REASONS = {
+    MissingImage: "missing image",
+    UndecodableImage: "undecodable image",
+    UnusableImage: "unusable image",
+}
+
+
+def _reason(problem: DataError) -> str:
+    return _REASONS.get(type(problem), "malformed record")
 
 
 def summarise(rows: list[dict], samples: int) -> dict:
@@ -204,9 +232,10 @@ def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loa
     items, problems = loaded[name]
     merge_parts(out_dir, name, [item.id for item in items])
     done = read_predictions(out_dir, name)
-    rows = [done[item.id] for item in items if item.id in done]
-    reasons = Counter(_REASONS.get(type(problem), "malformed record") for problem in problems)
-    messages = [f"{problem.where}: {problem.what}" for problem in problems]
+    unusable = [done[item.id] for item in items if "unusable" in done.get(item.id, {})]
+    rows = [done[item.id] for item in items if item.id in done and "unusable" not in done[item.id]]
+    reasons = Counter(_reason(problem) for problem in problems) + Counter(row["unusable"] for row in unusable)
+    messages = [f"{problem.where}: {problem.what}" for problem in problems] + [r["problem"] for r in unusable]
     missing = [item for item in items if item.id not in done]
     if missing:
         reasons["not generated"] = len(missing)

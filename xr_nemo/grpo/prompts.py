@@ -12,7 +12,7 @@ from typing import Any
 
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
 from xr_nemo.errors import ConfigError
-from xr_nemo.tasks.benchmark import gold_letter, text
+from xr_nemo.tasks.benchmark import gold_letter, lettered, text
 from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 SCHEMAS = ("orz", "prompt_answer")
@@ -47,6 +47,12 @@ def detect_schema(fields: dict[str, Any]) -> str | None:
 
 
 def _orz(record: Record) -> PromptItem:
+    if TURN_PAIR not in record.fields:
+        raise DataError(
+            f"data.schema=orz reads [question turn, answer turn] pairs (items of a .json list); this record "
+            f"is an object with fields {sorted(record.fields)[:8]}",
+            where=record.where,
+        )
     pair = record.fields[TURN_PAIR]
     if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, dict) for t in pair)):
         raise DataError("an Orz item must be [question turn, answer turn]", where=record.where)
@@ -65,14 +71,32 @@ def _options(value: Any, where: str) -> dict[str, str] | None:
     if value is None:
         return None
     if isinstance(value, list):
-        value = dict(zip(string.ascii_uppercase, value, strict=False))
+        return lettered(value, where)
     if not isinstance(value, dict) or not value:
         raise DataError("'options' must be a non-empty list or {letter: text} object", where=where)
-    return {str(k).strip().upper(): text(v, f"option {k}", where) for k, v in value.items()}
+    letters = [str(k).strip().upper() for k in value]
+    if any(len(letter) != 1 or letter not in string.ascii_uppercase for letter in letters):
+        raise DataError(
+            f"options must be keyed by letters A–Z, got {list(value)[:5]}",
+            where=where,
+            fix="key them A, B, C, … (and give the answer as that letter), or give the options as a list",
+        )
+    return {
+        letter: text(v, f"option {k}", where) for letter, (k, v) in zip(letters, value.items(), strict=True)
+    }
 
 
 def _prompt_answer(record: Record) -> PromptItem:
-    key = next(k for k in _QUESTION_KEYS if k in record.fields)
+    key = next((k for k in _QUESTION_KEYS if k in record.fields), None)
+    missing = ([] if key else ["prompt (or question, problem)"]) + (
+        [] if "answer" in record.fields else ["answer"]
+    )
+    if missing:
+        raise DataError(
+            f"data.schema=prompt_answer needs {' and '.join(missing)}; the record has fields "
+            f"{sorted(record.fields)[:8]}",
+            where=record.where,
+        )
     options = _options(record.fields.get("options"), record.where)
     answer = record.fields["answer"]
     return PromptItem(
@@ -83,18 +107,25 @@ def _prompt_answer(record: Record) -> PromptItem:
     )
 
 
-def _benchmark_item(record: Record, schema: str, index: int) -> PromptItem | None:
-    """A record read by an evaluation benchmark's reader (`data.schema=medqa`, `medmcqa`, `gsm8k`, …), so
-    training and evaluation read one schema one way; None for a record outside the benchmark's subset."""
+def check_schema(schema: str) -> None:
+    """`data.schema` is auto, orz, prompt_answer or a text benchmark's reader (checked before launch)."""
     from xr_nemo.tasks.benchmarks import REGISTRY
 
     text_benchmarks = sorted(name for name, cls in REGISTRY.items() if cls.modality == "text")
-    if schema not in text_benchmarks:
+    if schema not in ("auto", *SCHEMAS, *text_benchmarks):
         raise ConfigError(
             f"unknown prompt schema {schema!r}",
             where="data.schema",
             fix=f"use auto, {', '.join(SCHEMAS)}, or a text benchmark: {', '.join(text_benchmarks)}",
         )
+
+
+def _benchmark_item(record: Record, schema: str, index: int) -> PromptItem | None:
+    """A record read by an evaluation benchmark's reader (`data.schema=medqa`, `medmcqa`, `gsm8k`, …), so
+    training and evaluation read one schema one way; None for a record outside the benchmark's subset."""
+    from xr_nemo.tasks.benchmarks import REGISTRY
+
+    check_schema(schema)
     benchmark = REGISTRY[schema]()
     try:
         item = benchmark.item(record, index)
@@ -142,7 +173,9 @@ def load_prompts(
             item = to_item(record, schema, index)
         except DataError as error:
             if on_error != "skip":
-                raise
+                raise DataError(
+                    error.what, where=error.where, fix="fix or remove the record, or set data.on_error=skip"
+                ) from None
             prompts.skipped.append(f"{error.where}: {error.what}")
             continue
         if item is None:

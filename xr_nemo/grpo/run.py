@@ -30,7 +30,7 @@ from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
 from xr_nemo.generation.factory import build_engine
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
-from xr_nemo.grpo.prompts import PromptSet, load_prompts
+from xr_nemo.grpo.prompts import PromptSet, check_schema, load_prompts
 from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
 from xr_nemo.models.dtype import params_dtype
@@ -46,6 +46,7 @@ def check_config(config: GRPOConfig) -> None:
     """Everything that can be checked before a process group exists."""
     validate(config)
     check_writable_directory(config.run.dir, "run.dir")
+    check_schema(config.data.schema)
     rollout = config.rollout
     if rollout.engine not in ROLLOUT_ENGINES:
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class Benchmark:
 
 
 def text(value: Any, what: str, where: str) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{what} is {value}, not a value", where=where, fix="drop or fix the record")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip():
@@ -108,6 +111,10 @@ def gold_letter(answer: Any, options: dict[str, str], where: str) -> str:
 def lettered(options: list[Any], where: str) -> dict[str, str]:
     if not isinstance(options, list) or not options:
         raise DataError("options must be a non-empty list", where=where)
+    if len(options) > len(string.ascii_uppercase):
+        raise DataError(
+            f"{len(options)} options: more than the letters A–Z can name", where=where, fix="drop the record"
+        )
     return {
         letter: text(option, f"option {letter}", where)
         for letter, option in zip(string.ascii_uppercase, options, strict=False)

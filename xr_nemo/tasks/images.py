@@ -29,6 +29,10 @@ class UndecodableImage(DataError):
     """An item's image exists but is not an image PIL can decode."""
 
 
+class UnusableImage(DataError):
+    """An item's image decodes, but the model cannot take it (e.g. a 1-pixel-wide strip)."""
+
+
 def image_source(value: Any, base: Path | None, where: str) -> ImageSource:
     """What a record's image field refers to; a missing file is reported when the image is loaded."""
     if isinstance(value, Image.Image):
@@ -62,6 +66,13 @@ def load_image(source: ImageSource, where: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        what = f"image file {source}" if isinstance(source, Path) else "embedded image bytes"
+        raise UnusableImage(
+            f"{what} claims more pixels than is safe to decode ({error})",
+            where=where,
+            fix="drop the item, or raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine",
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         what = f"image file {source}" if isinstance(source, Path) else "embedded image bytes"
         raise UndecodableImage(f"{what} cannot be decoded ({error})", where=where) from error

@@ -9,7 +9,7 @@ from typing import Any
 from xr_nemo.generation.engine import ImagePrompt, Prompt
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 from xr_nemo.tasks.benchmark import EvalItem
-from xr_nemo.tasks.images import load_image
+from xr_nemo.tasks.images import UnusableImage, load_image
 from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
@@ -38,6 +38,10 @@ class PromptBuilder:
         if self.image_processor is None:
             raise ValueError("image items need the model's image processor")
         images = tuple(load_image(source, item.where) for source in item.images)
-        grids = self.image_processor(images=list(images), return_tensors="pt")["image_grid_thw"]
+        try:
+            grids = self.image_processor(images=list(images), return_tensors="pt")["image_grid_thw"]
+        except ValueError as error:  # e.g. "absolute aspect ratio must be smaller than 200"
+            message = f"the model's image processor refuses the image: {error}"
+            raise UnusableImage(message, where=item.where, fix="drop the item") from error
         text = expand_image_placeholders(text, grids, self.image_processor.merge_size)
         return ImagePrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"], images)
