@@ -130,3 +130,16 @@ def test_pool_scores_in_order_with_format_weight():
     ]
     with RewardPool(spec, workers=2, timeout_s=10) as pool:
         assert [s.reward for s in pool.score(tasks)] == [1.5, 1.0, 1.5, 0.5]
+
+
+def test_a_gold_math_verify_cannot_read_is_compared_as_a_string_and_reported():
+    from xr_nemo.rewards.math import math_score
+    from xr_nemo.rewards.pool import RewardSpec, RewardTask, score_task
+
+    assert math_score("<think>t</think><answer>1/2</answer>", "0.5") == (1.0, True)
+    unreadable = "???"
+    assert math_score(f"<think>t</think><answer>{unreadable}</answer>", unreadable) == (1.0, False)
+    assert math_score("<think>t</think><answer>??</answer>", unreadable) == (0.0, False)
+    wrong = RewardTask("<think>t</think><answer>x</answer>", unreadable)
+    assert score_task(wrong, RewardSpec()).gold_unreadable
+    assert not score_task(RewardTask("<think>t</think><answer>x</answer>", "2"), RewardSpec()).gold_unreadable

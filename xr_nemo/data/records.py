@@ -98,7 +98,8 @@ def _jsonl(path: Path) -> Iterator[Record | DataError]:
             try:
                 fields = parse_json(line)
             except json.JSONDecodeError as exc:
-                yield DataError(f"malformed JSON: {exc.msg} at column {exc.colno}", where=where)
+                place = f"{'' if exc.msg.endswith(' at') else ' at'} column {exc.colno}"
+                yield DataError(f"malformed JSON: {exc.msg}{place}", where=where)
                 continue
             except ValueError as exc:
                 yield DataError(str(exc), where=where, fix="fix or drop the record")

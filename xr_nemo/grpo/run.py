@@ -121,12 +121,13 @@ def _rollout_metrics(rollouts: StepRollouts) -> dict[str, float]:
             sum(not c.finished for _, c in scores),
             sum(c.forced_exit for _, c in scores),
             sum(s.timed_out for s, _ in scores),
+            sum(s.gold_unreadable for s, _ in scores),
             len(scores),
         ],
         dtype=torch.float64,
     )
     dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
-    reward, reward_sq, correct, formatted, length, cut, forced, timeouts, count = sums.tolist()
+    reward, reward_sq, correct, formatted, length, cut, forced, timeouts, unreadable, count = sums.tolist()
     mean = reward / count
     return {
         "reward_mean": mean,
@@ -137,6 +138,7 @@ def _rollout_metrics(rollouts: StepRollouts) -> dict[str, float]:
         "truncated_fraction": cut / count,
         "forced_exit_fraction": forced / count,
         "reward_timeouts": timeouts,
+        "gold_unreadable_fraction": unreadable / count,  # math-verify could not read the gold
         "informative_groups": rollouts.informative / max(1, rollouts.groups_total),
         "sampling_rounds": rollouts.rounds,
     }

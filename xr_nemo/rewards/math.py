@@ -23,16 +23,25 @@ def _as_latex(answer: str) -> str:
     return f"${answer}$"
 
 
-def equivalent(answer: str, gold: str, timeout_s: int = 3) -> bool:
-    parsed_gold = parse(_as_latex(gold), _EXTRACTION, parsing_timeout=timeout_s)
-    parsed_answer = parse(_as_latex(answer), _EXTRACTION, parsing_timeout=timeout_s)
+def _parse(text: str, timeout_s: int) -> list:
+    return parse(_as_latex(text), _EXTRACTION, parsing_timeout=timeout_s)
+
+
+def math_score(completion: str, gold: str, timeout_s: int = 3) -> tuple[float, bool]:
+    """(1 or 0, whether math-verify could read the gold). An unreadable gold is compared as a string —
+    the caller reports how often, so it never passes silently."""
+    parsed_gold = _parse(gold, timeout_s)
+    readable = any(not isinstance(value, str) for value in parsed_gold)  # else only the raw text is back
+    answer = final_answer(after_thinking(completion))
+    if answer is None:
+        return 0.0, readable
+    parsed_answer = _parse(answer, timeout_s)
     if not parsed_gold or not parsed_answer:
-        return answer.strip() == gold.strip()
-    return verify(parsed_gold, parsed_answer, timeout_seconds=timeout_s)
+        same = answer.strip() == gold.strip()
+    else:
+        same = verify(parsed_gold, parsed_answer, timeout_seconds=timeout_s)
+    return float(same), readable
 
 
 def math_reward(completion: str, gold: str) -> float:
-    answer = final_answer(after_thinking(completion))
-    if answer is None:
-        return 0.0
-    return 1.0 if equivalent(answer, gold) else 0.0
+    return math_score(completion, gold)[0]

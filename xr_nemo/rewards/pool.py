@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 
 from xr_nemo.rewards.choice import choice_reward
 from xr_nemo.rewards.format import format_reward
-from xr_nemo.rewards.math import math_reward
+from xr_nemo.rewards.math import math_score
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Score:
     format: float
     reward: float
     timed_out: bool = False
+    gold_unreadable: bool = False  # math-verify could not read the gold: compared as strings
 
 
 def score_task(task: RewardTask, spec: RewardSpec) -> Score:
@@ -52,10 +53,12 @@ def score_task(task: RewardTask, spec: RewardSpec) -> Score:
     kind = spec.correctness if spec.correctness != "auto" else ("choice" if task.options else "math")
     if kind == "choice":
         correct = choice_reward(task.completion, task.gold, task.options or {})
+        unreadable = False
     else:
-        correct = math_reward(task.completion, task.gold)
+        correct, readable = math_score(task.completion, task.gold)
+        unreadable = not readable
     formatted = format_reward(task.completion) if spec.format_weight else 0.0
-    return Score(correct, formatted, correct + spec.format_weight * formatted)
+    return Score(correct, formatted, correct + spec.format_weight * formatted, gold_unreadable=unreadable)
 
 
 @dataclass
