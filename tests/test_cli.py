@@ -67,3 +67,19 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
     with pytest.raises(XrNemoError):
         main(["--debug", "tiny-model", str(tmp_path / "busy")])
+
+
+def test_a_saved_config_is_re_run_with_overrides_checked_before_launch(tmp_path):
+    from xr_nemo.cli import load_recipe
+    from xr_nemo.config.overrides import apply_overrides, config_yaml
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(apply_overrides(load_recipe("tiny_cpu", "sft"), [f"run.dir={tmp_path}"])))
+    result = subprocess.run(
+        [sys.executable, "-m", "xr_nemo.cli", "sft", "--config", str(saved), "trainer.max_steps=0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "trainer.max_steps=0 is out of range" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "checkpoints").exists()

@@ -197,7 +197,7 @@ def test_a_run_without_an_export_is_exported_from_its_latest_checkpoint(tmp_path
 
 @pytest.mark.slow
 def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path, fixtures):
-    from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.config.schema import EvalConfig, GenerationConfig
     from xr_nemo.eval.run import run_eval
     from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
@@ -212,13 +212,12 @@ def test_two_data_parallel_replicas_give_the_single_replica_predictions(tmp_path
             benchmarks=names,
             data={name: str(paths[name]) for name in names},
             out_dir=str(out),
-            engine="hf",
-            max_new_tokens=12,
+            generation=GenerationConfig(engine="hf", max_new_tokens=12),
             batch_size=1,
             data_parallel=replicas,
         )
         summary = run_eval(config)
-        assert (out / "replica_config.json").exists() == (replicas > 1)
+        assert (out / "replica_config.yaml").exists() == (replicas > 1)
         assert {name: r["n"] for name, r in summary["benchmarks"].items()} == {n: VALID[n] for n in names}
         assert sorted(p.name for p in (out / "predictions").iterdir()) == [
             f"{n}.jsonl" for n in sorted(names)

@@ -78,7 +78,8 @@ def uninterrupted(base):
 
 
 def test_an_exception_on_one_rank_is_recovered_with_the_uninterrupted_losses(base, uninterrupted):
-    from xr_nemo.training.checkpoint import latest_checkpoint, read_train_state
+    from xr_nemo.run_dir import latest_checkpoint
+    from xr_nemo.training.checkpoint import read_train_state
 
     result = _sft_under_ft_launcher(
         base,

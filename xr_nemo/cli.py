@@ -158,10 +158,11 @@ def _convert_import(args: argparse.Namespace) -> None:
 
 def _convert_export(args: argparse.Namespace) -> None:
     from xr_nemo.conversion.convert import DTYPES, export_hf
+    from xr_nemo.run_dir import resolve_checkpoint
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     out = export_hf(
-        args.checkpoint_dir,
+        resolve_checkpoint(args.checkpoint_dir, where="convert export CHECKPOINT"),
         args.out_dir,
         key_naming=args.key_naming,
         dtype=dtype,
@@ -195,7 +196,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     to_megatron.set_defaults(handler=_convert_import)
 
     to_hf = directions.add_parser("export", help="megatron-core torch_dist checkpoint → HF directory")
-    to_hf.add_argument("checkpoint_dir")
+    to_hf.add_argument("checkpoint_dir", help="a checkpoint, or a run directory (its latest checkpoint)")
     to_hf.add_argument("out_dir")
     to_hf.add_argument("--key-naming", choices=KEY_NAMINGS, default="hub")
     to_hf.add_argument(

@@ -6,10 +6,10 @@ does not import `run` back.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from xr_nemo.config.overrides import load_config
 from xr_nemo.config.schema import EvalConfig
 from xr_nemo.errors import XrNemoError
 from xr_nemo.eval.run import generate, load_items
@@ -17,7 +17,7 @@ from xr_nemo.tasks.benchmarks import get_benchmark
 
 
 def _replica_main(config_path: str, rank: str, replicas: str) -> None:
-    config = EvalConfig(**json.loads(Path(config_path).read_text(encoding="utf-8")))
+    config = load_config(config_path, EvalConfig)
     loaded = load_items(config, [get_benchmark(name) for name in config.benchmarks])
     generate(config, Path(config.model), Path(config.out_dir), loaded, replica=(int(rank), int(replicas)))
 

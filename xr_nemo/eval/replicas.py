@@ -9,13 +9,13 @@ devices [r·TP, (r+1)·TP) of the parent's visible devices.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
+from xr_nemo.config.overrides import config_yaml
 from xr_nemo.config.schema import EvalConfig
 from xr_nemo.errors import ConfigError, XrNemoError
 
@@ -52,9 +52,9 @@ def run_replicas(config: EvalConfig, model_dir: Path, out_dir: Path) -> None:
     replicas = config.data_parallel
     environments = replica_environments(replicas, config.generation.tensor_parallel)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = asdict(config) | {"model": str(model_dir), "out_dir": str(out_dir)}
-    config_path = out_dir / "replica_config.json"
-    config_path.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    resolved = dataclasses.replace(config, model=str(model_dir), out_dir=str(out_dir))
+    config_path = out_dir / "replica_config.yaml"
+    config_path.write_text(config_yaml(resolved), encoding="utf-8")
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "xr_nemo.eval.replica_worker", str(config_path), str(rank), str(replicas)],

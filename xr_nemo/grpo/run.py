@@ -321,7 +321,8 @@ class GRPOStage:
         return {"consumed_samples": self.cursor, "epoch": self.cursor // len(self.prompts)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.cursor = state["consumed_samples"]
+        # checkpoints written before the loop was shared name the cursor `prompt_cursor`
+        self.cursor = state["consumed_samples"] if "consumed_samples" in state else state["prompt_cursor"]
 
 
 def run_grpo(config: GRPOConfig) -> Path:
