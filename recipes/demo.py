@@ -41,7 +41,7 @@ def grpo() -> GRPOConfig:
     config.run.dir = f"{RUN}/grpo"
     config.model.checkpoint = f"{RUN}/sft"
     config.data.train = f"{RUN}/world/grpo_prompts.jsonl"
-    config.data.max_prompt_length = 128
+    config.data.max_prompt_length = 256
     config.rollout.engine = "vllm"
     config.rollout.n = 8
     config.rollout.temperature = 1.0

@@ -23,7 +23,7 @@ def _first(path, schema_reader):
 
 
 def _sft(record):
-    return prepare(record, "auto", answer_tags=False, system_prompt=None, control_tokens=CONTROL)
+    return prepare(record, "auto", control_tokens=CONTROL)
 
 
 def _grpo(schema):

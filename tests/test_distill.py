@@ -34,9 +34,9 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     from transformers import AutoTokenizer
 
     from xr_nemo.config.schema import DistillConfig
+    from xr_nemo.data.prompt_format import training_prompt
     from xr_nemo.distill.run import run_distill
     from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
-    from xr_nemo.tasks.prompt_format import user_text
 
     teacher = build_tiny_qwen25_vl(tmp_path / "teacher")
     tokenizer = AutoTokenizer.from_pretrained(teacher)
@@ -59,9 +59,9 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     solved = [i for i in range(8) if right[i]]
     for trace, i in zip(traces, solved, strict=True):
         question = questions[i]
-        system, user, assistant = trace["messages"]
-        assert system["role"] == "system" and assistant["role"] == "assistant"
-        assert user["content"] == user_text(question["question"], question["options"])
+        user, assistant = trace["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"] == training_prompt(question["question"], question["options"])
         first = right[i][0]
         assert assistant["content"].startswith(f"<think>seed {first}</think>")
         assert assistant["content"].endswith(f"<answer>{question['answer_idx']}</answer>")
@@ -69,6 +69,24 @@ def test_distill_keeps_exactly_the_correct_traces_and_resumes(tmp_path):
     again = SeedTeacher(tokenizer, gold)
     assert run_distill(config, engine=again) == stats
     assert again.prompts_seen == 0
+
+
+def test_a_teacher_whose_template_opens_thinking_gets_the_tag_back_in_its_traces(tmp_path):
+    """QwQ-32B's chat template ends the generation prompt with `<think>\n`, so its completions start
+    inside the thinking: the trace must start with the tag SFT is to learn."""
+    from transformers import AutoTokenizer
+
+    from xr_nemo.distill.run import _trace, opens_thinking
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_qwen25_vl(tmp_path / "teacher"))
+    assert not opens_thinking(tokenizer)
+    tokenizer.chat_template = tokenizer.chat_template + "{% if add_generation_prompt %}<think>\n{% endif %}"
+    assert opens_thinking(tokenizer)
+    output = "First, the drug. </think> <answer>B</answer>"
+    assert _trace(output, "B", "answer_tag", opened=True) == f"<think>\n{output}"
+    assert _trace(f"<think>{output}", "B", "answer_tag", opened=True) == f"<think>{output}"
+    assert _trace(output, "B", "answer_tag", opened=False) == output
 
 
 def test_distill_cli_runs_a_real_teacher(tmp_path):

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
-from xr_nemo.tasks.extract import Extraction, extract_choice, extract_math
+from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
 
 OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
 
@@ -15,20 +15,32 @@ OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
     [
         ("<think>...</think><answer>C</answer>", "C", "answer_tag"),
         ("<think>...</think><answer>(C)</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>[C]</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>**C**</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>C: Warfarin</answer>", "C", "answer_tag"),
         ("<think>...</think><answer>C. Warfarin</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>(C) Warfarin</answer>", "C", "answer_tag"),
         ("<think>...</think><answer>Warfarin</answer>", "C", "answer_tag"),
         ("<think>...</think><answer>warfarin.</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>Warfarin therapy</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>The answer is C</answer>", "C", "answer_tag"),
+        ("<think>...</think><answer>\\boxed{\\text{C}}</answer>", "C", "answer_tag"),
         ("<think>...</think>Answer: (C)", "C", "answer_is"),
-        ("The answer is B.", "B", "answer_is"),
+        ("<think>...</think>**Answer:** C", "C", "answer_is"),
+        ("<think>...</think>The correct option is C.", "C", "reply"),
         ("<think>is it A? no</think>\n\\boxed{D}", "D", "boxed"),
-        ("<think>A or B</think>\nC", "C", "bare_letter"),
-        ("<think>hmm</think> (B)", "B", "bare_letter"),
-        ("<think>hmm</think> I would pick (A) over (B), so (D) is best.", "D", "marked_letter"),
-        ("<think>hmm</think> Option D. is what the guidelines say", "D", "marked_letter"),
-        ("<think>hmm</think><answer>A or C</answer>", None, "ambiguous"),
-        ("<think>I think the answer is C</think> I am not sure.", None, "none"),
-        ("<think>endless thinking that never closes", None, "none"),
-        ("", None, "none"),
+        ("<think>A or B</think>\nC", "C", "reply"),
+        ("<think>hmm</think> (B)", "B", "reply"),
+        ("<think>hmm</think> Looking again, (D) is the one the guidelines favour", "D", "marked_letter"),
+        ("<think>hmm</think> " + "Both have merits. " * 12 + "I would pick (D).", "D", "marked_letter"),
+        ("<think>hmm</think> " + "Both have merits. " * 12 + "(A) over (B)?", None, "none"),
+        ("<think>hmm</think><answer>A or C</answer>", None, "none"),
+        ("<think>hmm</think><answer>a decreased dose</answer>", None, "none"),  # not option A
+        ("<think>hmm</think>I think it is B", None, "none"),  # not option I
+        ("<think>I think the answer is C</think> I am not sure.", None, "none"),  # never from the thinking
+        ("The answer is B.", None, "unfinished"),  # the thinking never closed
+        ("<think>endless thinking that never closes", None, "unfinished"),
+        ("", None, "unfinished"),
     ],
 )
 def test_choice_extraction(output, letter, method):
@@ -37,18 +49,36 @@ def test_choice_extraction(output, letter, method):
 
 
 @pytest.mark.parametrize(
+    ("output", "options", "letter"),
+    [
+        ("<think>.</think><answer>6 cm</answer>", {"A": "6cm", "B": "8cm"}, "A"),
+        ("<think>.</think><answer>145</answer>", {"A": "145°", "B": "35°"}, "A"),
+        ("<think>.</think><answer>2.5 %</answer>", {"A": "25%", "B": "2.5%"}, "B"),
+        (
+            "<think>.</think><answer>Warfarin and aspirin</answer>",
+            {"A": "Warfarin", "B": "Warfarin and aspirin"},
+            "B",
+        ),
+        ("<think>.</think><answer>I</answer>", {letter: letter.lower() * 2 for letter in "ABCDEFGHIJ"}, "I"),
+    ],
+)
+def test_option_text_is_matched_after_normalising_units_and_symbols(output, options, letter):
+    assert extract_choice(output, options).answer == letter
+
+
+@pytest.mark.parametrize(
     ("output", "answer", "method"),
     [
         ("<think>...</think><answer>\\frac{3}{4}</answer>", "\\frac{3}{4}", "answer_tag"),
-        ("so x = \\boxed{12}.", "12", "boxed"),
+        ("<think>.</think>so x = \\boxed{12}.", "12", "boxed"),
         ("<think>5 or 6</think>The answer is $-2.5$.", "-2.5", "answer_is"),
-        ("<think>x</think> The total is 1,250 dollars, after 3 days.", "3", "last_number"),
-        ("<think>x</think> She pays 1,250", "1250", "last_number"),
-        ("<think>x</think> no idea", None, "none"),
+        ("<think>x</think>\n\n1250", "1250", "reply"),
+        ("so x = \\boxed{12}.", None, "unfinished"),
+        ("<think>x</think>" + " no idea" * 40, None, "none"),
     ],
 )
-def test_math_extraction(output, answer, method):
-    found = extract_math(output)
+def test_free_form_extraction(output, answer, method):
+    found = extract_answer(output)
     assert (found.answer, found.method) == (answer, method)
 
 
@@ -76,9 +106,9 @@ def test_sampled_metrics_by_hand():
 
 def test_an_option_text_with_capital_letters_is_not_ambiguous():
     options = {"A": "Vitamin D deficiency", "B": "Type B gastritis", "D": "None"}
-    assert extract_choice("<answer>B. Type B gastritis</answer>", options).answer == "B"
-    assert extract_choice("<answer>Vitamin D deficiency</answer>", options).answer == "A"
-    assert extract_choice("<answer>B or D</answer>", options).method == "ambiguous"
+    assert extract_choice("<think>.</think><answer>B. Type B gastritis</answer>", options).answer == "B"
+    assert extract_choice("<think>.</think><answer>Vitamin D deficiency</answer>", options).answer == "A"
+    assert extract_choice("<think>.</think><answer>B or D</answer>", options).answer is None
 
 
 @pytest.mark.parametrize(
@@ -86,15 +116,12 @@ def test_an_option_text_with_capital_letters_is_not_ambiguous():
     [
         ("<think>look at the left side</think><answer>Left lung.</answer>", "Left lung.", "answer_tag"),
         ("<think>...</think>The answer is yes", "yes", "answer_is"),
-        ("<think>...</think>\nMRI\n", "MRI", "short_reply"),
-        ("<think>...</think>\nIt could be CT.\nOr maybe MRI, I cannot tell.", None, "none"),
-        ("<think>never closed", None, "none"),
+        ("<think>...</think>\nMRI\n", "MRI", "reply"),
+        ("<think>never closed", None, "unfinished"),
     ],
 )
 def test_short_answer_extraction(output, answer, method):
-    from xr_nemo.tasks.extract import extract_short
-
-    assert extract_short(output) == Extraction(answer, method)
+    assert extract_answer(output) == Extraction(answer, method)
 
 
 @pytest.mark.parametrize(

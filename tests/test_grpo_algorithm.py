@@ -125,17 +125,34 @@ class ScriptedEngine:
         return out
 
 
-def test_forced_exit_appends_end_of_thinking_and_lets_the_model_answer():
-    END, STOP = 99, 0
-    scripts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, STOP], [5, STOP], [5, 6, END, 7, 8, 9, 10, 11, 12]]
-    sampling = Sampling(max_new_tokens=8, stop_token_ids=(STOP,), thinking_budget=4, end_thinking_ids=(END,))
+def test_forced_exit_appends_the_closing_once_and_lets_the_model_answer(any_tokenizer):
+    """With either vocabulary: an endless thinking gets `\\n</think>\\n\\n` appended once (not sampled)
+    and goes on to answer; a thinking that closed by itself — with Qwen2.5's tokens `</`, `think`,
+    `>\\n\\n`, no `</think>` token — gets nothing appended; a finished one is left alone."""
+    from xr_nemo.generation.engine import FORCED_EXIT_TEXT, ForcedExit
+
+    tokenizer = any_tokenizer
+    ids = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endless = ids(" and again" * 20)
+    closed = [*ids("so it is 12.</think>\n\n<answer>12</answer>"), stop]
+    scripts = [endless, [*ids("<answer>1</answer>"), stop], closed]
+    closes_at = next(k for k in range(len(closed)) if "</think>" in tokenizer.decode(closed[:k]))
+    budget = closes_at + 1  # the natural one closes within the budget, then answers past it
+    assert budget < len(closed) - 1
+    exit_ = ForcedExit.of(tokenizer, budget)
+    assert tokenizer.decode(list(exit_.suffix_ids)) == FORCED_EXIT_TEXT == "\n</think>\n\n"
+    sampling = Sampling(max_new_tokens=40, stop_token_ids=(stop,), forced_exit=exit_)
     engine = ScriptedEngine(scripts)
-    endless, short, closed = (group[0] for group in generate(engine, [[0], [1], [2]], 1, 0, sampling))
-    assert endless.forced_exit and endless.token_ids[:5] == [5, 6, 7, 8, END]
-    assert endless.sampled[:5] == [True] * 4 + [False]
-    assert len(endless.token_ids) == 8 and not endless.finished
-    assert short.token_ids == [5, STOP] and short.finished and not short.forced_exit
-    assert not closed.forced_exit and closed.token_ids[:4] == [5, 6, END, 7] and len(closed.token_ids) == 8
+    forced, short, natural = (group[0] for group in generate(engine, [[0], [1], [2]], 1, 0, sampling))
+
+    suffix = list(exit_.suffix_ids)
+    assert forced.forced_exit and forced.token_ids[: budget + len(suffix)] == endless[:budget] + suffix
+    assert forced.sampled[: budget + len(suffix)] == [True] * budget + [False] * len(suffix)
+    assert tokenizer.decode(forced.token_ids).count("</think>") == 1
+    assert short.token_ids == scripts[1] and not short.forced_exit
+    assert not natural.forced_exit and natural.token_ids == closed
+    assert tokenizer.decode(natural.token_ids).count("</think>") == 1
 
 
 def test_generate_seeds_each_completion_by_its_position():
@@ -218,13 +235,15 @@ def test_prompt_readers(tmp_path):
     assert len(skipped) == 1 and skipped.skipped[0].startswith(f"{bad}:2")
 
 
-def test_benchmark_readers_give_prompts_exactly_as_evaluation_asks(tmp_path):
+def test_benchmark_readers_give_training_prompts_the_questions_evaluation_asks(tmp_path):
+    """GRPO reads a benchmark's records with evaluation's reader (same question, options and gold) and
+    asks them in the paper's training template, as the only turn."""
+    from xr_nemo.data.prompt_format import training_prompt
     from xr_nemo.errors import ConfigError
     from xr_nemo.grpo.prompts import load_prompts
     from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
     from xr_nemo.recipes.tiny_cpu_med import MEDQA
     from xr_nemo.tasks.benchmarks import get_benchmark
-    from xr_nemo.tasks.prompts import PromptBuilder
 
     tokenizer = build_tokenizer(256)
     prompts = load_prompts(str(MEDQA), "train", tokenizer, schema="medqa")
@@ -232,8 +251,19 @@ def test_benchmark_readers_give_prompts_exactly_as_evaluation_asks(tmp_path):
     assert [(i.answer, i.options) for i in prompts.items] == [
         (r["answer_idx"], r["options"]) for r in records
     ]
-    evaluation = [PromptBuilder(tokenizer)(item) for item in get_benchmark("medqa").items(str(MEDQA))]
-    assert prompts.token_ids == evaluation  # training prompts are the evaluation prompts
+    evaluated = list(get_benchmark("medqa").items(str(MEDQA)))
+    assert [(i.question, i.options, i.answer) for i in prompts.items] == [
+        (e.question, e.options, e.gold) for e in evaluated
+    ]
+    expected = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": training_prompt(e.question, e.options)}],
+            tokenize=True,
+            add_generation_prompt=True,
+        )
+        for e in evaluated
+    ]
+    assert prompts.token_ids == [list(ids["input_ids"] if hasattr(ids, "keys") else ids) for ids in expected]
 
     medmcqa = tmp_path / "medmcqa.jsonl"
     medmcqa.write_text(

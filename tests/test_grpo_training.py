@@ -42,7 +42,6 @@ def _stage_worker(stage: str, overrides: list[str]) -> list[dict] | None:
 def sft_run(tmp_path_factory):
     from xr_nemo.conversion.convert import import_hf
     from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
-    from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT
 
     root = tmp_path_factory.mktemp("grpo")
     hf_dir = build_tiny_qwen25_vl(root / "hf", TinyQwen25VLSpec(num_kv_heads=2))
@@ -51,7 +50,6 @@ def sft_run(tmp_path_factory):
     with open(root / "sft.jsonl", "w") as out:
         for _ in range(64):
             messages = [
-                {"role": "system", "content": REASONING_SYSTEM_PROMPT},
                 {"role": "user", "content": QUESTION},
                 {"role": "assistant", "content": f"<answer>{rng.choice([ANSWER, WRONG])}</answer>"},
             ]

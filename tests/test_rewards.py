@@ -41,11 +41,11 @@ def test_math_reward_agrees_with_math_verify(answer, gold, expected):
     assert reference == expected, "the table must agree with math-verify itself"
     completion = f"<think>\nwork it out\n</think>\n<answer>{answer}</answer>"
     assert math_reward(completion, gold) == float(expected)
-    assert math_reward(f"So the result is \\boxed{{{answer}}}.", gold) == float(expected)
+    assert math_reward(f"<think>w</think>So the result is \\boxed{{{answer}}}.", gold) == float(expected)
 
 
 @pytest.mark.parametrize(
-    ("completion", "answer"),
+    ("text", "answer"),
     [
         ("<answer>5</answer>", "5"),
         ("first \\boxed{3} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
@@ -53,13 +53,28 @@ def test_math_reward_agrees_with_math_verify(answer, gold, expected):
         ("The answer is 12.", "12"),
         ("Final answer: $7$", "7"),
         ("\\boxed{\\left\\{1,2\\right\\}}", "\\left\\{1,2\\right\\}"),
-        ("no conclusion at all", None),
-        ("\\boxed{unclosed", None),
+        ("\n\n42\n", "42"),  # a short reply after the thinking is the answer
+        ("no conclusion " * 20, None),  # prose is not
+        ("\\boxed{unclosed", "\\boxed{unclosed"),
         ("<answer></answer>", None),
     ],
 )
-def test_final_answer_extraction(completion, answer):
-    assert final_answer(completion) == answer
+def test_final_answer_after_the_thinking(text, answer):
+    assert final_answer(f"<think>work</think>{text}") == answer
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<think>so the answer is 12. But let me double-check 12 once more",  # cut at the length limit
+        "so the answer is \\boxed{12}. But wait",  # a prompt that opened the thinking, never closed
+        "<answer>12</answer>",  # an answer without ever closing the thinking
+    ],
+)
+def test_an_unfinished_response_earns_nothing(completion):
+    assert final_answer(completion) is None
+    assert math_reward(completion, "12") == 0.0
+    assert choice_reward(completion.replace("12", "B"), "B", OPTIONS) == 0.0
 
 
 def test_thinking_does_not_count_as_the_answer():
@@ -73,8 +88,11 @@ OPTIONS = {"A": "Pneumonia", "B": "Asthma", "C": "A fever", "D": "None of the ab
 @pytest.mark.parametrize(
     ("answer", "reward"),
     [
-        *[("C", 1.0), ("(C)", 1.0), ("C. A fever", 1.0), ("option C", 1.0), ("a fever", 1.0), ("c", 1.0)],
+        *[("C", 1.0), ("(C)", 1.0), ("C. A fever", 1.0), ("option C", 1.0), ("a fever", 1.0), ("[C]", 1.0)],
+        *[("The correct option is C", 1.0), ("\\boxed{\\text{C}}", 1.0), ("**C**", 1.0), ("C: A fever", 1.0)],
         *[("B", 0.0), ("Asthma", 0.0), ("(D) None of the above", 0.0), ("E", 0.0), ("fever", 0.0)],
+        *[("c", 0.0), ("c.", 0.0)],  # capital letters only: "c" is not option C...
+        *[("c fever", 0.0)],  # ...nor an option's text
     ],
 )
 def test_choice_reward(answer, reward):
@@ -112,11 +130,11 @@ def test_hostile_completions_return_within_the_deadline_and_the_pool_survives():
     with RewardPool(RewardSpec(), workers=2, timeout_s=timeout) as pool:
         pool.score([RewardTask("\\boxed{1}", "1")])  # workers up and imported
         start = time.monotonic()
-        scores = pool.score([RewardTask(text, "2") for text in HOSTILE])
+        scores = pool.score([RewardTask(f"<think>t</think>{text}", "2") for text in HOSTILE])
         elapsed = time.monotonic() - start
         assert [s.reward for s in scores] == [0.0] * len(HOSTILE)
         assert elapsed < timeout * len(HOSTILE) / 2 + 5, elapsed  # two workers, each answer ≤ deadline
-        again = pool.score([RewardTask("<answer>\\frac{1}{2}</answer>", "0.5")] * 4)
+        again = pool.score([RewardTask("<think>t</think><answer>\\frac{1}{2}</answer>", "0.5")] * 4)
         assert [s.reward for s in again] == [1.0] * 4
 
 
@@ -129,7 +147,7 @@ def test_pool_scores_in_order_with_format_weight():
         RewardTask("a</think><answer>2</answer>", "3"),
     ]
     with RewardPool(spec, workers=2, timeout_s=10) as pool:
-        assert [s.reward for s in pool.score(tasks)] == [1.5, 1.0, 1.5, 0.5]
+        assert [s.reward for s in pool.score(tasks)] == [1.5, 0.0, 1.5, 0.5]  # 2nd: thinking never closed
 
 
 def test_a_gold_math_verify_cannot_read_is_compared_as_a_string_and_reported():

@@ -13,6 +13,7 @@ from xr_nemo.config.schema import DataConfig, SchedulerConfig, SFTConfig
 from xr_nemo.data.batches import BatchPlan
 from xr_nemo.data.conversation import prepare, reasoning_format
 from xr_nemo.data.packing import best_fit_decreasing, collate
+from xr_nemo.data.prompt_format import training_prompt
 from xr_nemo.data.records import DataError, Record, read_records
 from xr_nemo.data.tokenize import tokenize_dataset, tokenize_messages
 from xr_nemo.errors import ConfigError
@@ -48,12 +49,25 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_three_schemas_become_chatml_messages_with_reasoning_tags():
-    ot = prepare(Record("f:1", OPEN_THOUGHTS), "auto", answer_tags=True, system_prompt=None)
-    assert [m["role"] for m in ot] == ["system", "user", "assistant"]
-    assert ot[2]["content"] == "<think>\n2 plus 3 is 5.\n</think>\n\n<answer>\nThe answer is 5.\n</answer>"
-    assert prepare(Record("f:2", MESSAGES), "auto", False, None)[1]["content"] == "Hello!"
-    replaced = prepare(Record("f:3", PROMPT_RESPONSE), "auto", False, "Be brief.")
+def test_three_schemas_become_the_papers_training_format():
+    """The paper's format by default: no system turn, the question in the training template, the target
+    `<think>\n…\n</think>\n\n<answer>…</answer>`; `data.template=none` keeps the turns as they are."""
+    ot = prepare(Record("f:1", OPEN_THOUGHTS), "auto")
+    assert [m["role"] for m in ot] == ["user", "assistant"]
+    assert ot[0]["content"] == training_prompt("What is 2+3?")
+    assert ot[1]["content"] == "<think>\n2 plus 3 is 5.\n</think>\n\n<answer>The answer is 5.</answer>"
+    direct = prepare(Record("f:2", MESSAGES), "auto")
+    assert direct[1]["content"] == "<answer>Hello!</answer>"  # no thoughts: a direct answer
+    again = prepare(Record("f:4", {"messages": ot}), "auto")  # data already in the format: unchanged
+    assert again == ot
+    tagged = {"prompt": "q", "response": "<think>t</think>So B.\n<answer>B</answer>"}
+    assert (
+        prepare(Record("f:5", tagged), "auto")[1]["content"] == "<think>\nt\n</think>\n\n<answer>B</answer>"
+    )
+    as_is = prepare(Record("f:1", OPEN_THOUGHTS), "auto", template="none")
+    assert [m["role"] for m in as_is] == ["system", "user", "assistant"]
+    assert as_is[2]["content"] == "<think>\n2 plus 3 is 5.\n</think>\n\nThe answer is 5."
+    replaced = prepare(Record("f:3", PROMPT_RESPONSE), "auto", system_prompt="Be brief.")
     assert replaced[0] == {"role": "system", "content": "Be brief."}
     assert reasoning_format("<think>a</think> b", answer_tags=False) == "<think>\na\n</think>\n\nb"
 
@@ -109,14 +123,14 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tokenizer_dir):
 def test_tokenisation_is_cached_and_overlong_samples_truncate_or_drop(tmp_path, tokenizer_dir):
     long = {"prompt": "Q", "response": "word " * 200}
     path = write_jsonl(tmp_path / "data.jsonl", [MESSAGES, long])
-    truncate = DataConfig(train=str(path), max_length=64, num_workers=1)
+    truncate = DataConfig(train=str(path), max_length=256, num_workers=1)  # the prompt takes ~130
     first = tokenize_dataset(str(path), "train", tokenizer_dir, truncate, tmp_path / "cache", progress=False)
-    assert first.lengths.max() == 64 and first.stats.truncated == 1
+    assert first.lengths.max() == 256 and first.stats.truncated == 1
     cached = list((tmp_path / "cache").glob("tokenized-*/chunk_*.npz"))
     mtime = cached[0].stat().st_mtime_ns
     again = tokenize_dataset(str(path), "train", tokenizer_dir, truncate, tmp_path / "cache", progress=False)
     assert np.array_equal(again.ids, first.ids) and cached[0].stat().st_mtime_ns == mtime
-    drop = DataConfig(train=str(path), max_length=64, overlong="drop", num_workers=1)
+    drop = DataConfig(train=str(path), max_length=256, overlong="drop", num_workers=1)
     dropped = tokenize_dataset(str(path), "train", tokenizer_dir, drop, tmp_path / "cache", progress=False)
     assert len(dropped) == 1 and dropped.stats.dropped_overlong == 1
 

@@ -73,7 +73,7 @@ def test_loss_falls_and_the_export_carries_the_training(base):
     from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
 
     record = next(iter(read_records(str(SAMPLE_DATA))))
-    ids, mask = tokenize_messages(tokenizer, prepare(record, "auto", False, None))
+    ids, mask = tokenize_messages(tokenizer, prepare(record, "auto"))
     ids = torch.tensor([ids])
     labels = torch.where(torch.tensor([mask]), ids, -100)  # the assistant tokens, as trained
 
@@ -250,9 +250,7 @@ def test_validation_loss_equals_transformers_on_the_validation_samples(base, tmp
     assert sorted(val_losses) == [2, 4]
 
     tokenizer = AutoTokenizer.from_pretrained(root / "hf")
-    samples = [
-        tokenize_messages(tokenizer, prepare(r, "auto", False, None)) for r in read_records(str(validation))
-    ]
+    samples = [tokenize_messages(tokenizer, prepare(r, "auto")) for r in read_records(str(validation))]
     for step, val_loss in val_losses.items():
         exported = export_hf(
             root / "validated" / "checkpoints" / f"step_{step}", tmp_path / f"hf{step}", progress=False

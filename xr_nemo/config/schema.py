@@ -38,6 +38,11 @@ class SFTSchema(StrEnum):
     prompt_response = "prompt_response"
 
 
+class SFTTemplate(StrEnum):
+    paper = "paper"  # the paper's training template as the user turn; <think>…</think> <answer>…</answer>
+    none = "none"  # turns as the data has them; reasoning moved into <think> … </think> only
+
+
 class Overlong(StrEnum):
     truncate = "truncate"
     drop = "drop"
@@ -214,8 +219,8 @@ class DataConfig:
     overlong: Overlong = Overlong.truncate
     on_error: OnError = OnError["raise"]
     packing: bool = True
-    answer_tags: bool = False  # wrap the final answer in <answer> … </answer>
-    system_prompt: str | None = None  # replaces the data's system prompt when set
+    template: SFTTemplate = SFTTemplate.paper
+    system_prompt: str | None = None  # replaces the data's system turn when set (the paper has none)
     max_samples: int | None = positive(None)
     num_workers: int = positive(2)  # tokenisation processes
     cache_dir: str | None = None  # default: <run.dir>/cache
@@ -243,7 +248,7 @@ class PromptDataConfig:
     train: str = "???"  # hub name, or local .jsonl/.json/.parquet (Orz-Math pairs or {prompt, answer})
     split: str = "train"
     schema: str = "auto"  # auto | orz | prompt_answer | a text benchmark's reader (medqa, medmcqa, …)
-    system_prompt: str | None = None  # default: the reasoning prompt (think, then <answer>)
+    system_prompt: str | None = None  # before the user turn; the paper sends none
     max_prompt_length: int = positive(1024)  # tokens; longer prompts are dropped and counted
     on_error: OnError = OnError["raise"]
     max_samples: int | None = positive(None)

@@ -1,9 +1,15 @@
-"""Records of the supported schemas → chat messages, with the reasoning format applied.
+"""Records of the supported schemas → chat messages, in the paper's format.
 
 Schemas: OpenThoughts (`system` + `conversations` of `{from, value}`), `messages` (`{role, content}`),
-and `{prompt, response}`. Reasoning: OpenThoughts' `<|begin_of_thought|> … <|end_of_thought|>
-<|begin_of_solution|> … <|end_of_solution|>` becomes `<think>\n…\n</think>\n\n…`, the answer optionally
-inside `<answer> … </answer>`.
+and `{prompt, response}`. With `data.template=paper` (the default) the first user turn becomes the
+paper's training template around the question, system turns are dropped (the paper has none; a
+`data.system_prompt` is still honoured), and every assistant turn becomes
+`<think>\n{thought}\n</think>\n\n<answer>{solution}</answer>`: OpenThoughts' `<|begin_of_thought|> …
+<|end_of_thought|> <|begin_of_solution|> … <|end_of_solution|>` sections (or `<think> … </think>` and
+what follows) give the thought and the solution. Ours: the whole solution section goes inside
+`<answer>` (for OpenThoughts a worked solution ending in its boxed answer, or code), and a response
+without thoughts is trained as `<answer>{response}</answer>` alone (direct-answer data). With
+`data.template=none` turns stay as they are and only the reasoning moves into `<think>` tags.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from xr_nemo.data.prompt_format import is_training_prompt, training_prompt
 from xr_nemo.data.records import DataError, Record
 
 SCHEMAS = ("openthoughts", "messages", "prompt_response")
@@ -27,6 +34,7 @@ _OPEN_THOUGHTS = re.compile(
     re.DOTALL,
 )
 _THINK = re.compile(r"<think>(?P<thought>.*?)</think>(?P<solution>.*)", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 Message = dict[str, str]
 
@@ -110,16 +118,22 @@ def _check_order(messages: list[Message], where: str) -> None:
         raise DataError("a user or assistant turn is empty", where=where)
 
 
+def _in_answer_tags(solution: str) -> str:
+    """The solution inside `<answer>` tags; one that already has them keeps its last tagged answer."""
+    tagged = _ANSWER.findall(solution)
+    return f"<answer>{tagged[-1].strip() if tagged else solution}</answer>"
+
+
 def reasoning_format(response: str, answer_tags: bool) -> str:
-    """Thoughts in `<think> … </think>`, then the answer (inside `<answer> … </answer>` if asked)."""
+    """Thoughts in `<think>\n…\n</think>\n\n`, then the solution (inside `<answer>…</answer>` if asked)."""
     match = _OPEN_THOUGHTS.search(response) or _THINK.search(response)
     if match is None:
-        return f"<answer>\n{response.strip()}\n</answer>" if answer_tags else response
+        return _in_answer_tags(response.strip()) if answer_tags else response
     thought, solution = match["thought"].strip(), match["solution"].strip()
     if not thought and not solution:
         raise ValueError("the response's thought and solution are both empty")
     if answer_tags:
-        solution = f"<answer>\n{solution}\n</answer>"
+        solution = _in_answer_tags(solution)
     return f"<think>\n{thought}\n</think>\n\n{solution}"
 
 
@@ -137,21 +151,33 @@ def _check_control_tokens(messages: list[Message], control_tokens: tuple[str, ..
             )
 
 
+def _paper_prompt(messages: list[Message]) -> list[Message]:
+    """No system turn; the first user turn in the training template (unless the data already has it)."""
+    body = [m for m in messages if m["role"] != "system"]
+    first = body[0]["content"]
+    if not is_training_prompt(first):
+        body[0] = {"role": "user", "content": training_prompt(first)}
+    return body
+
+
 def prepare(
     record: Record,
     schema: str,
-    answer_tags: bool,
-    system_prompt: str | None,
+    template: str = "paper",
+    system_prompt: str | None = None,
     control_tokens: tuple[str, ...] = (),
 ) -> list[Message]:
     messages = to_messages(record, schema)
     _check_control_tokens(messages, control_tokens, record.where)
+    paper = template == "paper"
+    if paper:
+        messages = _paper_prompt(messages)
     if system_prompt is not None:
         messages = [m for m in messages if m["role"] != "system"]
         messages.insert(0, {"role": "system", "content": system_prompt})
     try:
         return [
-            {**m, "content": reasoning_format(m["content"], answer_tags)} if m["role"] == "assistant" else m
+            {**m, "content": reasoning_format(m["content"], paper)} if m["role"] == "assistant" else m
             for m in messages
         ]
     except ValueError as error:

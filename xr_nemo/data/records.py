@@ -1,8 +1,15 @@
-"""Raw records from a hub dataset or local JSONL/JSON/Parquet files, each with where it came from."""
+"""Raw records from a hub dataset or local JSONL/JSON/Parquet/CSV files, each with where it came from.
+
+A folder is read for the requested split when its files name splits (`test.jsonl`,
+`validation-00000-of-00001.parquet`, `test_2.csv`, `dev/part.json`, …); `.json` files may hold a list
+of objects, an object of id → object (MathVista's `testmini.json`, PubMedQA's `ori_pqal.json`) or JSON
+lines (MedMCQA's `dev.json`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +22,13 @@ _FORMATS = "JSON lines (.jsonl), JSON (.json), Parquet (.parquet) or CSV (.csv)"
 
 
 TURN_PAIR = "turn_pair"  # the field a .json list item (not an object) is read into
+
+# Split names a file or folder may carry; a requested split also matches its aliases when no file is
+# named for it exactly (MedMCQA's release calls validation `dev`, SLAKE's `validate`, MMStar's `val`).
+SPLIT_NAMES = frozenset({"train", "validation", "valid", "val", "validate", "dev", "test", "testmini"})
+_VALIDATION = ("validation", "val", "valid", "validate", "dev")
+SPLIT_ALIASES = {name: _VALIDATION for name in _VALIDATION}
+_SHARD = r"(?:[-_]\d.*)?"  # `test-00000-of-00001`, `test_2`
 
 
 class DataError(XrNemoError):
@@ -32,7 +46,7 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _local_files(path: Path) -> list[Path]:
+def _local_files(path: Path, split: str) -> list[Path]:
     if path.is_file():
         if _suffix(path) not in LOCAL_SUFFIXES:
             raise DataError(
@@ -41,12 +55,43 @@ def _local_files(path: Path) -> list[Path]:
                 fix=f"give the file a name that ends in the format it holds: {_FORMATS}",
             )
         return [path]
-    files = sorted(p for p in path.rglob("*") if _suffix(p) in LOCAL_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if _suffix(p) in LOCAL_SUFFIXES and p.is_file())
     if not files:
         raise DataError(
             f"no {'/'.join(LOCAL_SUFFIXES)} files in {path}", where=str(path), fix="point data.* at the files"
         )
-    return files
+    return split_files(path, files, split)
+
+
+def file_split(root: Path, file: Path, requested: str | None = None) -> str | None:
+    """The split `file` (under the folder `root`) is named for: its own name (`test.jsonl`,
+    `test-00000-of-00001.parquet`, `test_2.csv`), else the nearest folder below `root` named for one."""
+    names = SPLIT_NAMES | ({requested.lower()} if requested else set())
+    folders = file.relative_to(root).parts[:-1]
+    for part in (file.stem, *reversed(folders)):
+        for name in names:
+            if re.fullmatch(re.escape(name) + _SHARD, part, flags=re.IGNORECASE):
+                return name
+    return None
+
+
+def split_files(root: Path, files: list[Path], split: str) -> list[Path]:
+    """The files of `split` when the folder's files name splits; all of them when none does. A folder
+    whose files name splits but not this one is an error, not a silent read of another split."""
+    named = {file: file_split(root, file, split) for file in files}
+    found = sorted({name for name in named.values() if name is not None})
+    if not found:
+        return files
+    wanted = split.lower()
+    for candidates in ((wanted,), SPLIT_ALIASES.get(wanted, ())):
+        chosen = [file for file in files if named[file] in candidates]
+        if chosen:
+            return chosen
+    raise DataError(
+        f"{root} holds files of the split(s) {', '.join(found)} but none of split {split!r}",
+        where=str(root),
+        fix="point at the file to read itself, or choose one of those splits",
+    )
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -132,11 +177,12 @@ def read_records(
     source: str, split: str = "train", config: str | None = None
 ) -> Iterator[Record | DataError]:
     """Records of `source` in file order. Malformed ones come back as `DataError`s (not raised), so the
-    caller decides whether to stop or skip and count."""
+    caller decides whether to stop or skip and count. A folder is read for `split` (see `split_files`);
+    a single file is read whatever its name."""
     path = Path(source)
     if path.exists():
         readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
-        for file in _local_files(path):
+        for file in _local_files(path, split):
             yield from readers[_suffix(file)](file)
         return
     if _looks_local(source):
@@ -157,12 +203,24 @@ def _looks_local(source: str) -> bool:
 
 def _json(path: Path) -> Iterator[Record | DataError]:
     try:
-        rows = parse_json(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        content = path.read_text(encoding="utf-8-sig")
+        rows = parse_json(content)
+    except json.JSONDecodeError as exc:
+        if _is_json_lines(content):  # MedMCQA's train.json/dev.json: one object per line
+            yield from _jsonl(path)
+            return
         yield DataError(f"cannot read JSON: {exc}", where=str(path), fix="use UTF-8 JSON or JSONL")
         return
+    except (UnicodeDecodeError, ValueError) as exc:
+        yield DataError(f"cannot read JSON: {exc}", where=str(path), fix="use UTF-8 JSON or JSONL")
+        return
+    if isinstance(rows, dict):
+        yield from _keyed(path, rows)
+        return
     if not isinstance(rows, list):
-        yield DataError("a .json data file must hold a list of objects", where=str(path))
+        yield DataError(
+            "a .json data file must hold a list of objects or an object of id → object", where=str(path)
+        )
         return
     for index, fields in enumerate(rows):
         where = f"{path} item {index}"
@@ -172,6 +230,36 @@ def _json(path: Path) -> Iterator[Record | DataError]:
             yield Record(where, fields, path)
         else:
             yield DataError("not an object", where=where)
+
+
+def _is_json_lines(content: str) -> bool:
+    """Whether text that is not one JSON value is JSON lines: its first non-blank line is an object on
+    its own (the lines after it are then read, and reported, one by one)."""
+    first = next((line for line in content.splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _keyed(path: Path, rows: dict[str, Any]) -> Iterator[Record | DataError]:
+    """An object of id → record (MathVista's `testmini.json`, PubMedQA's `ori_pqal.json`): each value is
+    a record, and its key becomes its `id` when it has none. An object most of whose values are not
+    objects is not a data file."""
+    objects = sum(isinstance(value, dict) for value in rows.values())
+    if not rows or objects * 2 <= len(rows):
+        yield DataError(
+            "a .json data file must hold a list of objects or an object of id → object",
+            where=str(path),
+            fix="use JSON lines, a list of records, or an object whose values are the records",
+        )
+        return
+    for key, fields in rows.items():
+        where = f'{path} key "{key}"'
+        if isinstance(fields, dict):
+            yield Record(where, fields if "id" in fields else {"id": key, **fields}, path)
+        else:
+            yield DataError(f"not an object ({type(fields).__name__})", where=where)
 
 
 def _parquet(path: Path) -> Iterator[Record]:

@@ -124,8 +124,7 @@ def _fingerprint(source: str, split: str, tokenizer_dir: Path, data: DataConfig)
     relevant = {
         k: v
         for k, v in asdict(data).items()
-        if k
-        in ("schema", "max_length", "overlong", "on_error", "answer_tags", "system_prompt", "max_samples")
+        if k in ("schema", "max_length", "overlong", "on_error", "template", "system_prompt", "max_samples")
     }
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -149,7 +148,7 @@ def _conversation_chunks(
         try:
             if isinstance(item, DataError):
                 raise item
-            chunk.append(prepare(item, data.schema, data.answer_tags, data.system_prompt, reserved))
+            chunk.append(prepare(item, data.schema, data.template, data.system_prompt, reserved))
         except DataError as error:
             if data.on_error != "skip":
                 raise DataError(

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT
-
 IMAGE_QUESTION = "What is the value of the expression in the image?"
 READ_QUESTION = "What expression is written in the image?"
 CELL = 28  # one glyph per 28×28 cell: exactly one merged vision token of Qwen2.5-VL (14 px patches, 2×2)
@@ -137,7 +135,6 @@ def write_toy_world(root: Path, train: int, prompts: int, held_out: int, seed: i
         [
             {
                 "messages": [
-                    {"role": "system", "content": REASONING_SYSTEM_PROMPT},
                     {"role": "user", "content": p.question},
                     {"role": "assistant", "content": p.trace()},
                 ]

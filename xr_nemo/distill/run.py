@@ -4,9 +4,11 @@ X-Reasoner-Med's SFT data are MedQA questions answered by a stronger reasoning m
 rejection sampling. Distillation is a sampled evaluation of the teacher followed by a filter: the
 questions are read by a benchmark's reader (`schema`), `samples` candidates per question are generated
 and judged exactly as `xr-nemo eval` judges them (and saved, resumably, in
-`<out>/predictions/<schema>.jsonl`), and the first `keep` correct ones become `traces.jsonl` records in
-the `messages` schema, prompted exactly as evaluation prompts. A trace whose answer was found outside
-`<answer>` tags gets `<answer>X</answer>` appended, so SFT teaches the released format.
+`<out>/predictions/<schema>.jsonl`; the teacher is prompted with the evaluation templates), and the
+first `keep` correct ones become `traces.jsonl` records in the `messages` schema, the question in the
+paper's training template as SFT and GRPO see it. A trace whose answer was found outside `<answer>`
+tags gets `<answer>X</answer>` appended, and one from a teacher whose chat template opens `<think>`
+itself (QwQ-32B) gets that opening tag back, so SFT teaches the released format.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from xr_nemo.config.bounds import validate
 from xr_nemo.config.schema import DistillConfig, EvalConfig
+from xr_nemo.data.prompt_format import training_prompt
 from xr_nemo.eval.predictions import read_predictions
 from xr_nemo.eval.run import generate, load_items, model_directory
 from xr_nemo.generation.engine import Engine
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.tasks.benchmarks import get_benchmark
-from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
@@ -46,6 +50,21 @@ def _in_answer_format(output: str, answer: str, method: str) -> str:
     return output if method == "answer_tag" else f"{output.rstrip()}\n<answer>{answer}</answer>"
 
 
+def opens_thinking(tokenizer) -> bool:
+    """Whether the teacher's chat template opens `<think>` itself in the generation prompt (QwQ-32B and
+    other R1-style templates do): its completions then start inside the thinking, without the tag."""
+    probe = [{"role": "user", "content": "\x00"}]
+    tail = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True).split("\x00")[-1]
+    return "<think>" in tail and "</think>" not in tail
+
+
+def _trace(output: str, answer: str, method: str, opened: bool) -> str:
+    """The teacher's completion as an SFT target: the `<think>` its prompt opened put back in front."""
+    if opened and not output.lstrip().startswith("<think>"):
+        output = f"<think>\n{output}"
+    return _in_answer_format(output, answer, method)
+
+
 def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     """Generate what is missing, then rewrite `traces.jsonl` and `stats.json`; returns the stats."""
     validate(config)
@@ -62,6 +81,7 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
         generate(evaluation, teacher, out, loaded, engine)
     items, problems = loaded[benchmark.name]
     rows = read_predictions(out, benchmark.name)
+    opened = opens_thinking(AutoTokenizer.from_pretrained(teacher))
     traces, solved, correct, total = [], 0, 0, 0
     for item in items:
         row = rows.get(item.id)
@@ -72,10 +92,9 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
         kept = [k for k, right in enumerate(row["correct"]) if right][: config.keep]
         solved += bool(kept)
         for k in kept:
-            response = _in_answer_format(row["outputs"][k], row["answers"][k], row["methods"][k])
+            response = _trace(row["outputs"][k], row["answers"][k], row["methods"][k], opened)
             messages = [
-                {"role": "system", "content": REASONING_SYSTEM_PROMPT},
-                {"role": "user", "content": user_text(item.question, item.options)},
+                {"role": "user", "content": training_prompt(item.question, item.options)},
                 {"role": "assistant", "content": response},
             ]
             traces.append({"id": item.id, "messages": messages})

@@ -27,12 +27,12 @@ from xr_nemo.eval.engines import Engines
 from xr_nemo.eval.predictions import append_predictions, merge_parts, predictions_path, read_predictions
 from xr_nemo.eval.report import accuracy_chart, report_markdown
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
-from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids, generate_from_seeds
+from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.run_dir import resolve_hf_model
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
-from xr_nemo.tasks.extract import Extraction, extract_choice, extract_math, extract_short, same_short_answer
+from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice, same_short_answer
 from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
 from xr_nemo.tasks.prompts import PromptBuilder
 
@@ -84,7 +84,7 @@ def load_items(config: EvalConfig, benchmarks: list[Benchmark]) -> Loaded:
 def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
     if item.options is not None:
         return extract_choice(output, item.options)
-    return extract_math(output) if benchmark.free_form == "math" else extract_short(output)
+    return extract_answer(output)
 
 
 class Evaluator:
@@ -97,8 +97,7 @@ class Evaluator:
             max_new_tokens=config.generation.max_new_tokens,
             temperature=config.generation.temperature,
             stop_token_ids=self.stop_ids,
-            thinking_budget=config.generation.thinking_budget,
-            end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
+            forced_exit=ForcedExit.of(tokenizer, config.generation.thinking_budget),
         )
 
     def _correct(self, benchmark: Benchmark, item: EvalItem, answers: list[Extraction]) -> list[bool]:

@@ -5,17 +5,42 @@ so a completion depends only on its prompt, its seed and the weights: never on b
 internals or which rank produced it. That makes rollouts reproducible on resume.
 
 Forced exiting (X-Reasoner's fix for endless thinking after long-CoT SFT): when a completion reaches the
-thinking budget without closing `</think>`, `</think>` is appended and the model continues with the
-answer budget. Appended tokens are marked as not sampled, so they carry no policy-gradient loss.
+thinking budget without closing its thinking, `\n</think>\n\n` (the layout of the SFT targets) is
+appended once and the model continues with the answer budget. Whether the thinking closed is decided on
+the decoded text, not on token ids: Qwen2.5's vocabulary has no `</think>` token and merges its `>` with
+the newlines that follow. Appended tokens are marked as not sampled, so they carry no policy-gradient
+loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
+
+END_THINKING = "</think>"
+FORCED_EXIT_TEXT = f"\n{END_THINKING}\n\n"
+
+
+@dataclass(frozen=True)
+class ForcedExit:
+    """Close the thinking of a completion that reaches `budget` tokens with it still open."""
+
+    budget: int
+    suffix_ids: tuple[int, ...]  # FORCED_EXIT_TEXT, tokenised
+    decode: Callable[[list[int]], str]
+
+    @classmethod
+    def of(cls, tokenizer, budget: int | None) -> ForcedExit | None:
+        if budget is None:
+            return None
+        suffix = tuple(tokenizer.encode(FORCED_EXIT_TEXT, add_special_tokens=False))
+        return cls(budget, suffix, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+
+    def closed(self, token_ids: list[int]) -> bool:
+        return END_THINKING in self.decode(token_ids)
 
 
 @dataclass(frozen=True)
@@ -24,8 +49,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
-    thinking_budget: int | None = None  # forced exiting after this many tokens; None: never
-    end_thinking_ids: tuple[int, ...] = ()  # the tokens of "</think>" (forced exiting appends them)
+    forced_exit: ForcedExit | None = None  # None: never
 
 
 @dataclass(frozen=True)
@@ -110,19 +134,18 @@ def generate_from_seeds(
 def _sample_with_forced_exit(
     engine: Engine, prompts: list[Prompt], seeds: list[int], sampling: Sampling
 ) -> list[Completion]:
-    budget = sampling.thinking_budget
-    if budget is None or budget >= sampling.max_new_tokens:
+    exit_ = sampling.forced_exit
+    if exit_ is None or exit_.budget >= sampling.max_new_tokens:
         return engine.sample(prompts, seeds, sampling)
-    if not sampling.end_thinking_ids:
-        raise ValueError("forced exiting needs the token ids of </think> (Sampling.end_thinking_ids)")
+    budget = exit_.budget
     thinking = engine.sample(prompts, seeds, _with_budget(sampling, budget))
     open_ones = [i for i, c in enumerate(thinking) if not c.finished]
     answer_budget = sampling.max_new_tokens - budget
     continued_prompts = []
     for i in open_ones:
         completion = thinking[i]
-        if not _contains(completion.token_ids, sampling.end_thinking_ids):
-            forced = list(sampling.end_thinking_ids)[:answer_budget]
+        if not exit_.closed(completion.token_ids):
+            forced = list(exit_.suffix_ids)[:answer_budget]
             completion.token_ids += forced
             completion.logprobs += [0.0] * len(forced)
             completion.sampled += [False] * len(forced)
@@ -151,14 +174,4 @@ def _sample_with_forced_exit(
 
 
 def _with_budget(sampling: Sampling, tokens: int) -> Sampling:
-    return Sampling(
-        max_new_tokens=tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        stop_token_ids=sampling.stop_token_ids,
-    )
-
-
-def _contains(tokens: list[int], pattern: tuple[int, ...]) -> bool:
-    width = len(pattern)
-    return any(tuple(tokens[i : i + width]) == pattern for i in range(len(tokens) - width + 1))
+    return replace(sampling, max_new_tokens=tokens, forced_exit=None)

@@ -26,7 +26,7 @@ from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
-from xr_nemo.generation.engine import Engine, Sampling, chat_stop_ids
+from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids
 from xr_nemo.generation.factory import build_engine
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
@@ -35,7 +35,6 @@ from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
-from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT
 from xr_nemo.training.loop import Policy, StepHooks, run_schedule, say, summed_report, train
 from xr_nemo.training.setup import build_model, build_policy, export_final, prepare_run_dir
 
@@ -151,7 +150,7 @@ def _load_prompts(config: GRPOConfig, tokenizer) -> PromptSet:
         data.split,
         tokenizer,
         schema=data.schema,
-        system_prompt=data.system_prompt or REASONING_SYSTEM_PROMPT,
+        system_prompt=data.system_prompt,
         max_prompt_length=data.max_prompt_length,
         on_error=data.on_error,
         max_samples=data.max_samples,
@@ -191,8 +190,7 @@ def _rollout_worker(
         temperature=rollout.temperature,
         top_p=rollout.top_p,
         stop_token_ids=stop_ids,
-        thinking_budget=rollout.thinking_budget,
-        end_thinking_ids=tuple(tokenizer.encode("</think>", add_special_tokens=False)),
+        forced_exit=ForcedExit.of(tokenizer, rollout.thinking_budget),
     )
     return RolloutWorker(
         prompts,

@@ -11,7 +11,7 @@ import logging
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from xr_nemo.rewards.extract import after_thinking, final_answer
+from xr_nemo.rewards.extract import final_answer
 
 logging.getLogger("math_verify").setLevel(logging.CRITICAL)
 
@@ -32,7 +32,7 @@ def math_score(completion: str, gold: str, timeout_s: int = 3) -> tuple[float, b
     the caller reports how often, so it never passes silently."""
     parsed_gold = _parse(gold, timeout_s)
     readable = any(not isinstance(value, str) for value in parsed_gold)  # else only the raw text is back
-    answer = final_answer(after_thinking(completion))
+    answer = final_answer(completion)
     if answer is None:
         return 0.0, readable
     parsed_answer = _parse(answer, timeout_s)

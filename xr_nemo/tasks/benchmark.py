@@ -18,7 +18,14 @@ from typing import Any, ClassVar, Literal
 
 from xr_nemo.data.records import DataError, Record, read_records
 from xr_nemo.errors import ConfigError
-from xr_nemo.tasks.images import ImageSource, MissingImage, image_source, load_image
+from xr_nemo.tasks.images import (
+    IMAGE_FOLDERS,
+    ImagesNotLocal,
+    ImageSource,
+    MissingImage,
+    image_source,
+    load_image,
+)
 
 FreeForm = Literal["math", "short"]
 
@@ -41,6 +48,7 @@ class Benchmark:
     split: ClassVar[str] = "test"
     free_form: ClassVar[FreeForm] = "math"  # how items without options are judged
     modality: ClassVar[Literal["text", "image"]] = "text"
+    image_folders: ClassVar[tuple[str, ...]] = IMAGE_FOLDERS  # where relative image names are looked for
 
     def item(self, record: Record, index: int) -> EvalItem:
         raise NotImplementedError
@@ -63,13 +71,21 @@ class Benchmark:
             yield from read_records(self.hub_id, self.split, config)
 
     def items(self, source: str | None) -> Iterator[EvalItem | DataError]:
-        """Every record as an item whose images decode, or the error that makes it unusable (file:line)."""
+        """Every record as an item whose images decode, or the error that makes it unusable (file:line).
+        Hub rows whose images are only file names stop the benchmark with one error (`ConfigError`)."""
         for index, record in enumerate(self._records(source)):
             if isinstance(record, DataError):
                 yield record
                 continue
             try:
                 item = self.item(record, index)
+            except ImagesNotLocal as error:
+                raise ConfigError(
+                    f"{self.name}: {error.what}",
+                    where=f"{error.where} (data.{self.name})",
+                    fix=f"download {self.name} with its images and pass +data.{self.name}=<the local folder "
+                    "holding its data file and images> (see docs/eval.md)",
+                ) from None
             except DataError as error:
                 yield error
                 continue
@@ -131,15 +147,28 @@ def option_list(value: Any, where: str) -> list[Any]:
     return list(value)
 
 
-def record_images(record: Record, fields: list[str], *, required: bool = True) -> tuple[ImageSource, ...]:
-    """The images named by `fields` that are present in the record, in that order."""
-    return image_list(record, [record.fields.get(name) for name in fields], required=required)
+def record_images(
+    record: Record,
+    fields: list[str],
+    *,
+    required: bool = True,
+    first: bool = False,
+    folders: tuple[str, ...] = IMAGE_FOLDERS,
+) -> tuple[ImageSource, ...]:
+    """The images named by `fields` that are present in the record, in that order; with `first`, only
+    the first present one (e.g. MathVista's `decoded_image`, else its `image` file name)."""
+    values = [value for name in fields if (value := record.fields.get(name)) not in (None, "")]
+    return image_list(record, values[:1] if first else values, required=required, folders=folders)
 
 
-def image_list(record: Record, values: list[Any], *, required: bool = True) -> tuple[ImageSource, ...]:
+def image_list(
+    record: Record, values: list[Any], *, required: bool = True, folders: tuple[str, ...] = IMAGE_FOLDERS
+) -> tuple[ImageSource, ...]:
     """The record's image values (PIL, `{bytes, path}`, file names) that are present, as sources."""
     base = record.origin.parent if isinstance(record.origin, Path) else None
-    sources = tuple(image_source(value, base, record.where) for value in values if value not in (None, ""))
+    sources = tuple(
+        image_source(value, base, record.where, folders) for value in values if value not in (None, "")
+    )
     if required and not sources:
         raise MissingImage("the record names no image", where=record.where, fix="drop it or add its image")
     return sources

@@ -7,11 +7,17 @@ Each reads its release's own schema; a record's images may be PIL images (hub), 
 
 from __future__ import annotations
 
+import ast
+import random
 import re
 import string
-from typing import ClassVar
+from collections.abc import Iterator
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
 
-from xr_nemo.data.records import DataError, Record
+from xr_nemo.data.records import DataError, Record, parse_json
 from xr_nemo.tasks.benchmark import (
     Benchmark,
     EvalItem,
@@ -23,7 +29,7 @@ from xr_nemo.tasks.benchmark import (
     register,
     text,
 )
-from xr_nemo.tasks.images import ImageSource
+from xr_nemo.tasks.images import IMAGE_FOLDERS, ImageSource
 
 IMAGE_FIELDS = [f"image_{k}" for k in range(1, 8)]  # MMMU and MMMU-Pro: up to seven per question
 HEALTH_SUBJECTS = frozenset(  # MMMU's Health & Medicine discipline: the paper's MMMU-Health subset
@@ -53,10 +59,30 @@ def _health_filter(self, item: EvalItem) -> bool:
     return not self.health_only or _subject_key(item.meta["subject"]) in HEALTH_SUBJECTS
 
 
+def answer_list(value: Any, where: str) -> list[str]:
+    """A gold as the list of its accepted answers: MMMU writes several as the string form of a Python
+    list of strings (`"['24/7', '3.429']"`), read as a literal; anything else is one answer (so an
+    interval such as `"[0, 1]"` stays one answer)."""
+    if isinstance(value, list):
+        return [text(v, "an answer", where) for v in value]
+    answer = text(value, "'answer'", where)
+    if answer.startswith("[") and answer.endswith("]"):
+        try:
+            parsed = ast.literal_eval(answer)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, list) and parsed and all(isinstance(v, str) for v in parsed):
+            return [text(v, "an answer", where) for v in parsed]
+    return [answer]
+
+
 @register
 class MMMU(Benchmark):
     """`{id, question, options: "['…', …]", answer, question_type, image_1…image_7}`, one hub config per
-    subject. Open questions (`question_type: open`) are judged as free-form math."""
+    subject (a local copy of the hub is read for its `validation-*.parquet`, never `dev`/`test`). Open
+    questions (`question_type: open`) are judged as free-form math. meta: `subject`, `question_type`,
+    and `golds` (every accepted answer, a list) for open questions and multiple-answer ones; `gold` is
+    the first."""
 
     name = "mmmu"
     hub_id, hub_configs, split = "MMMU/MMMU", MMMU_SUBJECTS, "validation"
@@ -69,15 +95,17 @@ class MMMU(Benchmark):
         subject = re.sub(r"^(validation|dev|test)_|_\d+$", "", item_id)
         question = text(fields.get("question"), "'question'", where)
         images = record_images(record, IMAGE_FIELDS)
-        meta = {"subject": subject}
-        if fields.get("question_type") == "open":
-            return EvalItem(
-                item_id, question, text(fields.get("answer"), "'answer'", where), None, meta, images
-            )
+        kind = str(fields.get("question_type") or "multiple-choice")
+        meta: dict[str, Any] = {"subject": subject, "question_type": kind}
+        golds = answer_list(fields.get("answer"), where)
+        if kind == "open":
+            meta["golds"] = golds
+            return EvalItem(item_id, question, golds[0], None, meta, images)
         options = lettered(option_list(fields.get("options"), where), where)
-        return EvalItem(
-            item_id, question, gold_letter(fields.get("answer"), options, where), options, meta, images
-        )
+        letters = [gold_letter(gold, options, where) for gold in golds]
+        if len(letters) > 1:
+            meta["golds"] = letters
+        return EvalItem(item_id, question, letters[0], options, meta, images)
 
     keep = _health_filter
 
@@ -145,10 +173,24 @@ class MMStar(Benchmark):
         return EvalItem(item_id, stem, gold, options, meta, record_images(record, ["image"]))
 
 
+@lru_cache(maxsize=8)
+def _queries(path: Path) -> dict[str, Any]:
+    """MathVista's `query.json` (pid → the official zero-shot prompt), {} when absent or unreadable."""
+    try:
+        queries = parse_json(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return {}
+    return queries if isinstance(queries, dict) else {}
+
+
 @register
 class MathVista(Benchmark):
-    """testmini: `{pid, question, decoded_image | image, choices, answer, question_type, unit}`. Multiple
-    choice answers are the option's text; free-form ones are numbers (math-verify judges them)."""
+    """testmini, as the hub's Parquet (`{pid, question, decoded_image, image, choices, answer,
+    question_type, answer_type, precision, unit, query}`) or the official repository's `testmini.json`
+    (pid → the same without `decoded_image`/`query`; the query is then looked up in `query.json` beside
+    it). Multiple choice answers are the option's text; free-form ones are numbers. meta: `query` (the
+    official prompt with its precision hint; None when neither the record nor `query.json` has it),
+    `precision`, `answer_type`, `question_type`, `unit`."""
 
     name = "mathvista"
     hub_id, split = "AI4Math/MathVista", "testmini"
@@ -159,9 +201,22 @@ class MathVista(Benchmark):
         question = text(fields.get("question"), "'question'", where)
         if fields.get("unit"):
             question += f" (Unit: {fields['unit']})"
-        images = record_images(record, ["decoded_image", "image"])[:1]  # decoded when given
-        item_id = f"mathvista-{fields.get('pid', index)}"
-        meta = {"question_type": str(fields.get("question_type", ""))}
+        images = record_images(record, ["decoded_image", "image"], first=True)  # decoded when given
+        pid = fields.get("pid", index)
+        item_id = f"mathvista-{pid}"
+        query = fields.get("query")
+        if query is None and isinstance(record.origin, Path):
+            query = _queries(record.origin.parent / "query.json").get(str(pid))
+        precision = fields.get("precision")
+        if isinstance(precision, float) and precision.is_integer():
+            precision = int(precision)  # Parquet stores the column as float
+        meta = {
+            "question_type": str(fields.get("question_type", "")),
+            "answer_type": str(fields.get("answer_type", "")),
+            "precision": precision,
+            "unit": fields.get("unit") or None,
+            "query": query if isinstance(query, str) else None,
+        }
         if fields.get("question_type") == "multi_choice" or fields.get("choices"):
             options = lettered(option_list(fields.get("choices"), where), where)
             gold = gold_letter(fields.get("answer"), options, where)
@@ -181,7 +236,7 @@ class MathVision(Benchmark):
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
         question = text(fields.get("question"), "'question'", where)
-        images = record_images(record, ["decoded_image", "image"])[:1]  # decoded when given
+        images = record_images(record, ["decoded_image", "image"], first=True)  # decoded when given
         meta = {"subject": str(fields.get("subject", "")), "level": fields.get("level")}
         item_id = f"mathvision-{fields.get('id', index)}"
         choices = option_list(fields.get("options") or [], where)
@@ -234,15 +289,44 @@ class MedXpertQAMM(MedXpertQAText):
         return image_list(record, [names] if isinstance(names, str) else list(names))
 
 
+def stratified_order(groups: dict[str, list[Record]], seed: str) -> list[Record]:
+    """The records of all groups in an order whose every prefix is a stratified sample: each group is
+    shuffled with its own seed (`<seed>/<group>`, so one group's order does not depend on the others),
+    and its j-th record of n is placed at (j + 1/2) / n, ties by group name. The first N are then about
+    N·n/total of each group (proportional allocation), whatever N is."""
+    keyed = []
+    for name in sorted(groups):
+        members = list(groups[name])
+        random.Random(f"{seed}/{name}").shuffle(members)
+        n = len(members)
+        keyed += [(Fraction(2 * j + 1, 2 * n), name, j, record) for j, record in enumerate(members)]
+    keyed.sort(key=lambda entry: entry[:3])
+    return [entry[3] for entry in keyed]
+
+
 @register
 class OmniMedVQA(Benchmark):
     """Local files only (`QA_information/*/*.json`): `{question_id, question, option_A…option_D,
     gt_answer (the option's text), image_path, modality_type, dataset}`; `image_path` is relative to the
-    release's root folder."""
+    release's root folder. Items come in a stratified order (`stratified_order`, by `dataset`, seed
+    "omnimedvqa"), so `limit=1000` is a reproducible sample of every source dataset in proportion."""
 
     name = "omnimedvqa"
     hub_id = None
     modality = "image"
+    SEED: ClassVar[str] = "omnimedvqa"
+
+    def _records(self, source: str | None) -> Iterator[Record | DataError]:
+        groups: dict[str, list[Record]] = {}
+        for record in super()._records(source):
+            if isinstance(record, DataError):
+                yield record
+                continue
+            dataset = record.fields.get("dataset")
+            if not isinstance(dataset, str) or not dataset.strip():  # the file is named for it
+                dataset = record.origin.stem if isinstance(record.origin, Path) else ""
+            groups.setdefault(dataset.strip(), []).append(record)
+        yield from stratified_order(groups, self.SEED)
 
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
@@ -297,11 +381,13 @@ class NEJMImageChallenge(Benchmark):
 
 class _ShortAnswerVQA(Benchmark):
     """Medical VQA with short free-text answers, judged by normalised exact match. Like the published
-    evaluations of reasoning VLMs, only closed questions are kept (the release's `answer_type`, else a
-    yes/no answer); open ones are scored by exact match too when `closed_only` is off."""
+    evaluations of reasoning VLMs, only closed questions are kept: the release's `answer_type`
+    (CLOSED/OPEN) when the record has one, else (ours, for layouts without it) a yes/no answer counts as
+    closed. Open ones are scored by exact match too when `closed_only` is off. meta: `answer_type`
+    ("closed"/"open") and `answer_type_from` ("release" or "yes/no guess")."""
 
     free_form, modality = "short", "image"
-    image_field: ClassVar[str] = "image"
+    image_fields: ClassVar[tuple[str, ...]] = ("image",)
     closed_only: ClassVar[bool] = True
 
     def keep(self, item: EvalItem) -> bool:
@@ -310,27 +396,48 @@ class _ShortAnswerVQA(Benchmark):
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
         gold = text(fields.get("answer"), "'answer'", where)
-        kind = str(fields.get("answer_type") or ("closed" if gold.lower() in ("yes", "no") else "open"))
+        given = fields.get("answer_type")
+        if given in (None, ""):
+            kind, source = ("closed" if gold.lower() in ("yes", "no") else "open"), "yes/no guess"
+        else:
+            kind, source = str(given).strip().lower(), "release"
+            if kind not in ("closed", "open"):
+                raise DataError(f"answer_type {given!r} is neither CLOSED nor OPEN", where=where)
         item_id = f"{self.name}-{fields.get('qid', index)}"
         question = text(fields.get("question"), "'question'", where)
-        images = record_images(record, [self.image_field])
-        return EvalItem(item_id, question, gold, None, {"answer_type": kind.lower()}, images)
+        images = record_images(record, list(self.image_fields), first=True, folders=self.image_folders)
+        meta = {"answer_type": kind, "answer_type_from": source}
+        return EvalItem(item_id, question, gold, None, meta, images)
 
 
 @register
 class VQARAD(_ShortAnswerVQA):
-    """`{image, question, answer}` (the hub's test split)."""
+    """The hub's test split (`{image, question, answer}`, no answer type), or the original release's
+    `VQA_RAD Dataset Public.json` (a list of `{qid, image_name, question, answer, answer_type,
+    phrase_type, …}`, images in `VQA_RAD Image Folder/`), whose test set is the questions with a
+    `test_freeform`/`test_para` phrase type (451)."""
 
     name = "vqa_rad"
     hub_id = "flaviagiammarino/vqa-rad"
+    image_fields = ("image", "image_name")
+    image_folders = (*IMAGE_FOLDERS, "VQA_RAD Image Folder")
+
+    def _records(self, source: str | None) -> Iterator[Record | DataError]:
+        for record in super()._records(source):
+            phrase = record.fields.get("phrase_type") if isinstance(record, Record) else None
+            if isinstance(phrase, str) and phrase.startswith("test") != (self.split == "test"):
+                continue  # the original release holds both splits in one file
+            yield record
 
 
 @register
 class SLAKE(_ShortAnswerVQA):
-    """`{qid, img_name, question, answer, answer_type, q_lang}`, images in `imgs/`; English only."""
+    """`{qid, img_name, question, answer, answer_type, q_lang}`, images in `imgs/`; English only. The hub
+    rows name images without their bytes (they ship in `imgs.zip`): pass the release's folder
+    (`train.json`, `validate.json`, `test.json`, `imgs/`) as `+data.slake=`. meta adds `language`."""
 
     name = "slake"
-    hub_id, image_field = "BoKelvin/SLAKE", "img_name"
+    hub_id, image_fields = "BoKelvin/SLAKE", ("img_name",)
 
     def item(self, record: Record, index: int) -> EvalItem:
         item = super().item(record, index)

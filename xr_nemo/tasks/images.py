@@ -4,7 +4,9 @@ Records carry images in three ways: a PIL image (hub datasets with an Image feat
 `{"bytes", "path"}` dict (the same datasets read from Parquet), or a file name relative to the data
 file (JSONL/CSV releases that ship an image folder). A relative name is looked for in the data file's
 folder and the two above it (releases keep questions in a subfolder), each as is and under `images/`,
-`imgs/` and `figures/`.
+`imgs/` and `figures/` (and a benchmark's own folder names, such as VQA-RAD's `VQA_RAD Image Folder/`).
+A hub row that names its image by file without carrying its bytes has nothing to resolve the name
+against: that is `ImagesNotLocal`, one error for the benchmark, not a missing image per item.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from xr_nemo.data.records import DataError
+from xr_nemo.errors import XrNemoError
 
 ImageSource = Path | bytes | Image.Image
 IMAGE_FOLDERS = ("", "images", "imgs", "figures")
@@ -33,8 +36,16 @@ class UnusableImage(DataError):
     """An item's image decodes, but the model cannot take it (e.g. a 1-pixel-wide strip)."""
 
 
-def image_source(value: Any, base: Path | None, where: str) -> ImageSource:
-    """What a record's image field refers to; a missing file is reported when the image is loaded."""
+class ImagesNotLocal(XrNemoError):
+    """Records read from the hub name their images by file but carry no image bytes, so the names have
+    no folder to be found in (the benchmark must be given as a local folder with its images)."""
+
+
+def image_source(
+    value: Any, base: Path | None, where: str, folders: tuple[str, ...] = IMAGE_FOLDERS
+) -> ImageSource:
+    """What a record's image field refers to; a missing file is reported when the image is loaded.
+    `base` is the data file's folder, None for hub rows."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
@@ -46,10 +57,16 @@ def image_source(value: Any, base: Path | None, where: str) -> ImageSource:
     if not isinstance(value, str) or not value.strip():
         raise MissingImage("the record names no image", where=where, fix="drop the record or add its image")
     path = Path(value.strip())
-    if path.is_absolute() or base is None:
+    if path.is_absolute():
         return path
+    if base is None:
+        raise ImagesNotLocal(
+            f"the records name their images by file ({value.strip()!r}) but carry no image bytes, and "
+            "hub rows have no folder to find those files in",
+            where=where,
+        )
     roots = (base, base.parent, base.parent.parent)
-    candidates = [root / folder / path for root in roots for folder in IMAGE_FOLDERS]
+    candidates = [root / folder / path for root in roots for folder in folders]
     return next((c for c in candidates if c.exists()), candidates[0])
 
 

@@ -1,24 +1,24 @@
-"""Evaluation prompts in the released X-Reasoner format (`xr_nemo.tasks.prompt_format`). Images come first
-in the user turn, in order, as Qwen2.5-VL's chat template expects; a question's "<image 1>" mentions
-stay as text and refer to that order."""
+"""Evaluation prompts: the paper's evaluation templates (`xr_nemo.data.prompt_format`) as the only turn,
+no system prompt. Images come first in the user turn, in order, as Qwen2.5-VL's chat template expects; a
+question's "<image 1>" mentions stay as text and refer to that order."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from xr_nemo.data.prompt_format import evaluation_prompt
 from xr_nemo.generation.engine import ImagePrompt, Prompt
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 from xr_nemo.tasks.benchmark import EvalItem
 from xr_nemo.tasks.images import UnusableImage, load_image
-from xr_nemo.tasks.prompt_format import REASONING_SYSTEM_PROMPT, user_text
 
 
 def messages(item: EvalItem) -> list[dict[str, Any]]:
-    text = user_text(item.question, item.options)
+    text = evaluation_prompt(item.question, item.options)
     content: str | list[dict[str, str]] = text
     if item.images:
         content = [{"type": "image"} for _ in item.images] + [{"type": "text", "text": text}]
-    return [{"role": "system", "content": REASONING_SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    return [{"role": "user", "content": content}]
 
 
 class PromptBuilder:

