@@ -4,7 +4,8 @@ Stage 2 (`grpo`): see its docstring.
 Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr × 0.8 after every epoch;
 4 sequences of at most 4,096 tokens per device; vision tower frozen (the data are text only).
 
-Our defaults elsewhere: samples are packed into 16,384-token sequences (one per micro-batch, about four
+Our defaults elsewhere: gradient clipping at norm 1.0 (the paper mentions none for SFT;
+`optim.clip_grad=null` turns it off); samples are packed into 16,384-token sequences (one per micro-batch, about four
 4,096-token samples: the paper's per-device load without padding); the global batch is 32 packed
 sequences; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`); add nodes to grow DP. For a
 longer context set `data.max_length=16384 trainer.seq_length=16384`.
@@ -51,7 +52,12 @@ def grpo() -> GRPOConfig:
     per step; 8 rollouts per prompt; max response 4,096 tokens; temperature 1.0; KL coefficient 0.01;
     clip ratio 0.2 with a higher upper clip ("clip-higher"); token-level loss normalisation.
 
-    Our defaults elsewhere: the upper clip is 0.28 (the paper does not publish it; 0.28 is DAPO's);
+    Read as veRL reads it (the authors' RL code was a veRL fork): "global batch size 128" is 128 prompts
+    per step. The paper stops on the convergence of the training reward; `trainer.stop_on_plateau.
+    metric=reward_mean` does that (off here: the 3 epochs are the upper bound).
+
+    Our defaults elsewhere: the upper clip is 0.28 (the paper does not publish it; 0.28 is DAPO's); the
+    k3 KL clamped as veRL's `low_var_kl`;
     constant lr after warm-up; one optimizer step per rollout batch; truncated importance sampling
     (cap 2) against vLLM's log-probabilities. `data.train` expects Orz's `orz_math_57k_collected.json`
     (a list of [question, answer] turn pairs) downloaded next to the run.

@@ -62,6 +62,9 @@ def test_kl_k3_by_hand():
     ref = torch.log(torch.tensor([0.25, 0.2]))
     # r = log(0.25/0.5) = -log 2: e^r - r - 1 = 0.5 + log 2 - 1
     assert kl_k3(logprobs, ref).tolist() == pytest.approx([0.5 + math.log(2) - 1, 0.0])
+    # far from the reference: r = 30 → clamped to 20 before exp, the estimate to 10; r = -30 → 20 - 1 → 10
+    far = kl_k3(torch.tensor([-30.0, 0.0]), torch.tensor([0.0, -30.0]))
+    assert far.tolist() == [10.0, 10.0]
 
 
 def test_truncated_importance_weights():

@@ -35,10 +35,11 @@ def test_multiple_choice_template_verbatim():
 def test_math_template_verbatim():
     assert evaluation_prompt(QUESTION) == (
         "A conversation between User and Assistant. The user asks a question, and you as the assistant "
-        "solves it. You should first think about the reasoning process in the mind and then provide the user "
-        "with the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
-        "</answer> tags, respectively, i.e., <think> reasoning process here </think><answer> the final answer "
-        "as the option letter or the number depending on the question </answer> (For example, if the "
+        "solves it. You should first think about the reasoning process in the mind and then provide the "
+        "user with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+        "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think><answer> the "
+        "final answer as the option letter or the number depending on the question </answer> (For example, "
+        "if the "
         "question is \n"
         "'Is the earth flat?\n"
         " A: Yes \n"

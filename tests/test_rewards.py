@@ -161,3 +161,22 @@ def test_a_gold_math_verify_cannot_read_is_compared_as_a_string_and_reported():
     wrong = RewardTask("<think>t</think><answer>x</answer>", unreadable)
     assert score_task(wrong, RewardSpec()).gold_unreadable
     assert not score_task(RewardTask("<think>t</think><answer>x</answer>", "2"), RewardSpec()).gold_unreadable
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "options", "reward"),
+    [
+        ("<think>\n2 + 3 = 5.\n</think>\n\n<answer>5</answer>", "5", None, 1.0),
+        ("<think>\nso 5, or 6?\n</think>\n\n<answer>6</answer>", "5", None, 0.0),
+        ("<think>\nthe drug.\n</think>\n\n<answer>C: A fever</answer>", "C", OPTIONS, 1.0),
+        ("<think>\nso the answer is C. But wait", "C", OPTIONS, 0.0),
+    ],
+)
+def test_rewards_read_the_same_after_a_round_trip_through_either_vocabulary(
+    any_tokenizer, completion, gold, options, reward
+):
+    """What the engine returns is token ids; the reward reads their decoded text. With either
+    vocabulary (Qwen2.5's has no `</think>` token) the decoded completion scores as the text does."""
+    text = any_tokenizer.decode(any_tokenizer.encode(completion, add_special_tokens=False))
+    score = choice_reward(text, gold, options) if options else math_reward(text, gold)
+    assert score == reward

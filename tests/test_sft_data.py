@@ -204,3 +204,22 @@ def test_learning_rate_schedules():
 def test_hub_free_reader_reports_missing_paths(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list(read_records(str(tmp_path / "absent.jsonl")))
+
+
+def test_the_loss_mask_covers_exactly_the_assistant_turn_with_either_vocabulary(any_tokenizer):
+    """Chat rendering and loss masks with the tiny and the real Qwen2.5 vocabulary: the trained tokens
+    decode to the assistant turn in the paper's format and its end-of-turn token, nothing else."""
+    from xr_nemo.generation.engine import chat_stop_ids
+
+    messages = prepare(Record("f:1", OPEN_THOUGHTS), "auto")
+    ids, mask = tokenize_messages(any_tokenizer, messages)
+    rendered = any_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert any_tokenizer.decode(ids) == rendered
+    trained = any_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained.startswith(messages[-1]["content"]) and trained.rstrip("\n").endswith("<|im_end|>")
+    assert trained.removeprefix(messages[-1]["content"]).strip() == "<|im_end|>"
+    prompt = any_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    assert training_prompt("What is 2+3?") in prompt and "Think first." not in prompt  # no system turn
+    stops = chat_stop_ids(any_tokenizer)
+    assert any_tokenizer.convert_tokens_to_ids("<|im_end|>") in stops
+    assert any_tokenizer.convert_tokens_to_ids("<|endoftext|>") in stops

@@ -267,3 +267,26 @@ def test_validation_loss_equals_transformers_on_the_validation_samples(base, tmp
             total += losses[keep].sum().item()
             count += int(keep.sum())
         assert val_loss == pytest.approx(total / count, abs=1e-4), step
+
+
+def test_a_plateaued_metric_stops_the_run_and_a_resume_stops_at_the_same_step(base):
+    """`trainer.stop_on_plateau`: with a bar no run can clear (the loss must fall by 100 between two
+    windows of 2 steps), the run stops after 4 steps and checkpoints there; resumed from step 3, the
+    history kept in the checkpoint makes it stop at step 4 again."""
+    root, _ = base
+    plateau = [
+        "trainer.stop_on_plateau.metric=loss",
+        "trainer.stop_on_plateau.direction=down",
+        "trainer.stop_on_plateau.window=2",
+        "trainer.stop_on_plateau.min_change=100",
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=null",
+        "data.max_samples=16",
+    ]
+    whole = run(base, 1, "plateau", *plateau)
+    assert len(whole) == 4
+    assert (root / "plateau" / "checkpoints" / "latest").read_text().strip() == "step_4"
+    resumed = run(
+        base, 1, "plateau-resumed", *plateau, f"trainer.resume={root / 'plateau' / 'checkpoints' / 'step_3'}"
+    )
+    assert resumed == whole[3:]

@@ -129,6 +129,27 @@ def _medmcqa(root: Path, truth: Truth) -> Path:
     return _jsonl(root / "medmcqa.jsonl", rows)
 
 
+def _medmcqa_release(root: Path, truth: Truth) -> Path:
+    """The original release's folder: train.json, dev.json and test.json, JSON lines in files named
+    .json, `cop` counted from 1 (test has none). Only dev.json (the validation split) is read; train and
+    test questions are not in the truth, so reading them would fail the run."""
+    folder = root / "medmcqa_release"
+    options = {"opa": "Radial", "opb": "Ulnar", "opc": "Median", "opd": "Axillary"}
+    dev = []
+    for i in range(6):
+        question = f"[medmcqa_release {i}] Which nerve supplies muscle {i}?"
+        dev.append(
+            {"id": f"r{i}", "question": question, **options, "cop": i % 4 + 1, "subject_name": "Anatomy"}
+        )
+        truth[question] = ("ABCD"[i % 4], "ABCD"[(i + 1) % 4])
+    dev.append({"id": "r-zero", "question": "[medmcqa_release zero] 0-based?", **options, "cop": 0})
+    train = [{"id": "t0", "question": "[medmcqa_release train] never asked", **options, "cop": 2}]
+    test = [{"id": "x0", "question": "[medmcqa_release test] never asked", **options}]
+    for name, rows in (("dev", dev), ("train", train), ("test", test)):
+        _jsonl(folder / f"{name}.json", rows)
+    return folder
+
+
 def _pubmedqa(root: Path, truth: Truth) -> Path:
     rows = []
     for i in range(6):  # answered in words
@@ -184,7 +205,17 @@ def _mmmu(root: Path, truth: Truth) -> Path:
         }
     )
     truth[open_question] = ("42", "17")
-    return _parquet(root / "mmmu" / "validation-00000-of-00001.parquet", rows)
+    folder = root / "mmmu"
+    _parquet(folder / "validation-00000-of-00001.parquet", rows)
+    for split, answer in (("dev", "A"), ("test", "?")):  # hub layout: other splits beside validation
+        other = {
+            **rows[0],
+            "id": f"{split}_Art_1",
+            "question": f"<image 1> [mmmu {split}] never asked",
+            "answer": answer,
+        }
+        _parquet(folder / f"{split}-00000-of-00001.parquet", [other])
+    return folder
 
 
 def _mmmu_pro(root: Path, truth: Truth) -> Path:
@@ -510,6 +541,7 @@ WRITERS: dict[str, Callable[[Path, Truth], Path]] = {
     "mmlu_pro": _mmlu_pro,
     "mmlu_pro_health": _mmlu_pro,
     "medmcqa": _medmcqa,
+    "medmcqa_release": _medmcqa_release,
     "pubmedqa": _pubmedqa,
     "mmmu": _mmmu,
     "mmmu_health": _mmmu,
@@ -535,6 +567,7 @@ VALID = {
     "mmlu_pro": 8,
     "mmlu_pro_health": 4,
     "medmcqa": 6,
+    "medmcqa_release": 6,
     "pubmedqa": 6,
     "mmmu": 6,
     "mmmu_health": 4,
@@ -557,6 +590,7 @@ SKIPPED = {
     "gsm8k": {"malformed record": 1},
     "medqa": {"malformed record": 1},
     "medmcqa": {"malformed record": 1},
+    "medmcqa_release": {"malformed record": 1},
     "medxpertqa_mm": {"missing image": 1},
     "slake": {"undecodable image": 1},
 }

@@ -136,6 +136,23 @@ class SchedulerConfig:
     epoch_decay: float = at_least(0.0, 0.8)  # epoch_decay: lr × this after every epoch
 
 
+class Direction(StrEnum):
+    up = "up"  # the metric should rise (a reward)
+    down = "down"  # the metric should fall (a loss)
+
+
+@dataclass
+class PlateauConfig:
+    """Stop early once `metric` stops improving: its mean over the last `window` steps improves on the
+    mean over the `window` steps before by less than `min_change`. The paper stops its runs "on the
+    convergence of the reward value on the training set"; this is that rule, made explicit (ours)."""
+
+    metric: str | None = None  # a metric of metrics.jsonl, e.g. reward_mean; None: off
+    direction: Direction = Direction.up
+    window: int = positive(20)
+    min_change: float = at_least(0.0, 0.0)
+
+
 @dataclass
 class TrainerConfig:
     """What the training loop needs from every stage."""
@@ -146,6 +163,7 @@ class TrainerConfig:
     micro_batch_size: int = positive(1)  # sequences per forward pass per data-parallel rank
     resume: str = "auto"  # auto (latest checkpoint of run.dir, if any) | never | a checkpoint path
     progress: bool = True
+    stop_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
 
 
 @dataclass

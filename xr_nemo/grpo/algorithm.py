@@ -28,9 +28,11 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(π ‖ π_ref) per token: exp(r) - r - 1 with r = log π_ref - log π;
-    non-negative and unbiased for samples from π."""
-    ratio_log = ref_logprobs - logprobs
-    return torch.exp(ratio_log) - ratio_log - 1
+    non-negative and unbiased for samples from π. Clamped as veRL's `low_var_kl` clamps it (ours: the
+    paper names no variant): r to [-20, 20] before the exponential, the estimate to at most 10, so one
+    token far off the reference cannot dominate the step."""
+    ratio_log = (ref_logprobs - logprobs).clamp(-20, 20)
+    return (torch.exp(ratio_log) - ratio_log - 1).clamp(max=10)
 
 
 def truncated_importance_weights(

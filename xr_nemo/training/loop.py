@@ -17,7 +17,8 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from tqdm import tqdm
 
-from xr_nemo.config.schema import TrainingConfig
+from xr_nemo.config.schema import PlateauConfig, TrainingConfig
+from xr_nemo.errors import ConfigError
 from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
 from xr_nemo.training.fault_tolerance import FaultTolerance
 from xr_nemo.training.metrics import MetricsWriter
@@ -26,6 +27,7 @@ from xr_nemo.training.schedule import learning_rate
 from xr_nemo.training.stragglers import StragglerMonitor, report_stragglers
 
 Batch = dict[str, torch.Tensor]
+PLATEAU_STATE = "plateau_history"
 
 
 @dataclass
@@ -67,6 +69,38 @@ class Stage(Protocol):
         """Continue from a checkpoint's `state()`."""
 
 
+class _Plateau:
+    """The history of the watched metric (kept in checkpoints, so a resumed run stops where the
+    uninterrupted one would) and the stop decision, taken on rank 0 and shared."""
+
+    def __init__(self, config: PlateauConfig, state: dict[str, Any] | None) -> None:
+        self.config = config
+        self.history: list[float] = list((state or {}).get(PLATEAU_STATE, []))
+
+    def reached(self, values: dict[str, float]) -> bool:
+        config = self.config
+        if config.metric is None:
+            return False
+        if config.metric not in values:
+            raise ConfigError(
+                f"the stage reports no metric {config.metric!r}",
+                where="trainer.stop_on_plateau.metric",
+                fix=f"one of {', '.join(sorted(values))}",
+            )
+        self.history = [*self.history, float(values[config.metric])][-2 * config.window :]
+        stop = torch.tensor([0.0])
+        if len(self.history) == 2 * config.window and dist.get_rank() == 0:
+            before = sum(self.history[: config.window]) / config.window
+            after = sum(self.history[config.window :]) / config.window
+            gain = after - before if config.direction == "up" else before - after
+            stop[0] = float(gain < config.min_change)
+        dist.broadcast(stop, src=0)
+        return bool(stop.item())
+
+    def train_state(self) -> dict[str, Any]:
+        return {PLATEAU_STATE: self.history} if self.config.metric is not None else {}
+
+
 class _Hooks:
     def __init__(self, fault_tolerance: FaultTolerance, stragglers: StragglerMonitor) -> None:
         self._fault_tolerance, self._stragglers = fault_tolerance, stragglers
@@ -96,6 +130,7 @@ def train(config: TrainingConfig, policy: Policy, stage: Stage) -> int:
         stage.restore(state)
         say(stage.name, f"resumed from {policy.resume_from} at step {step}")
     fault_tolerance = FaultTolerance(config.fault_tolerance, state)
+    plateau = _Plateau(trainer.stop_on_plateau, state)
     stragglers = StragglerMonitor(config.stragglers)
     hooks = _Hooks(fault_tolerance, stragglers)
     is_writer = dist.get_rank() == 0
@@ -120,9 +155,13 @@ def train(config: TrainingConfig, policy: Policy, stage: Stage) -> int:
             metrics.write(step, values)
         bar.set_postfix(stage.progress(values))
         bar.update()
+        if plateau.reached(values):
+            say(stage.name, f"{trainer.stop_on_plateau.metric} has plateaued: stopping at step {step}")
+            last_step = step
         every = config.checkpoint.every_steps
         if (every and step % every == 0) or (step == last_step and config.checkpoint.at_end):
             train_state = {"step": step, **stage.state(), **fault_tolerance.train_state()}
+            train_state |= plateau.train_state()
             save_checkpoint(
                 config.run.dir,
                 step,
