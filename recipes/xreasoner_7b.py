@@ -5,10 +5,10 @@ Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr ×
 4 sequences of at most 4,096 tokens per device; vision tower frozen (the data are text only).
 
 Our defaults elsewhere: gradient clipping at norm 1.0 (the paper mentions none for SFT;
-`optim.clip_grad=null` turns it off); samples are packed into 16,384-token sequences (one per micro-batch, about four
-4,096-token samples: the paper's per-device load without padding); the global batch is 32 packed
-sequences; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`); add nodes to grow DP. For a
-longer context set `data.max_length=16384 trainer.seq_length=16384`.
+`optim.clip_grad=null` turns it off); samples are packed into 16,384-token sequences (one per
+micro-batch, about four 4,096-token samples: the paper's per-device load without padding); the global
+batch is 32 packed sequences; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`); add
+nodes to grow DP. For a longer context set `data.max_length=16384 trainer.seq_length=16384`.
 """
 
 from __future__ import annotations

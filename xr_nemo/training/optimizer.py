@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedStateDict
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
@@ -24,7 +26,8 @@ def build_optimizer(
             adam_beta1=config.beta1,
             adam_beta2=config.beta2,
             adam_eps=config.eps,
-            clip_grad=config.clip_grad,
+            # no clipping: an infinite bound, so the gradient norm is still measured and reported
+            clip_grad=math.inf if config.clip_grad is None else config.clip_grad,
             use_distributed_optimizer=distributed,
             bf16=bf16,
         ),
