@@ -54,3 +54,22 @@ def test_string_option_lists_are_literals_not_code():
     assert option_list("['1', '2 cm', \"it's\"]", "x") == ["1", "2 cm", "it's"]
     with pytest.raises(ValueError):
         option_list("__import__('os').system('echo hacked')", "x")
+
+
+def test_hub_rows_name_images_only_with_bytes_or_absolute_paths(tmp_path):
+    from xr_nemo.tasks.images import ImagesNotLocal
+
+    where = "BoKelvin/SLAKE[test] row 0"
+    with pytest.raises(ImagesNotLocal, match=r"'xmlab1/source\.jpg'.*no image bytes"):
+        image_source("xmlab1/source.jpg", None, where)
+    (tmp_path / "a.png").write_bytes(_png((9, 9, 9)))
+    assert image_source(str(tmp_path / "a.png"), None, where) == tmp_path / "a.png"
+    assert isinstance(image_source({"bytes": _png((1, 1, 1)), "path": "x.png"}, None, where), bytes)
+
+
+def test_a_benchmark_may_name_its_own_image_folder(tmp_path):
+    (tmp_path / "VQA_RAD Image Folder").mkdir()
+    (tmp_path / "VQA_RAD Image Folder" / "synpic1.jpg").write_bytes(_png((4, 5, 6)))
+    found = image_source("synpic1.jpg", tmp_path, "x", ("", "VQA_RAD Image Folder"))
+    assert load_image(found, "x").getpixel((0, 0)) == (4, 5, 6)
+    assert not image_source("synpic1.jpg", tmp_path, "x").exists()  # not among the default folders

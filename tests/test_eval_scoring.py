@@ -4,8 +4,16 @@ import math
 
 import pytest
 
-from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
+from xr_nemo.eval.scoring import avg_at_k, majority_at_k, majority_vote, pass_at_k, wilson_interval
 from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
+from xr_nemo.tasks.judges import (
+    mathvista_free_form_correct,
+    mmmu_open_correct,
+    nearest_by_edit_distance,
+    nearest_by_similarity,
+    official_guesses,
+    same_short_answer,
+)
 
 OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
 
@@ -98,10 +106,13 @@ def test_sampled_metrics_by_hand():
     correct = [[True, False, False, False, False], [False] * 5, [True] * 5]
     assert avg_at_k(correct) == pytest.approx((0.2 + 0.0 + 1.0) / 3)
     assert pass_at_k(correct) == pytest.approx(2 / 3)
-    answers = [["A", "B", "B", None, "A"], [None] * 5, ["C", "C", "D", "D", "E"]]
-    # item 1: A and B tie at 2, A seen first → A; item 2: no answer; item 3: C and D tie, C first
-    assert majority_at_k(answers, ["A", "B", "D"]) == pytest.approx(1 / 3)
-    assert majority_at_k(answers, ["B", "B", "C"]) == pytest.approx(1 / 3)
+    # votes: the index of the first sample with an equivalent answer. Item 1: samples 0 and 4 agree (say
+    # "0.5" and "\\frac{1}{2}"), samples 1 and 2 agree, a tie, the one seen first wins → sample 0, correct.
+    # Item 2: no answers. Item 3: 0,1 vs 2,3: a tie → sample 0.
+    votes = [[0, 1, 1, None, 0], [None] * 5, [0, 0, 2, 2, 4]]
+    assert majority_at_k(votes, correct) == pytest.approx(2 / 3)
+    assert majority_at_k(votes, [[False, True, True, False, False], [False] * 5, [False] * 5]) == 0.0
+    assert majority_vote([None, 3, 3, 1]) == 3 and majority_vote([None, None]) is None
 
 
 def test_an_option_text_with_capital_letters_is_not_ambiguous():
@@ -126,15 +137,61 @@ def test_short_answer_extraction(output, answer, method):
 
 @pytest.mark.parametrize(
     ("answer", "gold", "same"),
-    [
-        ("The left lung.", "left lung", True),
-        ("YES", "yes", True),
-        ("a  CT scan", "CT scan", True),
+    [  # lmms-eval's SLAKE normalisation, then exact match
+        ("X-Ray", "xray", True),
+        ("CT (computed tomography)", "ct", True),
+        (" Yes. ", "yes", True),
+        ("Yeah", "yes", True),
+        ("a  CT scan", "CT scan", False),  # no article removal
+        ("Yes, the liver", "yes", False),
         ("right lung", "left lung", False),
         ("no", "yes", False),
     ],
 )
-def test_short_answers_compare_after_normalisation(answer, gold, same):
-    from xr_nemo.tasks.extract import same_short_answer
-
+def test_short_answers_compare_as_lmms_eval_does(answer, gold, same):
     assert same_short_answer(answer, gold) is same
+
+
+@pytest.mark.parametrize(
+    ("answer", "golds", "correct"),
+    [  # MMMU's eval_open on the final answer
+        ("3.14159", ["3.14"], True),  # numbers at 2 decimals
+        ("1.055", ["1.06"], False),  # Python's rounding: 1.055 → 1.05
+        ("The total is 6.5 and 7", ["6.5"], True),
+        ("Embryonic stage", ["embryonic"], True),  # a gold inside the answer, case-insensitive
+        ("embryonic", ["embryonic stage"], False),
+        ("x = 24/7", ["24/7", "3.429"], True),  # list-valued golds: any of them
+        ("3.429", ["24/7", "3.429"], True),
+        ("0.5", ["1/2"], False),
+    ],
+)
+def test_mmmu_open_answers(answer, golds, correct):
+    assert mmmu_open_correct(answer, golds) is correct
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "answer_type", "precision", "correct"),
+    [  # MathVista's typed normalisation
+        ("3.7", "3", "integer", None, True),  # int(float(x)) truncates
+        ("14.0", "14", "integer", None, True),
+        ("1.20", "1.2", "float", 1, True),
+        ("1.25", "1.2", "float", 1, True),  # Python's round(1.25, 1) is 1.2
+        ("1.234", "1.23", "float", 2, True),
+        ("[2014, 2016]", "[2014, 2016]", "list", None, True),
+        ("about 12 cm", "12", "integer", None, True),  # ours: the first number of the final answer
+        ("no idea", "12", "integer", None, False),
+    ],
+)
+def test_mathvista_free_form_answers(answer, gold, answer_type, precision, correct):
+    assert mathvista_free_form_correct(answer, gold, answer_type, precision) is correct
+
+
+def test_nearest_options_and_official_guesses():
+    options = {"A": "145°", "B": "35°", "C": "55°"}
+    assert nearest_by_edit_distance("145 degrees", options) == "A"
+    assert nearest_by_edit_distance("", options) == "B"  # the shortest text, first on a tie, as MathVista's
+    assert nearest_by_similarity("lung", {"A": "Lung", "B": "Liver"}) == "A"
+    assert nearest_by_similarity("zzz", {"A": "ab", "B": "cd"}) is None
+    random = __import__("random").Random(42)
+    expected = [random.choice(list("ABCD")) for _ in range(3)]
+    assert official_guesses([list("ABCD")] * 3, 42) == expected

@@ -424,7 +424,7 @@ def _vqa_rad(root: Path, truth: Truth) -> Path:
     for i, answer in enumerate(answers):
         question = f"[vqa_rad {i}] Is there an abnormality, and where?"
         rows.append({"image": _image_struct((56, 56), 110 + i), "question": question, "answer": answer})
-        truth[question] = (f"The {answer}.", "right kidney")  # graded after normalisation
+        truth[question] = (f" {answer.title()}. ", "right kidney")  # graded after normalisation
     return _parquet(root / "vqa_rad" / "test-00000-of-00001.parquet", rows)
 
 

@@ -32,8 +32,17 @@ from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.run_dir import resolve_hf_model
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
-from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice, same_short_answer
+from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
 from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
+from xr_nemo.tasks.judges import (
+    mathvista_free_form_correct,
+    mmmu_open_correct,
+    nearest_by_edit_distance,
+    nearest_by_similarity,
+    normalise_short_answer,
+    official_guesses,
+    same_short_answer,
+)
 from xr_nemo.tasks.prompts import PromptBuilder
 
 Loaded = dict[str, tuple[list[EvalItem], list[DataError]]]
@@ -81,10 +90,21 @@ def load_items(config: EvalConfig, benchmarks: list[Benchmark]) -> Loaded:
     return loaded
 
 
+_NEAREST = {"edit_distance": nearest_by_edit_distance, "similarity": nearest_by_similarity}
+
+
 def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
-    if item.options is not None:
-        return extract_choice(output, item.options)
-    return extract_answer(output)
+    """The item's answer: an option letter for multiple choice — for benchmarks whose official scorer
+    takes the nearest option when no letter is read (MathVista, OmniMedVQA), that option — else the
+    final answer as written."""
+    if item.options is None:
+        return extract_answer(output)
+    found = extract_choice(output, item.options)
+    written = extract_answer(output).answer
+    if found.answer is None and benchmark.nearest_option is not None and written is not None:
+        letter = _NEAREST[benchmark.nearest_option](written, item.options)
+        return Extraction(letter, "nearest_option") if letter is not None else found
+    return found
 
 
 class Evaluator:
@@ -101,15 +121,46 @@ class Evaluator:
         )
 
     def _correct(self, benchmark: Benchmark, item: EvalItem, answers: list[Extraction]) -> list[bool]:
+        """Each answer judged as the benchmark's official scorer judges a final answer."""
+        golds = item.meta.get("golds") or [item.gold]
+        said = [a.answer for a in answers]
         if item.options is not None:
-            return [a.answer == item.gold for a in answers]
+            return [answer is not None and answer in golds for answer in said]
         if benchmark.free_form == "short":
-            return [a.answer is not None and same_short_answer(a.answer, item.gold) for a in answers]
-        tasks = [
-            RewardTask(f"<answer>{a.answer}</answer>", item.gold) for a in answers if a.answer is not None
-        ]
-        verdicts = iter(score.correct == 1.0 for score in self.pool.score(tasks))
-        return [a.answer is not None and next(verdicts) for a in answers]
+            return [a is not None and any(same_short_answer(a, g) for g in golds) for a in said]
+        if benchmark.free_form == "mmmu":
+            return [a is not None and mmmu_open_correct(a, golds) for a in said]
+        if benchmark.free_form == "mathvista":
+            kind, precision = item.meta.get("answer_type", ""), item.meta.get("precision")
+            return [
+                a is not None and mathvista_free_form_correct(a, item.gold, kind, precision) for a in said
+            ]
+        return [same is True for same in self._equivalent_to([item.gold], said)[0]]
+
+    def _equivalent_to(self, references: list[str], answers: list[str | None]) -> list[list[bool | None]]:
+        """math-verify equivalence of every answer to every reference, in the reward workers; None for a
+        missing answer."""
+        pairs = [(r, a) for r in references for a in answers if a is not None]
+        verdicts = iter(
+            s.correct == 1.0
+            for s in self.pool.score([RewardTask(f"</think><answer>{a}</answer>", r) for r, a in pairs])
+        )
+        return [[None if a is None else next(verdicts) for a in answers] for _ in references]
+
+    def _votes(self, benchmark: Benchmark, item: EvalItem, answers: list[str | None]) -> list[int | None]:
+        """For majority@k: each sample's vote, the index of the first sample whose answer is the same
+        answer — the same letter, the same normalised short answer, or a math-verify equivalent."""
+        if item.options is not None or benchmark.free_form != "math":
+            key = normalise_short_answer if benchmark.free_form == "short" and item.options is None else str
+            keys = [None if a is None else key(a) for a in answers]
+            return [None if k is None else keys.index(k) for k in keys]
+        distinct = list(dict.fromkeys(a for a in answers if a is not None))
+        same = self._equivalent_to(distinct, distinct) if len(distinct) > 1 else [[True]]
+        pooled = {
+            answer: next(r for j, r in enumerate(distinct) if r == answer or same[j][i])
+            for i, answer in enumerate(distinct)
+        }
+        return [None if a is None else answers.index(pooled[a]) for a in answers]
 
     def generate_rows(
         self, engine: Engine, benchmark: Benchmark, items: list[EvalItem], first_seeds: list[int]
@@ -143,6 +194,7 @@ class Evaluator:
                     "answers": [a.answer for a in answers],
                     "methods": [a.method for a in answers],
                     "correct": self._correct(benchmark, item, answers),
+                    "votes": self._votes(benchmark, item, [a.answer for a in answers]),
                     "forced_exit": [c.forced_exit for c in completions],
                     "meta": item.meta,
                 }
@@ -221,10 +273,33 @@ def summarise(rows: list[dict], samples: int) -> dict:
         correct = [row["correct"] for row in rows]
         summary[f"avg@{samples}"] = avg_at_k(correct)
         summary[f"pass@{samples}"] = pass_at_k(correct)
-        summary[f"majority@{samples}"] = majority_at_k(
-            [row["answers"] for row in rows], [row["gold"] for row in rows]
-        )
+        votes = [
+            row.get("votes") or [None if a is None else row["answers"].index(a) for a in row["answers"]]
+            for row in rows
+        ]
+        summary[f"majority@{samples}"] = majority_at_k(votes, correct)
     return summary
+
+
+def _with_official_guesses(items: list[EvalItem], done: dict[str, dict], seed: int) -> float:
+    """The accuracy an official scorer that guesses a random option when it reads none would report:
+    our strict reading, plus its seeded guess (in item order) for every unanswered item."""
+    answered = [
+        (item, done[item.id]) for item in items if item.id in done and "unusable" not in done[item.id]
+    ]
+    unanswered = [item for item, row in answered if row["answers"][0] is None and item.options]
+    guesses = dict(
+        zip(
+            [i.id for i in unanswered],
+            official_guesses([list(i.options) for i in unanswered], seed),
+            strict=True,
+        )
+    )
+    hits = 0
+    for item, row in answered:
+        golds = item.meta.get("golds") or [item.gold]
+        hits += row["correct"][0] or guesses.get(item.id) in golds
+    return hits / len(answered)
 
 
 def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loaded) -> dict:
@@ -241,6 +316,9 @@ def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loa
         messages += [f"{item.where}: {item.id} was not generated (see the warnings)" for item in missing]
     result = summarise(rows, config.samples)
     result.update(skipped=sum(reasons.values()), skipped_by_reason=dict(reasons), problems=messages[:20])
+    seed = get_benchmark(name).official_guess_seed
+    if seed is not None and rows:
+        result["official_compatible_accuracy"] = _with_official_guesses(items, done, seed)
     return result
 
 

@@ -29,14 +29,21 @@ def pass_at_k(correct: Sequence[Sequence[bool]]) -> float:
     return sum(any(c) for c in correct) / len(correct)
 
 
-def majority_at_k(answers: Sequence[Sequence[str | None]], gold: Sequence[str]) -> float:
-    """Fraction of items whose most frequent extracted answer (ties: the one seen first; no-answers
-    ignored) is the gold one."""
+def majority_vote(votes: Sequence[int | None]) -> int | None:
+    """The sample whose answer most samples share (`votes[i]`: the index of the first sample with an
+    equivalent answer; None: no answer), ties to the answer seen first; None when no sample answered."""
+    counts = Counter(v for v in votes if v is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(v for v in votes if v is not None and counts[v] == top)
+
+
+def majority_at_k(votes: Sequence[Sequence[int | None]], correct: Sequence[Sequence[bool]]) -> float:
+    """Fraction of items whose majority answer — answers pooled by equivalence, not by spelling, so
+    "0.5" and "\\frac{1}{2}" vote together — is judged correct by the benchmark's judge."""
     hits = 0
-    for item_answers, item_gold in zip(answers, gold, strict=True):
-        votes = Counter(a for a in item_answers if a is not None)
-        if votes:
-            top = max(votes.values())
-            winner = next(a for a in item_answers if a is not None and votes[a] == top)
-            hits += winner == item_gold
-    return hits / len(gold)
+    for item_votes, item_correct in zip(votes, correct, strict=True):
+        winner = majority_vote(item_votes)
+        hits += winner is not None and item_correct[winner]
+    return hits / len(votes)

@@ -27,7 +27,9 @@ from xr_nemo.tasks.images import (
     load_image,
 )
 
-FreeForm = Literal["math", "short"]
+# How items without options are judged: math-verify equivalence, a normalised short answer (lmms-eval's
+# SLAKE scorer), MMMU's open-question rule, or MathVista's typed normalisation (`xr_nemo.tasks.judges`).
+FreeForm = Literal["math", "short", "mmmu", "mathvista"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class Benchmark:
     hub_configs: ClassVar[tuple[str | None, ...]] = (None,)
     split: ClassVar[str] = "test"
     free_form: ClassVar[FreeForm] = "math"  # how items without options are judged
+    # an official scorer that takes the nearest option when no letter is read: by edit distance
+    # (MathVista) or difflib's ratio (OmniMedVQA); None: an unread answer stays unanswered
+    nearest_option: ClassVar[Literal["edit_distance", "similarity"] | None] = None
+    # an official scorer that guesses a random option when it reads none, with this seed: the summary
+    # then also reports that official-compatible score beside our strict one
+    official_guess_seed: ClassVar[int | None] = None
     modality: ClassVar[Literal["text", "image"]] = "text"
     image_folders: ClassVar[tuple[str, ...]] = IMAGE_FOLDERS  # where relative image names are looked for
 

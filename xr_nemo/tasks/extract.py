@@ -4,13 +4,11 @@ found its answer (answer_tag, boxed, answer_is, reply, marked_letter; none or un
 none), so a surprising score can be traced to the outputs.
 
 Multiple choice: `xr_nemo.rewards.choice.read_choice`. Free-form math and short answers: the final
-answer as written; short answers (medical VQA: "yes", "left lung", "CT") are then compared after
-normalisation (`same_short_answer`).
+answer as written, then judged by the benchmark's rule (`xr_nemo.tasks.judges`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from xr_nemo.rewards.choice import read_choice
@@ -31,17 +29,3 @@ def extract_answer(output: str) -> Extraction:
     """The final answer of a free-form (math or short-answer) response."""
     text = after_thinking(output)
     return Extraction(None, "unfinished") if text is None else Extraction(*located_answer(text))
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = re.compile(r"[^\w\s]")
-
-
-def normalise_short_answer(text: str) -> str:
-    """Lower case, without punctuation, articles or repeated spaces: "The left lung." → "left lung"."""
-    text = _ARTICLES.sub(" ", _PUNCTUATION.sub(" ", text.lower()))
-    return " ".join(text.split())
-
-
-def same_short_answer(answer: str, gold: str) -> bool:
-    return normalise_short_answer(answer) == normalise_short_answer(gold)

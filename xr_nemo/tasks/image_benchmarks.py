@@ -86,7 +86,8 @@ class MMMU(Benchmark):
 
     name = "mmmu"
     hub_id, hub_configs, split = "MMMU/MMMU", MMMU_SUBJECTS, "validation"
-    modality = "image"
+    modality, free_form = "image", "mmmu"
+    official_guess_seed = 42  # MMMU's eval_utils seeds Python's random with 42
     health_only: ClassVar[bool] = False
 
     def item(self, record: Record, index: int) -> EvalItem:
@@ -123,6 +124,7 @@ class MMMUPro(Benchmark):
     name = "mmmu_pro"
     hub_id, hub_configs = "MMMU/MMMU_Pro", ("standard (10 options)",)
     modality = "image"
+    official_guess_seed = 42  # ours: MMMU-Pro's evaluate.py guesses unseeded; we seed as MMMU does
     health_only: ClassVar[bool] = False
 
     def item(self, record: Record, index: int) -> EvalItem:
@@ -194,7 +196,7 @@ class MathVista(Benchmark):
 
     name = "mathvista"
     hub_id, split = "AI4Math/MathVista", "testmini"
-    modality = "image"
+    modality, free_form, nearest_option = "image", "mathvista", "edit_distance"
 
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
@@ -217,6 +219,10 @@ class MathVista(Benchmark):
             "unit": fields.get("unit") or None,
             "query": query if isinstance(query, str) else None,
         }
+        if isinstance(query, str) and query.strip():
+            # the official prompt, with its hint on the answer's form and precision; for multiple choice
+            # without its "Choices:" block, which our multiple-choice template lays out (ours)
+            question = query.split("\nChoices:")[0].strip()
         if fields.get("question_type") == "multi_choice" or fields.get("choices"):
             options = lettered(option_list(fields.get("choices"), where), where)
             gold = gold_letter(fields.get("answer"), options, where)
@@ -313,7 +319,7 @@ class OmniMedVQA(Benchmark):
 
     name = "omnimedvqa"
     hub_id = None
-    modality = "image"
+    modality, nearest_option = "image", "similarity"
     SEED: ClassVar[str] = "omnimedvqa"
 
     def _records(self, source: str | None) -> Iterator[Record | DataError]:

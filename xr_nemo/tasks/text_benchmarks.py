@@ -68,6 +68,7 @@ class MMLUPro(Benchmark):
 
     name = "mmlu_pro"
     hub_id = "TIGER-Lab/MMLU-Pro"
+    official_guess_seed = 12345  # MMLU-Pro's evaluation seeds Python's random with 12345
     category: ClassVar[str | None] = None
 
     def item(self, record: Record, index: int) -> EvalItem:
