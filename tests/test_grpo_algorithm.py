@@ -289,7 +289,7 @@ def test_overlong_responses_are_masked_or_penalised():
     prompts = PromptSet([PromptItem("p", "q", "1")], [[1, 2]])
     completions = [Completion([3], [-1.0], finished=True), Completion([4], [-1.0], finished=False)]
     scores = [Score(1.0, 0.0, 1.0), Score(1.0, 0.0, 1.0)]
-    rollouts = StepRollouts([Group(0, completions, scores)], [], 0, 1, 1)
+    rollouts = StepRollouts([Group(0, completions, scores)], [], [0], 0, 1, 1)
     config = GRPOConfig()
     config.grpo.normalize_std = False
 
@@ -299,3 +299,24 @@ def test_overlong_responses_are_masked_or_penalised():
     assert [s.carries_loss for s in _samples(config, rollouts, prompts)] == [True, False]
     config.grpo.overlong, config.grpo.overlong_penalty = "keep", 0.5
     assert [s.advantage for s in _samples(config, rollouts, prompts)] == [0.25, -0.25]
+
+
+def test_updates_take_the_same_samples_whatever_the_data_parallel_size():
+    """Two updates over 3 groups of 8 samples: the first takes global samples 0–11 (group 0 and half of
+    group 1), split over two ranks as rank 0 holds groups 0–1 and rank 1 group 2, exactly as one rank
+    would have split them."""
+    from xr_nemo.generation.engine import Completion
+
+    def samples(count):
+        return [
+            Sample([1, 2], Completion([3, 4], [-0.1, -0.1], finished=True), 1.0, True) for _ in range(count)
+        ]
+
+    def sizes(batches):
+        return [sum(int(b["num_samples"]) for b in update) for update in batches]
+
+    single = minibatches(samples(24), 2, 4, 0)
+    rank0 = minibatches(samples(16), 2, 4, 0, positions=(list(range(16)), 24))
+    rank1 = minibatches(samples(8), 2, 4, 0, positions=(list(range(16, 24)), 24))
+    assert sizes(single) == [12, 12]
+    assert sizes(rank0) == [12, 4] and sizes(rank1) == [1, 8]  # rank 1's first update: a placeholder

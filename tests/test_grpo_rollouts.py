@@ -43,7 +43,7 @@ def rollout_worker(dynamic: bool, cursor: int):
             n=N,
             seed=3,
             pool=pool,
-            decode=lambda ids: f"<answer>{ids[0]}</answer>",
+            decode=lambda ids: f"<think>t</think><answer>{ids[0]}</answer>",
         )
         result = worker.collect(cursor, PER_STEP, dynamic, max_rounds=5)
     shutdown()

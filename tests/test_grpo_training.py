@@ -51,7 +51,10 @@ def sft_run(tmp_path_factory):
         for _ in range(64):
             messages = [
                 {"role": "user", "content": QUESTION},
-                {"role": "assistant", "content": f"<answer>{rng.choice([ANSWER, WRONG])}</answer>"},
+                {
+                    "role": "assistant",
+                    "content": f"<think>Add.</think><answer>{rng.choice([ANSWER, WRONG])}</answer>",
+                },
             ]
             out.write(json.dumps({"messages": messages}) + "\n")
     with open(root / "prompts.jsonl", "w") as out:
@@ -63,7 +66,7 @@ def sft_run(tmp_path_factory):
         f"model.checkpoint={checkpoint}",
         f"data.train={root / 'sft.jsonl'}",
         "data.packing=false",
-        "trainer.epochs=4",
+        "trainer.epochs=8",  # the targets in the paper's format (<think>…</think> <answer>…</answer>)
         "trainer.global_batch_size=8",
         "scheduler.name=constant",
         "trainer.progress=false",
@@ -80,7 +83,7 @@ def grpo_args(root, name, *overrides):
         f"data.train={root / 'prompts.jsonl'}",
         "trainer.prompts_per_step=4",
         "rollout.n=8",
-        "rollout.max_new_tokens=16",
+        "rollout.max_new_tokens=24",  # the SFT target, <think>…</answer><|im_end|>, is 19 tokens
         "optim.lr=5e-4",
         "scheduler.warmup_steps=3",
         "trainer.progress=false",

@@ -66,15 +66,24 @@ def minibatches(
     multiple_of: int = 1,
     length: int | None = None,
     loss_aggregation: str = "token",
+    positions: tuple[list[int], int] | None = None,
 ) -> list[list[Batch]]:
     """`updates` mini-batches (one optimizer step each) of micro-batches; empty ones get a placeholder.
+    The step's samples are split into `updates` consecutive parts by their position among the samples of
+    every data-parallel rank (`positions`: each local sample's position and the total; default: this
+    rank's own order), so an update trains on the same samples whatever the data-parallel size.
     Micro-batches are padded to their longest row, or to `length` when given. Each carries the weights
     of `loss_aggregation`, taken from whole sequences, and is then cut to this rank's context-parallel
     slice."""
-    parts = np.array_split(np.arange(len(samples)), updates)
+    where, total = positions or (list(range(len(samples))), len(samples))
+    bounds = [
+        (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+        for part in np.array_split(np.arange(total), updates)
+    ]
     result = []
-    for part in parts:
-        chosen = [samples[i] for i in part] or [placeholder(pad_id)]
+    for low, high in bounds:
+        chosen = [sample for sample, at in zip(samples, where, strict=True) if low <= at < high]
+        chosen = chosen or [placeholder(pad_id)]
         result.append(
             [
                 _weighted_slice(

@@ -40,6 +40,7 @@ class Group:
 @dataclass
 class StepRollouts:
     kept: list[Group]  # this replica's groups to train on
+    kept_positions: list[int]  # each kept group's position among the kept groups of all replicas
     generated: list[Group]  # everything this replica generated (for metrics)
     next_cursor: int
     rounds: int
@@ -123,7 +124,7 @@ class RolloutWorker:
         """One step's groups, starting at prompt position `cursor`. Collective over all ranks."""
         dp_rank = parallel_state.get_data_parallel_rank()
         dp_size = parallel_state.get_data_parallel_world_size()
-        result = StepRollouts([], [], cursor, 0, 0)
+        result = StepRollouts([], [], [], cursor, 0, 0)
         while True:
             round_indices = prompt_order(len(self.prompts), self.seed, result.next_cursor, prompts_per_step)
             offset, mine = _share(round_indices, dp_size, dp_rank)
@@ -148,7 +149,10 @@ class RolloutWorker:
             room = prompts_per_step - result.kept_total
             before_me = sum(sum(flags) for flags in keep[:dp_rank])
             mine_kept = [g for g, k in zip(groups, keep[dp_rank], strict=True) if k]
-            result.kept += mine_kept[: max(0, room - before_me)]
+            taken = mine_kept[: max(0, room - before_me)]
+            first = result.kept_total + before_me
+            result.kept += taken
+            result.kept_positions += range(first, first + len(taken))
             result.kept_total += min(room, sum(sum(flags) for flags in keep))
             if not dynamic or result.kept_total >= prompts_per_step or result.rounds >= max_rounds:
                 return result

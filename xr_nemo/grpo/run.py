@@ -248,6 +248,8 @@ class GRPOStage:
         multiple = config.parallel.sequence_multiple
         temperature = config.rollout.temperature or 1.0
         samples = _samples(config, rollouts, self.prompts)
+        n = config.rollout.n
+        where = [position * n + j for position in rollouts.kept_positions for j in range(n)]
         pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
         length = uniform_length(samples, multiple) if pipelined else None
         updates = minibatches(
@@ -258,6 +260,7 @@ class GRPOStage:
             multiple,
             length,
             config.grpo.loss_aggregation,
+            positions=(where, rollouts.kept_total * n),
         )
         every_batch = [batch for update in updates for batch in update]
         _attach_logprobs(partial(logprob_step, temperature), policy.wrapped, every_batch, "old_logprobs")
