@@ -128,3 +128,45 @@ def test_a_relaunch_keeps_the_first_config_and_records_what_changed(tmp_path):
     third = apply_overrides(SFTConfig(), [*REQUIRED, "trainer.max_steps=6"])
     assert record_config(third, tmp_path, said.append) == tmp_path / "config.2.yaml"
     assert "trainer.max_steps: 5 → 6" in said[1]
+
+
+def test_every_key_the_docs_and_recipes_set_exists():
+    """Every `key=value` the guides, READMEs and recipe docstrings show names a real config key (or one
+    of its accepted old spellings), so the docs cannot drift from the config."""
+    import re
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from xr_nemo.config.overrides import ALIASES
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = [
+        SFTConfig(),
+        GRPOConfig(),
+        EvalConfig(model="m"),
+        DistillConfig(teacher="t", data="d", out="o"),
+    ]
+    nodes = [OmegaConf.structured(config) for config in configs]
+
+    def exists(key: str) -> bool:
+        parent, _, leaf = ALIASES.get(key, key).rpartition(".")
+        for node in nodes:
+            section = OmegaConf.select(node, parent) if parent else node
+            if section is not None and (leaf in section.keys() or OmegaConf.get_type(section) is dict):  # noqa: SIM118 (missing values)
+                return True
+        return False
+
+    files = [
+        *repo.glob("docs/*.md"),
+        repo / "README.md",
+        repo / "slurm/README.md",
+        *repo.glob("recipes/*.py"),
+    ]
+    named = {
+        (file.name, match.group(1))
+        for file in files
+        for match in re.finditer(r"(?<![\w./-])\+?([a-z_]+(?:\.[a-z_0-9]+)+)=", file.read_text())
+    }
+    assert len(named) > 40  # the pattern finds them
+    assert [entry for entry in sorted(named) if not exists(entry[1])] == []
