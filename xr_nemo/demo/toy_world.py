@@ -20,6 +20,10 @@ READ_QUESTION = "What expression is written in the image?"
 CELL = 28  # one glyph per 28×28 cell: exactly one merged vision token of Qwen2.5-VL (14 px patches, 2×2)
 
 
+def direct_answer(answer: str) -> str:
+    return f"<think>\n\n</think>\n\n<answer>{answer}</answer>"
+
+
 @dataclass(frozen=True)
 class Problem:
     a: int
@@ -51,7 +55,9 @@ class Problem:
         return f"<think>\n{first}\n{second}\n</think>\n<answer>{self.answer}</answer>"
 
     def direct(self) -> str:
-        return f"<answer>{self.answer}</answer>"
+        """A direct answer in the paper's format: the thinking opened and closed at once (a finished
+        response; one that never closes its thinking has no answer)."""
+        return direct_answer(str(self.answer))
 
     def image(self) -> Image.Image:
         """The expression drawn glyph by glyph, each centred in its own cell."""
@@ -123,7 +129,7 @@ def write_toy_world(root: Path, train: int, prompts: int, held_out: int, seed: i
         name = f"images/train-{index}.png"
         problem.image().save(root / name)
         base_rows.append(
-            {"question": READ_QUESTION, "image": name, "response": f"<answer>{problem.expression}</answer>"}
+            {"question": READ_QUESTION, "image": name, "response": direct_answer(problem.expression)}
         )
         if index % 2:
             base_rows.append({"question": IMAGE_QUESTION, "image": name, "response": problem.direct()})
