@@ -100,11 +100,11 @@ def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
     if item.options is None:
         return extract_answer(output)
     found = extract_choice(output, item.options)
-    written = extract_answer(output).answer
-    if found.answer is None and benchmark.nearest_option is not None and written is not None:
-        letter = _NEAREST[benchmark.nearest_option](written, item.options)
-        return Extraction(letter, "nearest_option") if letter is not None else found
-    return found
+    if found.answer is not None or benchmark.nearest_option is None:
+        return found
+    written = extract_answer(output).answer  # read again only where a nearest option is taken
+    letter = None if written is None else _NEAREST[benchmark.nearest_option](written, item.options)
+    return Extraction(letter, "nearest_option") if letter is not None else found
 
 
 class Evaluator:

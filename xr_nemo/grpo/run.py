@@ -171,9 +171,8 @@ def _reference_model(config: GRPOConfig, hf_dir: Path, policy: Policy) -> torch.
 
 
 def _rollout_worker(
-    config: GRPOConfig, hf_dir: Path, policy: Policy, prompts: PromptSet, pool: RewardPool | None
+    config: GRPOConfig, hf_dir: Path, tokenizer, policy: Policy, prompts: PromptSet, pool: RewardPool | None
 ) -> RolloutWorker:
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     rollout = config.rollout
     engine = build_engine(
         rollout,
@@ -341,7 +340,7 @@ def run_grpo(config: GRPOConfig) -> Path:
         prompts = _load_prompts(config, tokenizer)
         policy = build_policy(config, hf_dir, partial(say, "grpo"))
         reference = _reference_model(config, hf_dir, policy)
-        worker = _rollout_worker(config, hf_dir, policy, prompts, pool)
+        worker = _rollout_worker(config, hf_dir, tokenizer, policy, prompts, pool)
         stage = GRPOStage(config, policy, reference, worker, tokenizer.pad_token_id or 0)
         last_step = train(config, policy, stage)
         return export_final(Path(config.run.dir), last_step, config.export, partial(say, "grpo"))
