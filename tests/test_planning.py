@@ -1,7 +1,8 @@
 """The memory planner's per-rank parameter counts equal those of our megatron-core model built at the
 same layout (TP=2, PP=2, tied and untied embeddings), and its whole-model count equals the published
 Qwen2.5-VL-7B's. Its training FLOPs per token equal what PyTorch's FLOP counter counts in Transformers'
-forward and backward pass."""
+forward and backward pass. It names the attention path it assumes, counts the local path's extra keys
+and values, and warns when the local path runs long sequences."""
 
 import pytest
 
@@ -94,3 +95,37 @@ def test_plan_prints_memory_and_throughput_per_layout(capsys):
     )
     assert f"| {expected.tokens_per_s_per_gpu:,.0f} | {expected.hours_per_billion_tokens:.1f} |" in rows[0]
     assert "assumed 50% MFU" in printed
+    assert "Attention: Transformer Engine fused/flash attention" in printed
+    assert main(["plan", "--nodes", "1", "--transformer-impl", "local"]) == 0
+    assert "Warning: 16,384-token sequences on the local path" in capsys.readouterr().out
+
+
+def test_the_local_path_adds_whole_sequence_keys_and_values_and_is_named():
+    from xr_nemo.config.schema import TransformerImpl
+    from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
+    from xr_nemo.planning import GIB, Layout, attention_note, estimate_memory
+
+    config = qwen25_vl_7b_config()
+    parallel = ParallelConfig(4, context_parallel=2, sequence_parallel=True)
+    te = Layout(parallel, data_parallel=1, seq_length=16384)
+    local = Layout(parallel, data_parallel=1, seq_length=16384, transformer_impl=TransformerImpl.local)
+    # per layer (28): keys and values of all 16,384 tokens in bf16 on the 28 heads (hidden 3,584) over
+    # TP=4; and bf16 masks: at CP=2 a rank holds chunks 1 and 2 of 4, whose queries (4,096 each) see
+    # 8,192 and 12,288 keys
+    keys_and_values = 4 * 16384 * 3584 / 4
+    masks = 2 * 4096 * (8192 + 12288)
+    extra = 28 * (keys_and_values + masks) / GIB
+    difference = estimate_memory(config, local).activations_gib - estimate_memory(config, te).activations_gib
+    assert difference == pytest.approx(extra)
+    no_cp = Layout(ParallelConfig(4, sequence_parallel=True), seq_length=16384, transformer_impl="local")
+    no_cp_te = Layout(ParallelConfig(4, sequence_parallel=True), seq_length=16384)
+    difference = (
+        estimate_memory(config, no_cp).activations_gib - estimate_memory(config, no_cp_te).activations_gib
+    )
+    assert difference == pytest.approx(28 * keys_and_values / GIB)
+    assert "Transformer Engine fused/flash attention" in attention_note(te)
+    assert "Warning" not in attention_note(te)
+    assert "local layers' scaled_dot_product_attention per packed sample" in attention_note(local)
+    assert "Warning: 16,384-token sequences on the local path" in attention_note(local)
+    short = Layout(parallel, seq_length=4096, transformer_impl=TransformerImpl.local)
+    assert "Warning" not in attention_note(short)

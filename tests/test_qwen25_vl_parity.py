@@ -36,7 +36,6 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int]
     from xr_nemo.config import ParallelConfig
     from xr_nemo.conversion.dist_checkpoint import load_model_weights
     from xr_nemo.distributed import context_parallel, initialize, shutdown
-    from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
     from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
     from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 
@@ -59,13 +58,7 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int]
             image_grid_thw=batch.get("image_grid_thw"),
             attention_mask=batch["attention_mask"],
         )
-        inputs = context_parallel.split_batch(
-            {
-                "input_ids": batch["input_ids"],
-                "position_ids": positions,
-                "attention_mask": causal_padding_mask(batch["attention_mask"]),
-            }
-        )
+        inputs = context_parallel.split_batch({"input_ids": batch["input_ids"], "position_ids": positions})
 
         def whole_logits(output: torch.Tensor, non_loss_data: bool = True, width=width) -> torch.Tensor:
             output = gather_from_tensor_model_parallel_region(output)
@@ -75,7 +68,7 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int]
             output = model(
                 inputs["input_ids"],
                 inputs["position_ids"],
-                inputs["attention_mask"],
+                None,  # rows are right-padded: causal attention keeps real tokens off the padding
                 pixel_values=batch.get("pixel_values"),
                 image_grid_thw=batch.get("image_grid_thw"),
             )

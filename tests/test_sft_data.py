@@ -144,7 +144,7 @@ def test_best_fit_decreasing_fills_bins_and_keeps_every_sample():
     assert sum(lengths) / (4096 * len(bins)) > 0.98
 
 
-def test_packed_sequence_restarts_positions_and_masks_across_samples():
+def test_packed_sequence_restarts_positions_and_bounds_every_sample_and_the_padding():
     first = (np.array([5, 6, 7, 8]), np.array([0, 0, 1, 1], bool))
     second = (np.array([9, 10, 11]), np.array([0, 1, 1], bool))
     batch = collate([[first, second]], pad_id=0, length=7)
@@ -153,11 +153,25 @@ def test_packed_sequence_restarts_positions_and_masks_across_samples():
     assert batch["loss_mask"].tolist() == [[0, 1, 1, 1, 1, 0, 0]]
     assert batch["position_ids"].shape == (3, 1, 7)
     assert (batch["position_ids"][:, 0] == torch.tensor([0, 1, 2, 0, 1, 0, 0])).all()
-    allowed = ~batch["attention_mask"][0, 0]
-    expected = torch.zeros(7, 7, dtype=torch.bool)
-    for start, end in ((0, 3), (3, 5), (5, 7)):
-        expected[start:end, start:end] = torch.tril(torch.ones(end - start, end - start, dtype=torch.bool))
-    assert torch.equal(allowed, expected)
+    params = batch["packed_seq_params"]
+    assert params.qkv_format == "sbhd"
+    assert params.cu_seqlens_q.tolist() == params.cu_seqlens_kv.tolist() == [0, 3, 5, 7]
+    assert params.cu_seqlens_q.dtype == torch.int32
+    assert params.max_seqlen_q == params.max_seqlen_kv == 3
+
+
+def test_packed_rows_are_bounded_over_the_flattened_batch_and_no_tensor_is_seq_by_seq():
+    def sample(length):
+        return np.arange(1, length + 1), np.ones(length, bool)
+
+    batch = collate([[sample(4), sample(3)], [sample(2)], [sample(6), sample(4)]], pad_id=0, multiple_of=4)
+    width = batch["tokens"].shape[1]
+    assert width == 8
+    # row 0: samples of 3 and 2 positions, then padding; row 1: 1, then padding; row 2: 5 and 3, full
+    assert batch["packed_seq_params"].cu_seqlens_q.tolist() == [0, 3, 5, 8, 9, 16, 21, 24]
+    assert batch["packed_seq_params"].max_seqlen_q == 7
+    tensors = [value for value in batch.values() if isinstance(value, torch.Tensor)]
+    assert all(width not in t.shape or t.shape.count(width) == 1 for t in tensors)
 
 
 def test_batch_plan_is_a_function_of_the_step():

@@ -86,3 +86,38 @@ def test_a_kv_cache_that_does_not_fit_names_the_settings_that_size_it(tmp_path):
     hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2))
     message = run_distributed(oversized_cache_worker, 1, str(hf_dir))[0]
     assert "could not fit its KV cache" in message and "kv_cache_gib" in message, message
+
+
+def tied_worker(hf_dir: str) -> tuple[list[int], list[int], list[float]]:
+    import torch
+    from safetensors.torch import load_file
+
+    from xr_nemo.generation.engine import Sampling
+    from xr_nemo.generation.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(
+        hf_dir, max_model_len=256, dtype=torch.float32, gpu_memory_utilization=0.05, seed=0, kv_cache_gib=0.25
+    )
+    weights = load_file(f"{hf_dir}/model.safetensors")  # tied: no lm_head.weight
+    engine.load_weights((name, t) for name, t in weights.items() if not name.startswith("visual."))
+    prompt = list(range(20, 60))
+    completion = engine.sample([prompt], [7], Sampling(max_new_tokens=16, temperature=1.0))[0]
+    engine.close()
+    return prompt, completion.token_ids, completion.logprobs
+
+
+def test_a_refit_reaches_the_output_layer_of_a_model_with_tied_embeddings(tmp_path):
+    """vLLM's reload leaves a tied output layer on its start-up (dummy) values unless the engine sends it."""
+    pytest.importorskip("vllm")
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+
+    hf_dir = build_tiny_qwen25_vl(tmp_path / "hf", TinyQwen25VLSpec(num_kv_heads=2, tie_word_embeddings=True))
+    prompt, tokens, logprobs = run_distributed(tied_worker, 1, str(hf_dir))[0]
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1]
+    expected = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(tokens)), torch.tensor(tokens)]
+    assert logprobs == pytest.approx(expected.tolist(), abs=1e-4)

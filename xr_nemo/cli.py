@@ -109,7 +109,14 @@ def _plan(args: argparse.Namespace) -> None:
     from xr_nemo.config.parallel import ParallelConfig
     from xr_nemo.errors import ConfigError
     from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
-    from xr_nemo.planning import TABLE_HEADER, Layout, estimate_memory, estimate_throughput, table_row
+    from xr_nemo.planning import (
+        TABLE_HEADER,
+        Layout,
+        attention_note,
+        estimate_memory,
+        estimate_throughput,
+        table_row,
+    )
 
     config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
     parallel = ParallelConfig(args.tp, args.pp, args.cp, sequence_parallel=args.tp > 1)
@@ -123,7 +130,13 @@ def _plan(args: argparse.Namespace) -> None:
                 f"{gpus} GPUs on {nodes} node(s) are not a multiple of TP×PP×CP = {per_replica}",
                 where="--nodes / --tp / --pp / --cp",
             )
-        layout = Layout(parallel, gpus // per_replica, args.micro_batch, args.seq_length)
+        layout = Layout(
+            parallel,
+            gpus // per_replica,
+            args.micro_batch,
+            args.seq_length,
+            transformer_impl=args.transformer_impl,
+        )
         throughput = estimate_throughput(config, layout, sample_length, args.mfu, args.peak_tflops)
         print(table_row(layout, estimate_memory(config, layout), throughput))
     print(
@@ -131,6 +144,7 @@ def _plan(args: argparse.Namespace) -> None:
         f"samples of {sample_length:,} tokens on average; measure and "
         "replace (--mfu)."
     )
+    print(attention_note(layout))
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
@@ -313,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     plan.add_argument("--peak-tflops", type=float, default=989.0, help="per GPU; H100 SXM dense bf16: 989")
+    plan.add_argument(
+        "--transformer-impl",
+        choices=["transformer_engine", "local"],
+        default="transformer_engine",
+        help="the layers the job runs (model.transformer_impl; auto: transformer_engine on GPUs with TE)",
+    )
     plan.set_defaults(handler=_plan)
 
     _add_convert(commands)

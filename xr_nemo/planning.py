@@ -8,11 +8,18 @@ replicated and frozen unless trained. Bytes per trained parameter: 2 (bf16 weigh
 buffer) + 12 / (DP·CP) (fp32 master weight and two Adam moments, sharded by the distributed optimizer
 over the data- and context-parallel ranks).
 
-Activations are an estimate, not a count: 34·s·b·h bytes per layer and micro-batch with flash attention
-and no recomputation (Korthikanti et al., 2022), divided by TP with sequence parallelism and by CP; the
-first pipeline stage holds up to PP micro-batches in flight under 1F1B, i.e. about all layers' worth;
-plus the fp32 logits and their gradient on the last stage. Allocator fragmentation and communication
-buffers come on top: plan for 10–15 % headroom.
+Activations are an estimate, not a count: 34·s·b·h bytes per layer and micro-batch with an attention
+that keeps no [heads × s × s] scores and no recomputation (Korthikanti et al., 2022), divided by TP
+with sequence parallelism and by CP; the first pipeline stage holds up to PP micro-batches in flight
+under 1F1B, i.e. about all layers' worth; plus the fp32 logits and their gradient on the last stage.
+Neither attention path keeps [heads × s × s] scores: Transformer Engine's fused/flash attention (ring
+attention over CP) does not, nor does the local path's `scaled_dot_product_attention` per packed sample
+(flash or memory-efficient kernels on a GPU). The local path keeps more, per layer: the keys and values
+of the whole sequence on every head (gathered over CP, repeated from the query groups), 4·s·b·h / TP
+bytes, and under CP the additive bf16 masks of the pieces of a sample that began in an earlier chunk,
+one value per query-key pair and not per head: up to 2·b·s²·(2·CP + 1) / (4·CP²) bytes, when one sample
+fills the row. Allocator fragmentation and communication buffers come on top: plan for 10–15 %
+headroom.
 
 Throughput is the model's training FLOPs per token — three times the forward pass: 2 FLOPs per weight
 of every language-model matrix (output layer included, embedding lookup not), plus 4·L·(heads·head
@@ -29,10 +36,17 @@ from dataclasses import dataclass, field
 from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.config.schema import TransformerImpl
 from xr_nemo.conversion.hf_checkpoint import expected_hf_shapes
 
 GIB = 1024**3
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+LONG_SEQUENCE = 8192  # tokens per sequence from which the local path's costs weigh
+ATTENTION_PATHS = {
+    TransformerImpl.transformer_engine: "Transformer Engine fused/flash attention (ring attention over CP)",
+    TransformerImpl.local: "the local layers' scaled_dot_product_attention per packed sample, keys and "
+    "values of the whole sequence on every head and CP rank",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class Layout:
     micro_batch_size: int = 1
     seq_length: int = 4096
     train_vision: bool = False
+    transformer_impl: TransformerImpl = TransformerImpl.transformer_engine  # as `model.transformer_impl`
 
     @property
     def gpus(self) -> int:
@@ -114,6 +129,8 @@ def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
     split = layout.parallel.tensor_parallel if layout.parallel.sequence_parallel else 1
     layers_in_flight = text.num_hidden_layers  # 1F1B: PP micro-batches × L/PP layers on the first stage
     activations = 34 * tokens * text.hidden_size * layers_in_flight / split
+    if layout.transformer_impl == TransformerImpl.local:
+        activations += _local_attention_bytes(text.hidden_size, layout) * layers_in_flight
     logits = 2 * 4 * tokens * text.vocab_size / layout.parallel.tensor_parallel
     candidates = []
     for index, (trained, frozen) in enumerate(stages):
@@ -131,6 +148,15 @@ def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
             )
         )
     return max(candidates, key=lambda estimate: estimate.total_gib)
+
+
+def _local_attention_bytes(hidden_size: int, layout: Layout) -> float:
+    """What the local attention keeps per layer beyond the 34·s·b·h (see the module docstring)."""
+    seq, batch = layout.seq_length, layout.micro_batch_size
+    tp, cp = layout.parallel.tensor_parallel, layout.parallel.context_parallel
+    keys_and_values = 4 * seq * batch * hidden_size / tp
+    masks = 2 * batch * seq * seq * (2 * cp + 1) / (4 * cp * cp) if cp > 1 else 0.0
+    return keys_and_values + masks
 
 
 def training_flops_per_token(config: Qwen2_5_VLConfig, keys_per_token: float) -> float:
@@ -196,3 +222,16 @@ def table_row(layout: Layout, estimate: MemoryEstimate, throughput: ThroughputEs
         f"{throughput.hours_per_billion_tokens:.1f}",
     ]
     return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def attention_note(layout: Layout) -> str:
+    """The attention path the estimate assumes, and a warning when the local path runs long sequences."""
+    note = f"Attention: {ATTENTION_PATHS[TransformerImpl(layout.transformer_impl)]}."
+    if layout.transformer_impl == TransformerImpl.local and layout.seq_length >= LONG_SEQUENCE:
+        note += (
+            f"\nWarning: {layout.seq_length:,}-token sequences on the local path: attention runs sample by "
+            "sample without fused kernels, and every CP rank holds the whole sequence's keys and values "
+            "and, under CP, s × s masks (counted above), so the assumed MFU is optimistic. On GPUs, "
+            "install Transformer Engine (pip install -e '.[gpu]') and keep model.transformer_impl=auto."
+        )
+    return note

@@ -22,9 +22,10 @@ _PARALLEL = ("tensor_parallel", "pipeline_parallel", "context_parallel", "sequen
 _GENERATION = ("engine", "temperature", "top_p", "max_new_tokens", "thinking_budget", "tensor_parallel")
 _GENERATION += ("gpu_memory_utilization", "kv_cache_gib", "seed")
 
-# Other spellings that keep working: short forms of the parallel layout (as other Megatron front ends
-# write them), the keys of earlier versions, and GRPO's `init.checkpoint=<SFT run>`. An alias applies
-# only where its target exists in the config being overridden.
+# Other spellings that keep working: short forms of the parallel layout and megatron-core's names of the
+# model's precision settings (as other Megatron front ends write them), the keys of earlier versions,
+# and GRPO's `init.checkpoint=<SFT run>`. An alias applies only where its target exists in the config
+# being overridden.
 ALIASES = {
     **{
         f"parallel.{short}": f"parallel.{name}"
@@ -33,6 +34,8 @@ ALIASES = {
     **{f"model.{name}": f"parallel.{name}" for name in (*_PARALLEL, "use_distributed_optimizer")},
     **{name: f"generation.{name}" for name in _GENERATION},  # eval and distill, before `generation.`
     "init.checkpoint": "model.checkpoint",
+    "model.fp8_format": "model.fp8",
+    "model.recompute_granularity": "model.recompute",
 }
 
 

@@ -27,6 +27,40 @@ class ExportDtype(StrEnum):
     float32 = "float32"
 
 
+class TransformerImpl(StrEnum):
+    auto = "auto"  # Transformer Engine when it imports and CUDA is present, local otherwise
+    local = "local"  # megatron-core's torch layers: any device, unfused attention with s × s scores
+    transformer_engine = "transformer_engine"  # fused layers, flash/ring attention, FP8 (CUDA only)
+
+
+class FP8Format(StrEnum):
+    hybrid = "hybrid"  # e4m3 weights and activations, e5m2 gradients
+    e4m3 = "e4m3"
+
+
+class FP8Recipe(StrEnum):
+    """How FP8 scales are chosen (megatron-core 0.16.1's choices, less `custom`)."""
+
+    delayed = "delayed"  # from an amax history of earlier steps (Ada/Hopper and newer)
+    tensorwise = "tensorwise"  # per tensor, from the current values (Ada/Hopper and newer)
+    blockwise = "blockwise"  # per block of values (Hopper and newer)
+    mxfp8 = "mxfp8"  # microscaling, per 32 values (Blackwell only)
+
+
+class Recompute(StrEnum):
+    none = "none"
+    selective = "selective"  # recompute core attention (its s × s scores) in the backward pass
+    full = "full"  # keep only each layer's input; recompute the whole layer
+
+
+class CPCommType(StrEnum):
+    """Transformer Engine's context-parallel attention (the local path always all-gathers keys)."""
+
+    p2p = "p2p"  # ring attention: key/value blocks passed around the ring, overlapped with compute
+    all_gather = "all_gather"
+    a2a = "a2a"  # heads all-to-all (Ulysses); heads must divide by context_parallel
+
+
 class Synthetic(StrEnum):
     tiny = "tiny"  # build a tiny random Qwen2.5-VL at model.hf_dir if it is absent
 
@@ -38,9 +72,11 @@ class SFTSchema(StrEnum):
     prompt_response = "prompt_response"
 
 
-class SFTTemplate(StrEnum):
-    paper = "paper"  # the paper's training template as the user turn; <think>…</think> <answer>…</answer>
-    none = "none"  # turns as the data has them; reasoning moved into <think> … </think> only
+class PromptTemplate(StrEnum):
+    """What wraps a question in the user turn (SFT data, GRPO prompts, evaluation)."""
+
+    paper = "paper"  # the paper's templates (Appendix C): training for SFT and RL, evaluation for eval
+    none = "none"  # the question as it is (SFT: turns as the data has them, reasoning in <think> only)
 
 
 class Overlong(StrEnum):
@@ -99,7 +135,15 @@ class ModelConfig:
     checkpoint: str | None = None  # a checkpoint, or a run directory (its latest checkpoint)
     synthetic: Synthetic | None = None
     train_vision: bool = False
+    # parameters kept as they are, as glob patterns over megatron-core names (`xr-nemo` checkpoints'
+    # keys), e.g. ["language_model.embedding.*"]
+    frozen: list[str] = field(default_factory=list)
     dtype: Dtype = Dtype.auto
+    transformer_impl: TransformerImpl = TransformerImpl.auto
+    fp8: FP8Format | None = None  # FP8 matmuls (Transformer Engine on an FP8-capable GPU); None: off
+    fp8_recipe: FP8Recipe = FP8Recipe.delayed
+    recompute: Recompute = Recompute.none  # activation recompute: memory for compute
+    cp_comm_type: CPCommType = CPCommType.p2p  # when parallel.context_parallel > 1
 
 
 @dataclass
@@ -237,7 +281,7 @@ class DataConfig:
     overlong: Overlong = Overlong.truncate
     on_error: OnError = OnError["raise"]
     packing: bool = True
-    template: SFTTemplate = SFTTemplate.paper
+    template: PromptTemplate = PromptTemplate.paper
     system_prompt: str | None = None  # replaces the data's system turn when set (the paper has none)
     max_samples: int | None = positive(None)
     num_workers: int = positive(2)  # tokenisation processes
@@ -267,6 +311,7 @@ class PromptDataConfig:
     split: str = "train"
     schema: str = "auto"  # auto | orz | prompt_answer | a text benchmark's reader (medqa, medmcqa, …)
     system_prompt: str | None = None  # before the user turn; the paper sends none
+    template: PromptTemplate = PromptTemplate.paper
     max_prompt_length: int = positive(1024)  # tokens; longer prompts are dropped and counted
     on_error: OnError = OnError["raise"]
     max_samples: int | None = positive(None)
@@ -278,6 +323,9 @@ class RolloutConfig(GenerationConfig):
 
     engine: EngineKind = EngineKind.vllm
     n: int = at_least(2, 8)  # completions per prompt (the group)
+    # vLLM's sleep while training runs: 1 moves its weights to host memory, 2 drops them (refit rewrites
+    # them); both drop the KV cache. No-op on CPU.
+    sleep_level: int = between(1, 2, 1)
 
 
 @dataclass
@@ -333,6 +381,7 @@ class EvalConfig:
     out_dir: str | None = None  # default: <model>/eval
     limit: int | None = positive(None)  # first N items per benchmark
     samples: int = positive(1)  # completions per item; > 1 adds avg@k, majority@k and pass@k
+    template: PromptTemplate = PromptTemplate.paper
     # greedy for the headline numbers (the paper samples at 0.3 for @k); forced exiting as the paper
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(

@@ -1,8 +1,9 @@
 """Conversion as data: one small mapping object per parameter family, HF (hub naming) ⇄ Megatron.
 
 Mappings work on full, unsharded tensors; tensor-parallel sharding lives in `sharding.py`. Name
-patterns use `*` for a layer number and `**` for any dotted suffix. Megatron names are checkpoint keys
-(global layer numbers). The same table drives import, export and in-memory refit.
+patterns use `*` for a layer number and `**` for any dotted suffix. Megatron names are parameter names
+with global layer numbers, of local or Transformer Engine layers. The same table drives import, export
+and in-memory refit.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def _layer(hf: str, megatron: str, kind: type[Mapping] = Mapping, *more_hf: str)
 QWEN25_VL_MAPPINGS: tuple[Mapping, ...] = (
     Mapping(f"{LANGUAGE_MODEL}.embedding.word_embeddings.weight", ("model.embed_tokens.weight",)),
     _layer("input_layernorm.weight", "input_layernorm.weight"),
+    # Transformer Engine layers fuse each norm into the next linear layer (same checkpoint key).
+    _layer("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"),
     _layer(
         "self_attn.q_proj.weight",
         "self_attention.linear_qkv.weight",
@@ -119,6 +122,7 @@ QWEN25_VL_MAPPINGS: tuple[Mapping, ...] = (
     ),
     _layer("self_attn.o_proj.weight", "self_attention.linear_proj.weight"),
     _layer("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"),
+    _layer("post_attention_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"),
     _layer("mlp.gate_proj.weight", "mlp.linear_fc1.weight", GatedMLPMapping, "mlp.up_proj.weight"),
     _layer("mlp.down_proj.weight", "mlp.linear_fc2.weight"),
     Mapping(f"{LANGUAGE_MODEL}.decoder.final_layernorm.weight", ("model.norm.weight",)),

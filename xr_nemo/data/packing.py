@@ -1,6 +1,14 @@
 """Sequence packing: samples into fixed-length sequences (best-fit decreasing), and the tensors of a
-micro-batch — tokens, shifted labels, loss mask, 3-D mrope position ids restarting at every sample, and
-an attention mask that keeps attention causal and inside each sample (block-diagonal)."""
+micro-batch — tokens, shifted labels, loss mask, 3-D mrope position ids restarting at every sample — with
+the samples' boundaries as megatron-core's `PackedSeqParams`, so that attention stays causal and inside
+each sample without any [seq × seq] mask.
+
+The boundaries (`cu_seqlens_q` = `cu_seqlens_kv`, int32) run over the micro-batch's positions flattened
+row by row — position t of row r is r·seq + t, the layout of a THD batch — and close every row, so the
+padding at the end of a row is a segment of its own that no real token attends to. `max_seqlen_q/kv` is
+the longest segment. `qkv_format` stays "sbhd": tensors keep their [seq, batch] layout, and context
+parallelism splits them but never the boundaries, which stay in whole-sequence positions.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from megatron.core.packed_seq_params import PackedSeqParams
 
 PositionIds = Callable[[torch.Tensor], torch.Tensor]  # [1, L] token ids → [3, 1, L] position ids
 
@@ -42,13 +51,34 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return [sorted(b) for b in bins]
 
 
+def packed_seq_params(spans: Sequence[Sequence[int]], width: int) -> PackedSeqParams:
+    """Boundaries of rows of `width` positions holding samples of `spans[r]` positions each, then
+    padding (layout in the module docstring)."""
+    bounds = [0]
+    for row, lengths in enumerate(spans):
+        for length in lengths:
+            if length:
+                bounds.append(bounds[-1] + length)
+        if bounds[-1] != (row + 1) * width:
+            bounds.append((row + 1) * width)
+    cu_seqlens = torch.tensor(bounds, dtype=torch.int32)
+    longest = int(cu_seqlens.diff().max())
+    return PackedSeqParams(
+        qkv_format="sbhd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+    )
+
+
 def collate(
     rows: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
     pad_id: int,
     length: int | None = None,
     position_ids: PositionIds = text_position_ids,
     multiple_of: int = 1,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor | PackedSeqParams]:
     """One micro-batch. `rows[r]` lists the (token ids, assistant mask) samples of sequence r. Each
     sample of L tokens gives L-1 positions (inputs and next-token labels). Sequences are padded to
     `length` (default: the longest row, rounded up to a multiple of `multiple_of`)."""
@@ -62,26 +92,22 @@ def collate(
     labels = torch.full((batch, width), pad_id, dtype=torch.long)
     loss_mask = torch.zeros(batch, width)
     positions = torch.zeros(3, batch, width, dtype=torch.long)
-    segments = torch.full((batch, width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         cursor = 0
-        for s, (ids, mask) in enumerate(row):
+        for ids, mask in row:
             ids_t = torch.as_tensor(ids, dtype=torch.long)
             end = cursor + len(ids) - 1
             tokens[r, cursor:end] = ids_t[:-1]
             labels[r, cursor:end] = ids_t[1:]
             loss_mask[r, cursor:end] = torch.as_tensor(mask[1:], dtype=torch.float)
             positions[:, r, cursor:end] = position_ids(ids_t[None, :-1])[:, 0]
-            segments[r, cursor:end] = s
             cursor = end
-    causal = torch.triu(torch.ones(width, width, dtype=torch.bool), diagonal=1)
-    attention_mask = (segments[:, :, None] != segments[:, None, :]) | causal
     return {
         "tokens": tokens,
         "labels": labels,
         "loss_mask": loss_mask,
         "position_ids": positions,
-        "attention_mask": attention_mask[:, None],
+        "packed_seq_params": packed_seq_params(spans, width),
         "num_samples": torch.tensor(sum(len(row) for row in rows)),
         "real_tokens": torch.tensor(sum(sum(s) for s in spans)),
     }

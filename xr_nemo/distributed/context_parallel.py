@@ -3,18 +3,20 @@
 The slice follows megatron-core's load-balanced layout: a sequence is cut into 2·CP equal chunks and CP
 rank r keeps chunks r and 2·CP−1−r, so that under a causal mask every rank has the same attention work.
 Batches are split once, when they are made (`split_batch`); attention gathers keys and values of the
-whole sequence (`gather_sequence`), and everything else in the model works on the local tokens alone.
+whole sequence (`gather_sequence`) and places its queries with `local_spans`, and everything else in the
+model works on the local tokens alone.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
-# Batch entries whose sequence dimension is not 1: mrope ids [3, batch, seq] and the attention mask
-# [batch, 1, query, key], split over its queries (every query still sees every key).
-SEQUENCE_DIMS = {"position_ids": 2, "attention_mask": 2}
+# Batch entries whose sequence dimension is not 1: mrope ids [3, batch, seq].
+SEQUENCE_DIMS = {"position_ids": 2}
 IMAGE_INPUTS = ("pixel_values", "image_grid_thw")  # whole images go to every rank
 
 
@@ -47,13 +49,25 @@ def split_sequence(
     return chunks.index_select(dim, _chunk_ids(cp_rank, cp_size).to(tensor.device)).flatten(dim, dim + 1)
 
 
-def split_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This rank's slice of every per-position entry of `batch`; scalars and images are kept whole."""
+def local_spans(length: int, cp_rank: int | None = None, cp_size: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) in whole-sequence positions of the chunks rank `cp_rank` holds of a sequence of
+    `length`, in the order `split_sequence` concatenates them."""
+    cp_size = size() if cp_size is None else cp_size
+    if cp_size == 1:
+        return [(0, length)]
+    cp_rank = rank() if cp_rank is None else cp_rank
+    chunk = length // (2 * cp_size)
+    return [(c * chunk, (c + 1) * chunk) for c in _chunk_ids(cp_rank, cp_size).tolist()]
+
+
+def split_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """This rank's slice of every per-position entry of `batch`. Scalars, images and packed-sequence
+    parameters (boundaries in whole-sequence positions, which attention reads) are kept whole."""
     if size() == 1:
         return batch
     return {
         key: value
-        if value.dim() < 2 or key in IMAGE_INPUTS
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or key in IMAGE_INPUTS
         else split_sequence(value, SEQUENCE_DIMS.get(key, 1))
         for key, value in batch.items()
     }

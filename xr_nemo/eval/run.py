@@ -126,6 +126,8 @@ class Evaluator:
         said = [a.answer for a in answers]
         if item.options is not None:
             return [answer is not None and answer in golds for answer in said]
+        if benchmark.free_form == "exact":
+            return [a is not None and a.strip() in golds for a in said]
         if benchmark.free_form == "short":
             return [a is not None and any(same_short_answer(a, g) for g in golds) for a in said]
         if benchmark.free_form == "mmmu":
@@ -219,7 +221,7 @@ def generate(
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-    builder = PromptBuilder(tokenizer, image_processor)
+    builder = PromptBuilder(tokenizer, image_processor, template=config.template)
     engines = Engines(config, model_dir, builder, loaded, given=engine)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     with RewardPool(workers=2, timeout_s=config.reward_timeout_s) as pool:

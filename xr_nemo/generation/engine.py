@@ -10,6 +10,10 @@ appended once and the model continues with the answer budget. Whether the thinki
 the decoded text, not on token ids: Qwen2.5's vocabulary has no `</think>` token and merges its `>` with
 the newlines that follow. Appended tokens are marked as not sampled, so they carry no policy-gradient
 loss.
+
+Colocated with training, an engine is driven in the order vLLM documents for weight updates:
+`sleep(level)` before training, then `wake_weights()`, `refit(model)`, `wake_cache()` before sampling.
+Engines without memory of their own to release take these as no-ops.
 """
 
 from __future__ import annotations
@@ -105,10 +109,16 @@ class Engine(Protocol):
     def refit(self, model: torch.nn.Module) -> None:
         """Take the weights of the live megatron-core model. Collective over its model-parallel group."""
 
-    def sleep(self) -> None:
-        """Release memory (KV cache) while training runs."""
+    def sleep(self, level: int) -> None:
+        """Release memory while training runs. Level 1 drops the KV cache and moves the weights to host
+        memory; level 2 drops the weights too (the next refit rewrites them anyway)."""
 
-    def wake(self) -> None: ...
+    def wake_weights(self) -> None:
+        """Give the weights their memory back, so that refit can write into it; the KV cache stays
+        released while the new weights arrive, which lowers the peak."""
+
+    def wake_cache(self) -> None:
+        """Give the KV cache its memory back: the engine can sample again."""
 
     def close(self) -> None:
         """Release the engine; the last call on it."""

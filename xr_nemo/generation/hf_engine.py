@@ -102,10 +102,14 @@ class HFEngine:
     def refit(self, model: torch.nn.Module) -> None:
         self.load_weights(hf_weights(model))
 
-    def sleep(self) -> None:
+    def sleep(self, level: int) -> None:
+        """Keeps its memory: GRPO does not roll out with this engine, so it never shares a device with
+        training."""
+
+    def wake_weights(self) -> None:
         pass
 
-    def wake(self) -> None:
+    def wake_cache(self) -> None:
         pass
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ from megatron.core import parallel_state, tensor_parallel
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
 from xr_nemo.generation.sampling import draw
-from xr_nemo.models.qwen25_vl.language_model import causal_padding_mask
 
 
 class ReferenceEngine:
@@ -39,9 +38,9 @@ class ReferenceEngine:
         tokens = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         for row, sequence in enumerate(sequences):
             tokens[row, : len(sequence)] = torch.tensor(sequence)
-        valid = torch.arange(width)[None, :] < lengths[:, None]
         positions = torch.arange(width).expand(3, len(sequences), width)
-        logits = self.model(tokens, positions, causal_padding_mask(valid.long()))
+        # Rows are right-padded: under causal attention no real token sees the padding.
+        logits = self.model(tokens, positions, None)
         last = logits[torch.arange(len(sequences)), lengths - 1]
         return tensor_parallel.gather_from_tensor_model_parallel_region(last).float()
 
@@ -80,10 +79,13 @@ class ReferenceEngine:
     def refit(self, model: torch.nn.Module) -> None:
         """The engine runs the training model itself: there is nothing to load."""
 
-    def sleep(self) -> None:
+    def sleep(self, level: int) -> None:
+        """Its weights are the training model's and it keeps no KV cache: there is nothing to release."""
+
+    def wake_weights(self) -> None:
         pass
 
-    def wake(self) -> None:
+    def wake_cache(self) -> None:
         pass
 
     def close(self) -> None:

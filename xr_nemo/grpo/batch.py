@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from megatron.core.packed_seq_params import PackedSeqParams
 
 from xr_nemo.data.packing import collate
 from xr_nemo.distributed import context_parallel
 from xr_nemo.generation.engine import Completion
 from xr_nemo.grpo.algorithm import loss_weights
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor | PackedSeqParams]
 
 
 @dataclass

@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from xr_nemo.data.prompt_format import training_prompt
+from xr_nemo.data.prompt_format import training_prompt, with_options
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
 from xr_nemo.errors import ConfigError
 from xr_nemo.tasks.benchmark import gold_letter, lettered, text
@@ -158,12 +158,14 @@ def load_prompts(
     *,
     schema: str = "auto",
     system_prompt: str | None = None,
+    template: str = "paper",
     max_prompt_length: int = 1024,
     on_error: str = "raise",
     max_samples: int | None = None,
 ) -> PromptSet:
-    """Read, validate and tokenise every prompt — the paper's training template as the user turn, after
-    `system_prompt` when one is given (the paper has none); too-long prompts are dropped and counted."""
+    """Read, validate and tokenise every prompt — the paper's training template as the user turn
+    (`template="none"`: the question as it is), after `system_prompt` when one is given (the paper has
+    none); too-long prompts are dropped and counted."""
     prompts = PromptSet([], [])
     for index, record in enumerate(read_records(source, split)):
         if max_samples is not None and len(prompts) >= max_samples:
@@ -182,7 +184,12 @@ def load_prompts(
         if item is None:
             continue
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": training_prompt(item.question, item.options)})
+        question = (
+            training_prompt(item.question, item.options)
+            if template == "paper"
+            else with_options(item.question, item.options)
+        )
+        messages.append({"role": "user", "content": question})
         ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         if len(ids) > max_prompt_length:

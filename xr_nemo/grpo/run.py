@@ -151,6 +151,7 @@ def _load_prompts(config: GRPOConfig, tokenizer) -> PromptSet:
         tokenizer,
         schema=data.schema,
         system_prompt=data.system_prompt,
+        template=data.template,
         max_prompt_length=data.max_prompt_length,
         on_error=data.on_error,
         max_samples=data.max_samples,
@@ -228,16 +229,19 @@ class GRPOStage:
         return self.worker.engine
 
     def _rollouts(self) -> tuple[StepRollouts, float]:
-        """This step's scored rollouts from freshly refit weights, and the refit time."""
-        self.engine.wake()
+        """This step's scored rollouts from freshly refit weights, and the refit time. The engine wakes
+        its weights, takes the new ones, and only then its KV cache, whose memory stays free while the new
+        tensors are gathered; it sleeps again before training needs the memory."""
+        self.engine.wake_weights()
         start = time.perf_counter()
         self.engine.refit(self.policy.model)
         refit_s = time.perf_counter() - start
+        self.engine.wake_cache()
         grpo = self.config.grpo
         rollouts = self.worker.collect(
             self.cursor, self.config.trainer.prompts_per_step, grpo.dynamic_sampling, grpo.max_sampling_rounds
         )
-        self.engine.sleep()
+        self.engine.sleep(self.config.rollout.sleep_level)
         return rollouts, refit_s
 
     def _train_on(self, rollouts: StepRollouts, wrap: Callable[[Callable], Callable]) -> dict[str, float]:

@@ -10,11 +10,12 @@ from functools import partial
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.packed_seq_params import PackedSeqParams
 
 from xr_nemo.config.schema import GRPOAlgorithmConfig
 from xr_nemo.grpo.algorithm import clipped_surrogate, kl_k3, truncated_importance_weights
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor | PackedSeqParams]
 # what a training micro-batch reports, summed: loss sum, loss count, then per response token: clipped,
 # kl, entropy, |train − rollout| logprob, response tokens
 REPORT_WIDTH = 7
@@ -40,6 +41,11 @@ def entropy(vocab_parallel_logits: torch.Tensor) -> torch.Tensor:
     return total.log() - weighted / total
 
 
+def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits of right-padded rows: causal attention within each row's sample, padding apart."""
+    return model(batch["tokens"], batch["position_ids"], None, packed_seq_params=batch["packed_seq_params"])
+
+
 def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
     zero = output.sum() * 0.0
     return zero, torch.tensor(1, dtype=torch.int), {"logprobs": logprobs.detach()}
@@ -48,7 +54,7 @@ def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
 def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module):
     """Forward only: reports the label log-probabilities of each micro-batch."""
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+    output = _forward(model, batch)
     if not parallel_state.is_pipeline_last_stage():
         return output, partial(_logprob_loss, None)
     logits = output.float() / temperature if temperature != 1.0 else output.float()
@@ -92,5 +98,5 @@ def policy_step(
     config: GRPOAlgorithmConfig, temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module
 ):
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])
+    output = _forward(model, batch)
     return output, partial(_policy_loss, config, batch, temperature)

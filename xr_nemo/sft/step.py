@@ -19,9 +19,14 @@ def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[to
     return loss_sum, tokens, {"loss": torch.stack([loss_sum.detach(), tokens.float()])}
 
 
-def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module):
+def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
+    """A packed micro-batch (`xr_nemo.data.packing.collate`): attention stays inside each sample."""
     batch = next(data_iterator)
     per_token_loss = model(
-        batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
+        batch["tokens"],
+        batch["position_ids"],
+        None,
+        labels=batch["labels"],
+        packed_seq_params=batch["packed_seq_params"],
     )
     return per_token_loss, partial(loss_func, batch["loss_mask"])

@@ -29,7 +29,7 @@ from xr_nemo.tasks.images import (
 
 # How items without options are judged: math-verify equivalence, a normalised short answer (lmms-eval's
 # SLAKE scorer), MMMU's open-question rule, or MathVista's typed normalisation (`xr_nemo.tasks.judges`).
-FreeForm = Literal["math", "short", "mmmu", "mathvista"]
+FreeForm = Literal["math", "short", "mmmu", "mathvista", "exact"]
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from xr_nemo.data.prompt_format import evaluation_prompt
+from xr_nemo.data.prompt_format import evaluation_prompt, with_options
 from xr_nemo.generation.engine import ImagePrompt, Prompt
 from xr_nemo.models.qwen25_vl.processing import expand_image_placeholders
 from xr_nemo.tasks.benchmark import EvalItem
 from xr_nemo.tasks.images import UnusableImage, load_image
 
 
-def messages(item: EvalItem) -> list[dict[str, Any]]:
-    text = evaluation_prompt(item.question, item.options)
+def messages(item: EvalItem, template: str = "paper") -> list[dict[str, Any]]:
+    """The user turn: the paper's evaluation template around the question, or (`template="none"`) the
+    question and its options alone."""
+    text = (
+        evaluation_prompt(item.question, item.options)
+        if template == "paper"
+        else with_options(item.question, item.options)
+    )
     content: str | list[dict[str, str]] = text
     if item.images:
         content = [{"type": "image"} for _ in item.images] + [{"type": "text", "text": text}]
@@ -25,11 +31,13 @@ class PromptBuilder:
     """Items to engine prompts: chat-templated token ids, with each image decoded and its
     `<|image_pad|>` expanded to the image's merged-patch count."""
 
-    def __init__(self, tokenizer, image_processor=None) -> None:
-        self.tokenizer, self.image_processor = tokenizer, image_processor
+    def __init__(self, tokenizer, image_processor=None, template: str = "paper") -> None:
+        self.tokenizer, self.image_processor, self.template = tokenizer, image_processor, template
 
     def text(self, item: EvalItem) -> str:
-        return self.tokenizer.apply_chat_template(messages(item), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages(item, self.template), tokenize=False, add_generation_prompt=True
+        )
 
     def __call__(self, item: EvalItem) -> Prompt:
         text = self.text(item)

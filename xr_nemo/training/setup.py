@@ -4,6 +4,7 @@ HF export at the end."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,7 @@ from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed.isolated import run_isolated
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.dtype import params_dtype
+from xr_nemo.models.layer_settings import resolve_layer_settings
 from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
 from xr_nemo.run_dir import (
     BASE_CHECKPOINT,
@@ -115,13 +117,38 @@ def initial_checkpoint(model: ModelConfig, run_dir: Path, say: Callable[[str], N
 
 
 def build_model(hf_config: Qwen2_5_VLConfig, config: TrainingConfig) -> Qwen25VLModel:
+    """The model `config.model` asks for, with layers this machine can run (else a ConfigError), on this
+    rank's GPU when there is one: megatron-core builds its layers there, the vision tower is built on
+    the host."""
     model = config.model
-    return Qwen25VLModel(
-        hf_config, config.parallel, params_dtype=params_dtype(model.dtype), train_vision=model.train_vision
+    built = Qwen25VLModel(
+        hf_config,
+        config.parallel,
+        params_dtype=params_dtype(model.dtype),
+        train_vision=model.train_vision,
+        layers=resolve_layer_settings(model),
     )
+    freeze(built, model.frozen)
+    return built.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else built
 
 
-def _wrap_for_training(
+def freeze(model: torch.nn.Module, patterns: list[str]) -> None:
+    """Stop training the parameters `patterns` match; DDP and the optimizer then leave them out. A
+    pattern that matches nothing is refused: it is a typo, not a choice."""
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ConfigError(
+                f"model.frozen pattern {pattern!r} matches no parameter",
+                where="model.frozen",
+                fix=f"patterns match names like {names[0]!r} ({len(names)} parameters on this rank)",
+            )
+    for name, parameter in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            parameter.requires_grad_(False)
+
+
+def wrap_for_training(
     model: Qwen25VLModel, config: TrainingConfig
 ) -> tuple[DistributedDataParallel, torch.optim.Optimizer]:
     """DDP and the optimizer. Losses are (sum, token count) pairs: megatron-core then divides gradients by
@@ -151,7 +178,7 @@ def build_policy(config: TrainingConfig, hf_dir: Path, say: Callable[[str], None
     resume_from = resume_point(config)
     if resume_from is None:
         load_model_weights(model, initial)
-    wrapped, optimizer = _wrap_for_training(model, config)
+    wrapped, optimizer = wrap_for_training(model, config)
     return Policy(model, wrapped, optimizer, hf_dir, initial, resume_from)
 
 

@@ -11,7 +11,7 @@ from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.errors import ConfigError
-from xr_nemo.models.specs import LOCAL_SPEC_SETTINGS
+from xr_nemo.models.layer_settings import LayerSettings
 
 SUPPORTED_ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration",)
 
@@ -42,7 +42,10 @@ def language_model_config(
     hf_config: Qwen2_5_VLConfig,
     parallel: ParallelConfig | None = None,
     params_dtype: torch.dtype = torch.float32,
+    layers: LayerSettings | None = None,
 ) -> tuple[TransformerConfig, LanguageModelShape]:
+    """`layers` (resolved for this machine) picks the layer implementation, FP8 and recompute; the
+    default, local layers in the given dtype, is what conversion and CPU runs build."""
     text = hf_config.text_config
     parallel = parallel or ParallelConfig()
     rope = text.rope_parameters or {}
@@ -84,7 +87,7 @@ def language_model_config(
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=not torch.cuda.is_available(),
-        **LOCAL_SPEC_SETTINGS,
+        **(layers or LayerSettings()).transformer_config_kwargs(),
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         context_parallel_size=parallel.context_parallel,

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
+from xr_nemo.config.schema import TransformerImpl
 from xr_nemo.models.qwen25_vl.config import LanguageModelShape
-from xr_nemo.models.specs import local_block_spec
+from xr_nemo.models.specs import local_block_spec, te_block_spec
 
 
 def build_language_model(config: TransformerConfig, shape: LanguageModelShape) -> GPTModel:
+    """The one place that picks the layer spec: `config.transformer_impl` (see `layer_settings`)."""
+    transformer_engine = config.transformer_impl == TransformerImpl.transformer_engine
+    block_spec: Callable = te_block_spec if transformer_engine else local_block_spec
     model = GPTModel(
         config=config,
-        transformer_layer_spec=local_block_spec(config),
+        transformer_layer_spec=block_spec(config),
         vocab_size=shape.vocab_size,
         max_sequence_length=shape.max_sequence_length,
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -26,13 +32,13 @@ def build_language_model(config: TransformerConfig, shape: LanguageModelShape) -
     # Position ids arrive already split over context-parallel ranks, like every other input, so the
     # rotary embedding must not split its output again.
     model.rotary_pos_emb.cp_group = None
+    if transformer_engine:
+        model.register_load_state_dict_post_hook(_attention_state_is_not_checkpointed)
     return model
 
 
-def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """megatron-core attention mask ([batch, 1, seq, seq], True = masked) from an HF-style [batch, seq]
-    mask (1 = token, 0 = padding). megatron-core adds its causal mask only when given none, so a
-    padding mask must carry causality itself."""
-    seq = attention_mask.shape[1]
-    causal = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device), diagonal=1)
-    return causal[None, None] | ~attention_mask.bool()[:, None, None, :]
+def _attention_state_is_not_checkpointed(module: torch.nn.Module, incompatible_keys) -> None:
+    """TE's attention has FP8 metadata in its state dict that megatron-core leaves out of checkpoints
+    (and local layers have no such state): loading any checkpoint must not miss it."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if not key.endswith("core_attention._extra_state")]

@@ -6,14 +6,17 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.enums import ModelType
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer import MegatronModule
 from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.distributed import context_parallel
+from xr_nemo.models.layer_settings import LayerSettings
 from xr_nemo.models.qwen25_vl.config import language_model_config
 from xr_nemo.models.qwen25_vl.language_model import build_language_model
 from xr_nemo.models.qwen25_vl.vision import build_vision_tower, image_features, scatter_image_features
+from xr_nemo.models.specs import packed_seq_params_for
 
 
 class Qwen25VLModel(MegatronModule):
@@ -26,8 +29,9 @@ class Qwen25VLModel(MegatronModule):
         parallel: ParallelConfig | None = None,
         params_dtype: torch.dtype = torch.float32,
         train_vision: bool = False,
+        layers: LayerSettings | None = None,
     ) -> None:
-        config, shape = language_model_config(hf_config, parallel, params_dtype)
+        config, shape = language_model_config(hf_config, parallel, params_dtype, layers)
         super().__init__(config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron-core's pipeline schedules
         self.image_token_id = hf_config.image_token_id
@@ -55,14 +59,21 @@ class Qwen25VLModel(MegatronModule):
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
     ) -> torch.Tensor:
         """Logits [batch, seq, vocab / TP] (or per-token loss given `labels`) on the last stage, hidden
-        states elsewhere. `position_ids` are the 3-D mrope ids [3, batch, seq]."""
+        states elsewhere. `position_ids` are the 3-D mrope ids [3, batch, seq]. Attention is causal,
+        within each packed sample when `packed_seq_params` gives the boundaries (`xr_nemo.data.packing`)."""
         decoder_input = None
         if self.pre_process and pixel_values is not None:
             decoder_input = self._embed_with_images(input_ids, pixel_values, image_grid_thw)
         return self.language_model(
-            input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels
+            input_ids,
+            position_ids,
+            attention_mask,
+            decoder_input=decoder_input,
+            labels=labels,
+            packed_seq_params=packed_seq_params_for(self.config, packed_seq_params, *input_ids.shape),
         )
 
     def _embed_with_images(
