@@ -5,7 +5,7 @@ runs on a GPU).
    bundled arithmetic prompts with the vLLM engine (the first step, which warms the engine, excluded).
 2. Rollout tokens/s: the in-process vLLM engine vs Hugging Face `generate` on the same model, prompts,
    `n` and completion length (every completion forced to the full length; after a warm-up run each,
-   two runs each taken in turn, the faster counted), in one process after the GRPO run.
+   three runs each taken in turn, the fastest counted), in one process after the GRPO run.
 3. Refit in memory (`reload_weights` from tensors) vs starting a new engine from the exported checkpoint.
 
 Shapes: `tiny` (2 layers, hidden 128, a 512-token vocabulary) and `qwen2.5-0.5b` (Qwen2.5-0.5B's
@@ -43,7 +43,7 @@ class Shape:
     overrides: list[str] = field(default_factory=list)
 
 
-TIMED_RUNS = 2  # per engine, after a warm-up run; the fastest counts
+TIMED_RUNS = 3  # per engine, after a warm-up run; the fastest counts
 
 SHAPES = {
     "tiny": Shape("tiny", {"num_kv_heads": 2}, prompts=8, n=8, new_tokens=64, steps=6),
@@ -93,8 +93,10 @@ def _prompts(hf_dir: Path, count: int) -> list[list[int]]:
 
 def _tokens_per_s(engines: dict[str, Callable[[], int]]) -> dict[str, float]:
     """Each engine's tokens/s: one warm-up run each (the first runs are slow), then `TIMED_RUNS` rounds
-    that run the engines in turn, so that load from elsewhere on shared cores slows them alike; the
-    fastest run of each counts. An engine's callable returns the number of tokens it generated."""
+    that run the engines in turn; the fastest run of each counts. On cores shared with other processes
+    both engines' OpenMP threads stall whenever one is descheduled (runs 10-40× slower were seen), so a
+    single run says more about the neighbours than about the engine. An engine's callable returns the
+    number of tokens it generated."""
     for generate in engines.values():
         generate()
     rates: dict[str, list[float]] = {name: [] for name in engines}
@@ -114,22 +116,14 @@ def _engines_worker(hf_dir: str, shape: Shape) -> dict[str, float]:
     from safetensors.torch import load_file
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from xr_nemo.config.schema import RolloutConfig
     from xr_nemo.generation import vllm_cpu
 
     vllm_cpu.apply()
     from vllm import LLM, SamplingParams, TokensPrompt
 
     prompts = _prompts(Path(hf_dir), shape.prompts)
-    # the GRPO run's share: vllm-cpu's default (0.92 of the machine's memory) slowed generation in this
-    # process, Transformers' included, by more than 10× on the 2-core machine, KV cache size regardless
     engine_args = dict(
-        dtype="float32",
-        max_model_len=512,
-        kv_cache_memory_bytes=2**28,
-        gpu_memory_utilization=RolloutConfig().gpu_memory_utilization,
-        seed=0,
-        enforce_eager=True,
+        dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28, seed=0, enforce_eager=True
     )
     start = time.perf_counter()
     llm = LLM(

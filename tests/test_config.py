@@ -170,3 +170,20 @@ def test_every_key_the_docs_and_recipes_set_exists():
     }
     assert len(named) > 40  # the pattern finds them
     assert [entry for entry in sorted(named) if not exists(entry[1])] == []
+
+
+def test_frozen_patterns_stop_training_what_they_match_and_a_pattern_matching_nothing_is_refused():
+    import torch
+
+    from xr_nemo.training.setup import freeze
+
+    model = torch.nn.ModuleDict({"embedding": torch.nn.Linear(2, 2), "layer": torch.nn.Linear(2, 2)})
+    freeze(model, ["embedding.*"])
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == {
+        "embedding.weight": False,
+        "embedding.bias": False,
+        "layer.weight": True,
+        "layer.bias": True,
+    }
+    with pytest.raises(ConfigError, match=r"'embeddings\.\*' matches no parameter"):
+        freeze(model, ["embeddings.*"])
