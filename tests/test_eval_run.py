@@ -60,6 +60,7 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     from transformers import AutoTokenizer
 
     from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.demo.toy_world import IMAGE_QUESTION
     from xr_nemo.eval.run import run_eval
     from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
 
@@ -89,7 +90,7 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     image_tags = {"mmmu", "mmmu_pro", "mmstar", "mathvista", "mathvision", "medxpertqa MM", "omnimedvqa"}
     image_tags |= {"nejm", "vqa_rad", "slake", "pmc_vqa"}
     for question, sizes in engine.image_sizes.items():  # image questions come with their images only
-        if question.startswith("image:") or question.startswith("What is "):  # the toy world's
+        if question.startswith("image:") or question.endswith(IMAGE_QUESTION):  # the toy world's
             assert bool(sizes) == question.startswith("image:")
             continue
         tag = re.search(r"\[(\w+(?: MM| Text)?)", question).group(1)

@@ -213,6 +213,8 @@ def test_prompt_readers(tmp_path):
     assert [(i.question, i.answer) for i in prompts.items] == [("What is 1+1?", "2"), ("Area?", "\\pi")]
     text = tokenizer.decode(prompts.token_ids[0])
     assert "What is 1+1?" in text and "<answer>" in text and text.rstrip().endswith("assistant")
+    bare = tokenizer.decode(load_prompts(str(orz), "train", tokenizer, template="none").token_ids[0])
+    assert "user\nWhat is 1+1?<|im_end|>" in bare and "<answer>" not in bare
 
     mcq = tmp_path / "mcq.jsonl"
     mcq.write_text(

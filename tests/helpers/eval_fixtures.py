@@ -524,14 +524,21 @@ def image_key(image: Image.Image) -> str:
 
 
 def _arith(root: Path, truth: Truth, modality: str) -> Path:
-    """The demo's held-out files, as `xr_nemo.demo.toy_world` writes them."""
-    from xr_nemo.demo.toy_world import problems, write_toy_world
+    """The demo's held-out files, as `xr_nemo.demo.toy_world` writes them. Transcription gets a world
+    of its own, so that a picture has one truth."""
+    from xr_nemo.demo.toy_world import Problem, write_toy_world
 
-    world = write_toy_world(root / "toy_world", train=4, prompts=2, held_out=4, seed=3)
-    for problem in problems(4, 3):
-        right, wrong = str(problem.answer), str(problem.answer + 1)
-        truth[problem.question] = truth[image_key(problem.image())] = (right, wrong)
-    return world.eval_text if modality == "text" else world.eval_image
+    seed = 4 if modality == "read" else 3
+    world = write_toy_world(root / f"toy_world_{seed}", train=4, prompts=2, held_out=4, seed=seed)
+    for line in world.eval_text.read_text().splitlines():
+        problem = Problem(json.loads(line)["question"].split("\n")[0])
+        if modality == "read":
+            wrong = f"{(int(problem.expression[0]) + 1) % 10}{problem.expression[1:]}"
+            truth[image_key(problem.image())] = (problem.expression, wrong)
+        else:
+            right, wrong = problem.answer, str(int(problem.answer) + 1)
+            truth[problem.question] = truth[image_key(problem.image())] = (right, wrong)
+    return {"text": world.eval_text, "image": world.eval_image, "read": world.eval_read}[modality]
 
 
 WRITERS: dict[str, Callable[[Path, Truth], Path]] = {
@@ -559,6 +566,7 @@ WRITERS: dict[str, Callable[[Path, Truth], Path]] = {
     "pmc_vqa": _pmc_vqa,
     "arith_text": lambda root, truth: _arith(root, truth, "text"),
     "arith_image": lambda root, truth: _arith(root, truth, "image"),
+    "arith_read": lambda root, truth: _arith(root, truth, "read"),
 }
 VALID = {
     "gsm8k": 6,
@@ -585,6 +593,7 @@ VALID = {
     "pmc_vqa": 4,
     "arith_text": 4,
     "arith_image": 4,
+    "arith_read": 4,
 }
 SKIPPED = {
     "gsm8k": {"malformed record": 1},

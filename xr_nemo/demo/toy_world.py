@@ -1,9 +1,17 @@
-"""The demo's toy world: three-term arithmetic ("7 + 5 - 3") that takes two reasoning steps, posed as
-text or as a picture of the expression.
+"""The demo's toy world: four-term single-digit arithmetic ("7+2-2-1": every partial result stays in
+0–9) that takes three reasoning steps, posed as text or as a picture of the expression.
 
-A programmatic teacher writes the step-by-step trace (`<think>7 + 5 = 12.\\n12 - 3 = 9.</think>`), so
-stage 1 has long-CoT data; the answer is verifiable, so stage 2 has a 0/1 reward. Held-out problems are
-written twice — as text and as images — in the schema of the `arith_text` / `arith_image` benchmarks.
+A programmatic teacher writes the step-by-step trace — the expression read off first, then one step
+per line (`<think>\nThe expression:\n7+2-2-1\n7+2=9.\n9-2=7.\n7-1=6.\n</think>`) — so stage 1 has
+long-CoT data; the answer is verifiable, so stage 2 has a 0/1 reward. Each step is one fact of a small
+table, which a tiny model learns; the answer in one go is a composition of three, which it does not.
+Without reasoning, an answer reads the expression and gives the value (`The expression:\n7+2-2-1` in the
+thinking, no steps): the base model answers so, and so does the control SFT.
+
+Expressions are written without spaces and on their own line, so that the tokenizer gives one token
+per glyph, the same tokens whether the expression is typed or drawn (`demo.base` maps each drawn glyph
+onto its token's embedding). Held-out problems are written three times — as text, as pictures, and as
+pictures to transcribe — in the schema of the `arith_text`, `arith_image` and `arith_read` benchmarks.
 """
 
 from __future__ import annotations
@@ -15,78 +23,94 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-IMAGE_QUESTION = "What is the value of the expression in the image?"
-READ_QUESTION = "What expression is written in the image?"
+TERMS = 4
+# A picture's question is the text's without the typed expression: the picture stands where the text
+# has it, the question that follows is the same, so both sit at the same distance from the answer.
+IMAGE_QUESTION = "What is the value of this expression?"
+READ_QUESTION = "Write down this expression."
+TEXT_QUESTION = "{expression}\n" + IMAGE_QUESTION
+COPY_QUESTION = "{expression}\n" + READ_QUESTION
 CELL = 28  # one glyph per 28×28 cell: exactly one merged vision token of Qwen2.5-VL (14 px patches, 2×2)
 
 
-def direct_answer(answer: str) -> str:
-    return f"<think>\n\n</think>\n\n<answer>{answer}</answer>"
+def reasoned_answer(lines: list[str], answer: str) -> str:
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\n\n<answer>{answer}</answer>"
 
 
 @dataclass(frozen=True)
 class Problem:
-    a: int
-    b: int
-    c: int
-    first: str  # "+" or "-"
-    second: str
+    expression: str  # "7+2-2-1"
+
+    def steps(self) -> tuple[list[str], int]:
+        """The teacher's lines ("7+2=9.", …) and the value."""
+        value, lines = int(self.expression[0]), []
+        for index in range(1, len(self.expression), 2):
+            operator, operand = self.expression[index], int(self.expression[index + 1])
+            result = value + operand if operator == "+" else value - operand
+            lines.append(f"{value}{operator}{operand}={result}.")
+            value = result
+        return lines, value
 
     @property
-    def expression(self) -> str:
-        return f"{self.a} {self.first} {self.b} {self.second} {self.c}"
-
-    @property
-    def partial(self) -> int:
-        return self.a + self.b if self.first == "+" else self.a - self.b
-
-    @property
-    def answer(self) -> int:
-        return self.partial + self.c if self.second == "+" else self.partial - self.c
+    def answer(self) -> str:
+        return str(self.steps()[1])
 
     @property
     def question(self) -> str:
-        return f"What is {self.expression}?"
+        return TEXT_QUESTION.format(expression=self.expression)
+
+    @property
+    def copy_question(self) -> str:
+        return COPY_QUESTION.format(expression=self.expression)
 
     def trace(self) -> str:
-        """The teacher's reasoning and answer, in the released format."""
-        first = f"{self.a} {self.first} {self.b} = {self.partial}."
-        second = f"{self.partial} {self.second} {self.c} = {self.answer}."
-        return f"<think>\n{first}\n{second}\n</think>\n<answer>{self.answer}</answer>"
+        """The teacher's reasoning and answer: read the expression, then one step per line."""
+        lines, _ = self.steps()
+        return reasoned_answer(["The expression:", self.expression, *lines], self.answer)
 
     def direct(self) -> str:
-        """A direct answer in the paper's format: the thinking opened and closed at once (a finished
-        response; one that never closes its thinking has no answer)."""
-        return direct_answer(str(self.answer))
+        """The answer without reasoning: the expression read, no steps (the base model's way, and the
+        control's)."""
+        return reasoned_answer(["The expression:", self.expression], self.answer)
+
+    def copy(self) -> str:
+        return reasoned_answer(["The expression:", self.expression], self.expression)
 
     def image(self) -> Image.Image:
         """The expression drawn glyph by glyph, each centred in its own cell."""
-        glyphs = self.expression.replace(" ", "")
-        picture = Image.new("RGB", (CELL * len(glyphs), CELL), "white")
+        picture = Image.new("RGB", (CELL * len(self.expression), CELL), "white")
         draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=22)
-        for index, glyph in enumerate(glyphs):
-            centre = (index * CELL + CELL // 2, CELL // 2)
-            draw.text(centre, glyph, fill="black", font=font, anchor="mm")
+        for index, glyph in enumerate(self.expression):
+            draw.text((index * CELL + CELL // 2, CELL // 2), glyph, fill="black", font=font, anchor="mm")
         return picture
 
 
-def problems(count: int, seed: int, exclude: set[str] = frozenset()) -> list[Problem]:
-    """`count` distinct problems (digits 1–9), none of whose expressions is in `exclude`."""
-    rng = random.Random(seed)
-    found: dict[str, Problem] = {}
-    while len(found) < count:
-        problem = Problem(
-            rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9), rng.choice("+-"), rng.choice("+-")
-        )
-        if problem.expression not in exclude:
-            found.setdefault(problem.expression, problem)
-    return list(found.values())
+def all_problems() -> list[Problem]:
+    """Every four-term expression of digits whose running value stays in 0–9 (operands 1–9)."""
+    found: list[Problem] = []
+
+    def extend(expression: str, value: int) -> None:
+        if len(expression) == 2 * TERMS - 1:
+            found.append(Problem(expression))
+            return
+        for operand in range(1, 10):
+            for operator, result in (("+", value + operand), ("-", value - operand)):
+                if 0 <= result <= 9:
+                    extend(f"{expression}{operator}{operand}", result)
+
+    for first in range(10):
+        extend(str(first), first)
+    return found
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def _messages(question: str, response: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": response}]}
 
 
 @dataclass(frozen=True)
@@ -96,12 +120,16 @@ class ToyWorld:
     root: Path
 
     @property
-    def base(self) -> Path:  # direct answers, text and images: the stand-in for instruction tuning
+    def base(self) -> Path:  # reading and direct answers, text and pictures: the instruction-tuned stand-in
         return self.root / "base.jsonl"
 
     @property
     def sft(self) -> Path:  # text-only long chain-of-thought (messages schema)
         return self.root / "sft.jsonl"
+
+    @property
+    def sft_direct(self) -> Path:  # the control: the same questions answered directly
+        return self.root / "sft_direct.jsonl"
 
     @property
     def prompts(self) -> Path:  # text-only RL prompts ({prompt, answer})
@@ -115,50 +143,63 @@ class ToyWorld:
     def eval_image(self) -> Path:
         return self.root / "eval_image.jsonl"
 
+    @property
+    def eval_read(self) -> Path:
+        return self.root / "eval_read.jsonl"
 
-def write_toy_world(root: Path, train: int, prompts: int, held_out: int, seed: int = 0) -> ToyWorld:
-    """Held-out problems first, then training problems that avoid them."""
+
+def write_toy_world(
+    root: Path, train: int, prompts: int, held_out: int, seed: int = 0, copy_share: float = 0.15
+) -> ToyWorld:
+    """Held-out problems first, then disjoint training problems (base and SFT) and RL prompts. A
+    `copy_share` of the SFT questions ask for the expression back, so that the reasoning model still
+    follows a reading request (text only, like the rest of SFT)."""
     world = ToyWorld(root)
-    evaluation = problems(held_out, seed)
-    unseen = {p.expression for p in evaluation}
-    training = problems(train + prompts, seed + 1, exclude=unseen)
-    sft, rl = training[:train], training[train:]
+    pool = all_problems()
+    random.Random(seed).shuffle(pool)
+    if held_out + train + prompts > len(pool):
+        raise ValueError(f"the toy world has {len(pool)} problems, {held_out + train + prompts} asked for")
+    evaluation, training = pool[:held_out], pool[held_out : held_out + train]
+    rl = pool[held_out + train : held_out + train + prompts]
     (root / "images").mkdir(parents=True, exist_ok=True)
+
     base_rows = []
-    for index, problem in enumerate(sft):  # read every picture; answer directly, from a picture or text
+    for index, problem in enumerate(training):
         name = f"images/train-{index}.png"
         problem.image().save(root / name)
-        base_rows.append(
-            {"question": READ_QUESTION, "image": name, "response": direct_answer(problem.expression)}
-        )
-        if index % 2:
-            base_rows.append({"question": IMAGE_QUESTION, "image": name, "response": problem.direct()})
-        else:
-            base_rows.append({"question": problem.question, "response": problem.direct()})
+        solve = {"question": IMAGE_QUESTION, "image": name} if index % 2 else {"question": problem.question}
+        base_rows += [
+            {"question": READ_QUESTION, "image": name, "response": problem.copy()},
+            {"question": problem.copy_question, "response": problem.copy()},
+            {**solve, "response": problem.direct()},
+        ]
     _jsonl(world.base, base_rows)
-    _jsonl(
-        world.sft,
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": p.question},
-                    {"role": "assistant", "content": p.trace()},
-                ]
-            }
-            for p in sft
-        ],
-    )
-    _jsonl(world.prompts, [{"prompt": p.question, "answer": str(p.answer)} for p in rl])
-    _jsonl(
-        world.eval_text,
-        [{"id": f"t{i}", "question": p.question, "answer": str(p.answer)} for i, p in enumerate(evaluation)],
-    )
-    image_rows = []
+
+    copies = set(random.Random(seed + 1).sample(range(len(training)), round(copy_share * len(training))))
+    sft, control = [], []
+    for index, problem in enumerate(training):
+        if index in copies:
+            sft.append(_messages(problem.copy_question, problem.copy()))
+            control.append(_messages(problem.copy_question, problem.copy()))
+        else:
+            sft.append(_messages(problem.question, problem.trace()))
+            control.append(_messages(problem.question, problem.direct()))
+    _jsonl(world.sft, sft)
+    _jsonl(world.sft_direct, control)
+    _jsonl(world.prompts, [{"prompt": p.question, "answer": p.answer} for p in rl])
+
+    text_rows, image_rows, read_rows = [], [], []
     for index, problem in enumerate(evaluation):
         name = f"images/eval-{index}.png"
         problem.image().save(root / name)
+        text_rows.append({"id": f"t{index}", "question": problem.question, "answer": problem.answer})
         image_rows.append(
-            {"id": f"i{index}", "question": IMAGE_QUESTION, "image": name, "answer": str(problem.answer)}
+            {"id": f"i{index}", "question": IMAGE_QUESTION, "image": name, "answer": problem.answer}
         )
+        read_rows.append(
+            {"id": f"r{index}", "question": READ_QUESTION, "image": name, "answer": problem.expression}
+        )
+    _jsonl(world.eval_text, text_rows)
     _jsonl(world.eval_image, image_rows)
+    _jsonl(world.eval_read, read_rows)
     return world

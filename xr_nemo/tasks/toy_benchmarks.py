@@ -1,5 +1,6 @@
-"""The demo's toy world (`xr_nemo.demo.toy_world`): held-out three-term arithmetic as text and as
-pictures, local files only: `{id, question, answer[, image]}`, judged as math."""
+"""The demo's toy world (`xr_nemo.demo.toy_world`): held-out arithmetic as text and as pictures,
+judged as math, and the pictures to transcribe, judged by exact match (ours). Local files only:
+`{id, question, answer[, image]}`."""
 
 from __future__ import annotations
 
@@ -25,3 +26,10 @@ class ArithText(Benchmark):
 @register
 class ArithImage(ArithText):
     name, modality = "arith_image", "image"
+
+
+@register
+class ArithRead(ArithText):
+    """Transcription: the answer is the expression itself, glyph for glyph."""
+
+    name, modality, free_form = "arith_read", "image", "exact"

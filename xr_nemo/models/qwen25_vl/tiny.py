@@ -50,6 +50,8 @@ class TinyQwen25VLSpec:
     window_size: int = 112
     max_position_embeddings: int = 2048
     bpe_vocab_size: int = 512
+    # rotary half-dimensions given to (temporal, height, width); None: Qwen2.5-VL's 16:24:24 split
+    rope_sections: tuple[int, int, int] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -57,7 +59,10 @@ class TinyQwen25VLSpec:
 
     @property
     def mrope_section(self) -> list[int]:
-        """Qwen2.5-VL's 16:24:24 split of the rotary half-dimension (temporal, height, width)."""
+        """Qwen2.5-VL's 16:24:24 split of the rotary half-dimension (temporal, height, width), unless
+        `rope_sections` sets another."""
+        if self.rope_sections is not None:
+            return list(self.rope_sections)
         half = self.head_dim // 2
         temporal = half // 4
         height = (half - temporal) // 2
