@@ -196,6 +196,7 @@ class Demo:
         from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+        from xr_nemo.eval.predictions import read_predictions
         from xr_nemo.generation.engine import Sampling, chat_stop_ids
         from xr_nemo.generation.hf_engine import HFEngine
         from xr_nemo.rewards.extract import final_answer
@@ -214,8 +215,7 @@ class Demo:
             tokenizer.decode([t for t in c.token_ids if t not in sampling.stop_token_ids])
             for c in completions
         ]
-        evaluated = self.run_dir / "eval" / "grpo" / "predictions" / "arith_image.jsonl"
-        rows = {json.loads(line)["id"]: json.loads(line) for line in evaluated.read_text().splitlines()}
+        rows = read_predictions(self.run_dir / "eval" / "grpo", "arith_image")
         return {
             "export": str(export),
             "item": items[0].id,

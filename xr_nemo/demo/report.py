@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from xr_nemo.eval.predictions import read_predictions
 from xr_nemo.eval.report import interval_error_bars, save_figure
 from xr_nemo.eval.scoring import wilson_interval
 from xr_nemo.training.metrics import METRICS_FILE
@@ -51,8 +52,7 @@ class StageResult:
         scores, first = {}, {}
         for benchmark, modality in MODALITIES.items():
             result = summary["benchmarks"][benchmark]
-            lines = (eval_dir / "predictions" / f"{benchmark}.jsonl").read_text(encoding="utf-8").splitlines()
-            rows = [json.loads(line) for line in lines]
+            rows = list(read_predictions(eval_dir, benchmark).values())
             words = sum(len(row["outputs"][0].split()) for row in rows) / max(len(rows), 1)
             low, high = result["ci95"]
             scores[modality] = Score(result["accuracy"], low, high, result["n"], words)
