@@ -14,6 +14,7 @@ from megatron.core import parallel_state
 
 from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, find_mapping
 from xr_nemo.conversion.sharding import gather_from_tensor_parallel
+from xr_nemo.distributed.devices import compute_device
 
 _LAYER = re.compile(r"(\.decoder\.layers\.)(\d+)\.")
 
@@ -64,7 +65,9 @@ def _from_every_stage(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
     for owner, entries in zip(ranks, catalogue, strict=True):
         for name, shape, dtype in entries:
             tensor = (
-                next(local)[1].contiguous() if owner == dist.get_rank() else torch.empty(shape, dtype=dtype)
+                next(local)[1].contiguous()
+                if owner == dist.get_rank()
+                else torch.empty(shape, dtype=dtype, device=compute_device())
             )
             dist.broadcast(tensor, src=owner, group=group)
             yield name, tensor

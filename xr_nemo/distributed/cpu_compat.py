@@ -71,13 +71,16 @@ _FACTORIES = (
 )
 
 _applied = False
+# The device megatron-core's "cuda" means in the patched modules. The device-placement tests set "meta",
+# so that a host tensor meeting one of megatron-core's tensors fails as it would on a GPU.
+cuda_stands_for = "cpu"
 
 
 def _on_cpu(device: Any) -> Any:
     if device is None:
         return None
     text = str(device)
-    return "cpu" if text == "cuda" or text.startswith("cuda:") else device
+    return cuda_stands_for if text == "cuda" or text.startswith("cuda:") else device
 
 
 class _CudaOnCpu:
@@ -88,7 +91,7 @@ class _CudaOnCpu:
 
     @staticmethod
     def current_device() -> str:
-        return "cpu"
+        return cuda_stands_for
 
     @staticmethod
     def synchronize(device: Any = None) -> None:
@@ -138,18 +141,16 @@ def _set_rng_state(new_state: torch.Tensor, device: int = -1, graph_safe: bool =
     torch.set_rng_state(new_state)
 
 
-_CUDA_TYPE_NAMES = {
-    "torch.FloatTensor": "torch.cuda.FloatTensor",
-    "torch.HalfTensor": "torch.cuda.HalfTensor",
-    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
-}
+_FLOAT_TYPES = ("FloatTensor", "HalfTensor", "BFloat16Tensor")
 _tensor_type = torch.Tensor.type
 
 
 def _type_with_cuda_names(self: torch.Tensor, dtype: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """`torch.FloatTensor` (or `torch.meta.FloatTensor`, …) named `torch.cuda.FloatTensor`."""
     if dtype is None and not args and not kwargs:
         name = _tensor_type(self)
-        return _CUDA_TYPE_NAMES.get(name, name)
+        kind = name.rsplit(".", 1)[-1]
+        return f"torch.cuda.{kind}" if kind in _FLOAT_TYPES else name
     return _tensor_type(self, dtype, *args, **kwargs)
 
 

@@ -12,6 +12,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.distributed import cpu_compat
+from xr_nemo.distributed.devices import use_device
 from xr_nemo.distributed.launch_env import LaunchEnv, read_launch_env
 from xr_nemo.errors import LaunchError
 
@@ -40,6 +41,7 @@ def initialize(parallel: ParallelConfig, seed: int = 1234, timeout_minutes: floa
         backend = "gloo"
         device = torch.device("cpu")
         cpu_compat.apply()
+    use_device(device)
     if not dist.is_initialized():
         try:
             dist.init_process_group(
@@ -96,6 +98,7 @@ def shutdown() -> None:
     """Destroy megatron-core's groups and the process group; safe to call when nothing is up."""
     global _replica_group
     _replica_group = None
+    use_device(None)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

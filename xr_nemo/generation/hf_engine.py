@@ -23,6 +23,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from xr_nemo.conversion.in_memory import hf_weights
+from xr_nemo.distributed.devices import compute_device, to_device
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling, token_ids
 from xr_nemo.generation.sampling import draw
 from xr_nemo.models.qwen25_vl.naming import to_transformers_name
@@ -39,7 +40,8 @@ class _SeededDraw(LogitsProcessor):
         self.logprobs: list[list[float]] = [[] for _ in seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logprobs = torch.log_softmax(scores.float() / max(self.sampling.temperature, 1e-6), dim=-1)
+        # drawn on the host, where the generators are: the same tokens whatever the model's device
+        logprobs = torch.log_softmax(scores.float() / max(self.sampling.temperature, 1e-6), dim=-1).cpu()
         forced = torch.full_like(scores, float("-inf"))
         for row, generator in enumerate(self.generators):
             token = draw(logprobs[row], self.sampling, generator)
@@ -51,15 +53,19 @@ class _SeededDraw(LogitsProcessor):
 class HFEngine:
     collective = False
 
-    def __init__(self, hf_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype).eval()
+    def __init__(
+        self, hf_dir: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    ) -> None:
+        """The model on `device` (default: this rank's compute device, its GPU where there is one)."""
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype)
+        self.model = model.to(device or compute_device()).eval()
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(hf_dir)
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.image_token_id = self.model.config.image_token_id
 
     def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        return transformers_batch(
+        batch = transformers_batch(
             [token_ids(prompt) for prompt in prompts],
             [image for prompt in prompts if isinstance(prompt, ImagePrompt) for image in prompt.images],
             pad_id=self.pad_id,
@@ -68,6 +74,7 @@ class HFEngine:
             pad_side="left",
             dtype=self.model.dtype,
         )
+        return to_device(batch, self.model.device)
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
+from xr_nemo.distributed.devices import to_device
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
 from xr_nemo.generation.sampling import draw
@@ -33,16 +34,19 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def _next_token_logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        """[rows, vocab] on the host, where each row's generator draws from it."""
         lengths = torch.tensor([len(s) for s in sequences])
         width = int(lengths.max())
         tokens = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         for row, sequence in enumerate(sequences):
             tokens[row, : len(sequence)] = torch.tensor(sequence)
         positions = torch.arange(width).expand(3, len(sequences), width)
+        rows = torch.arange(len(sequences))
+        tokens, positions, rows, lengths = to_device((tokens, positions, rows, lengths))
         # Rows are right-padded: under causal attention no real token sees the padding.
         logits = self.model(tokens, positions, None)
-        last = logits[torch.arange(len(sequences)), lengths - 1]
-        return tensor_parallel.gather_from_tensor_model_parallel_region(last).float()
+        last = logits[rows, lengths - 1]
+        return tensor_parallel.gather_from_tensor_model_parallel_region(last).float().cpu()
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         if any(isinstance(prompt, ImagePrompt) for prompt in prompts):

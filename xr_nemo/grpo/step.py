@@ -13,6 +13,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from xr_nemo.config.schema import GRPOAlgorithmConfig
+from xr_nemo.distributed.devices import to_device
 from xr_nemo.grpo.algorithm import clipped_surrogate, kl_k3, truncated_importance_weights
 
 Batch = dict[str, torch.Tensor | PackedSeqParams]
@@ -53,7 +54,7 @@ def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
 
 def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module):
     """Forward only: reports the label log-probabilities of each micro-batch."""
-    batch = next(data_iterator)
+    batch = to_device(next(data_iterator))
     output = _forward(model, batch)
     if not parallel_state.is_pipeline_last_stage():
         return output, partial(_logprob_loss, None)
@@ -97,6 +98,6 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
 def policy_step(
     config: GRPOAlgorithmConfig, temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module
 ):
-    batch = next(data_iterator)
+    batch = to_device(next(data_iterator))
     output = _forward(model, batch)
     return output, partial(_policy_loss, config, batch, temperature)

@@ -12,6 +12,8 @@ from functools import partial
 
 import torch
 
+from xr_nemo.distributed.devices import to_device
+
 
 def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
     loss_sum = (per_token_loss.float() * loss_mask).sum()
@@ -20,8 +22,9 @@ def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[to
 
 
 def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
-    """A packed micro-batch (`xr_nemo.data.packing.collate`): attention stays inside each sample."""
-    batch = next(data_iterator)
+    """A packed micro-batch (`xr_nemo.data.packing.collate`), moved to the model's device: attention
+    stays inside each sample."""
+    batch = to_device(next(data_iterator))
     per_token_loss = model(
         batch["tokens"],
         batch["position_ids"],

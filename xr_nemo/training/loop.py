@@ -18,6 +18,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from tqdm import tqdm
 
 from xr_nemo.config.schema import PlateauConfig, TrainingConfig
+from xr_nemo.distributed.devices import all_reduce_host, broadcast_host
 from xr_nemo.errors import ConfigError
 from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
 from xr_nemo.training.fault_tolerance import FaultTolerance
@@ -94,8 +95,7 @@ class _Plateau:
             after = sum(self.history[config.window :]) / config.window
             gain = after - before if config.direction == "up" else before - after
             stop[0] = float(gain < config.min_change)
-        dist.broadcast(stop, src=0)
-        return bool(stop.item())
+        return bool(broadcast_host(stop, src=0).item())
 
     def train_state(self) -> dict[str, Any]:
         return {PLATEAU_STATE: self.history} if self.config.metric is not None else {}
@@ -182,9 +182,8 @@ def train(config: TrainingConfig, policy: Policy, stage: Stage) -> int:
 def _sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """Sums over every rank that holds other tokens: data-parallel and context-parallel ranks (each of
     those holds a slice of the sequences), and pipeline stages (only the last one reports)."""
-    dist.all_reduce(values, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    dist.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
-    return values
+    values = all_reduce_host(values, parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return all_reduce_host(values, parallel_state.get_pipeline_model_parallel_group())
 
 
 def run_schedule(

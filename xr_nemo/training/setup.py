@@ -18,6 +18,7 @@ from transformers import AutoConfig, Qwen2_5_VLConfig
 from xr_nemo.config.schema import ExportConfig, ModelConfig, Synthetic, TrainingConfig
 from xr_nemo.conversion.convert import DTYPES, export_hf, import_hf
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
+from xr_nemo.distributed.devices import compute_device
 from xr_nemo.distributed.isolated import run_isolated
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.dtype import params_dtype
@@ -129,7 +130,7 @@ def build_model(hf_config: Qwen2_5_VLConfig, config: TrainingConfig) -> Qwen25VL
         layers=resolve_layer_settings(model),
     )
     freeze(built, model.frozen)
-    return built.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else built
+    return built.to(compute_device())
 
 
 def freeze(model: torch.nn.Module, patterns: list[str]) -> None:

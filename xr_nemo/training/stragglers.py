@@ -23,6 +23,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from xr_nemo.config.schema import StragglerConfig
+from xr_nemo.distributed.devices import all_gather_host
 from xr_nemo.errors import ConfigError
 
 
@@ -136,8 +137,7 @@ class StragglerMonitor:
             return None
         mine = torch.tensor([self._timer.collect() + self._other_seconds], dtype=torch.float64)
         self._other_seconds = 0.0
-        gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, mine)
+        gathered = all_gather_host(mine)
         if dist.get_rank() != 0:
             return None
         times = [float(t) for t in gathered]
