@@ -14,6 +14,8 @@ import importlib.util
 
 import pytest
 
+import xr_nemo  # noqa: F401  # first: its Transformer Engine probe must run before megatron-core imports
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():

@@ -6,15 +6,20 @@ from xr_nemo.distributed.local_launch import run_distributed
 
 
 def layout_worker(tensor_parallel: int, pipeline_parallel: int) -> dict:
+    import os
+
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     from xr_nemo.config import ParallelConfig
     from xr_nemo.distributed import initialize, shutdown
+    from xr_nemo.distributed.devices import compute_device
 
     context = initialize(ParallelConfig(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel))
     result = {
         "backend": context.backend,
+        "device": str(compute_device()),
+        "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "rank": dist.get_rank(),
         "dp": (parallel_state.get_data_parallel_world_size(), context.data_parallel_size),
         "tp": (
@@ -47,7 +52,8 @@ def bad_layout_worker() -> str:
 def test_parallel_state_matches_the_requested_layout(tp, pp):
     results = run_distributed(layout_worker, 2, tp, pp)
     for rank, result in enumerate(results):
-        assert result["backend"] == "gloo"
+        # CPU ranks joined by gloo, also on a machine with GPUs (the ranks see none)
+        assert (result["backend"], result["device"], result["visible_gpus"]) == ("gloo", "cpu", "")
         assert result["rank"] == rank
         assert result["dp"] == (2 // (tp * pp),) * 2
         assert result["tp"] == (tp, rank if tp == 2 else 0)

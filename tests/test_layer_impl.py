@@ -3,15 +3,19 @@ run (Transformer Engine without TE or CUDA, FP8 without TE or on a GPU too old f
 Transformer Engine spec declares the same checkpoint keys as the local one and its parameters convert
 to the same Hugging Face tensors; packed batches reach TE as THD.
 
-TE is not installed here: its spec is built from megatron-core's own spec function with TE's modules
-as the stand-ins megatron-core defines without TE, and each module's checkpointed names come from TE's
-parameter naming (`weight`, `bias`, `layer_norm_weight` of LayerNormLinear, `_extra_state`). The same
-walk over the local spec must give the local model's real keys, which checks the walk itself."""
+TE need not be installed: its spec is built from megatron-core's own spec function, with TE's modules or,
+without TE, the stand-ins megatron-core defines under the same names, and each module's checkpointed names
+come from TE's parameter naming (`weight`, `bias`, `layer_norm_weight` of LayerNormLinear, `_extra_state`).
+The same walk over the local spec must give the local model's real keys, which checks the walk itself.
+
+What the machine has (CUDA, TE, a GPU generation, CUDA version) is simulated in each test that depends on
+it, so the tests check the same thing with or without CUDA and TE."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -26,7 +30,7 @@ from xr_nemo.config.overrides import apply_overrides
 from xr_nemo.config.schema import ModelConfig, SFTConfig, TransformerImpl
 from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, find_mapping
 from xr_nemo.errors import ConfigError, XrNemoError
-from xr_nemo.models import layer_settings
+from xr_nemo.models import layer_settings, te_probe
 from xr_nemo.models.layer_settings import LayerSettings, resolve_layer_settings
 from xr_nemo.models.norms import Norm
 from xr_nemo.models.qwen25_vl.config import language_model_config
@@ -63,11 +67,31 @@ def te_importable(monkeypatch):
     monkeypatch.setattr(gpt_layer_specs, "TESpecProvider", provider.TESpecProvider, raising=False)
 
 
+BROKEN_TE = te_probe.TEProbe(
+    "/site-packages/transformer_engine/__init__.py",
+    "OSError: libtransformer_engine.so: undefined symbol: _ZN3c104cuda9SetDevice",
+)
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Simulate this machine: `machine(cuda=..., te=...)`, `te` a TEProbe (default: not installed)."""
+    monkeypatch.setattr(layer_settings, "_warned", set())
+
+    def simulate(cuda: bool, te: te_probe.TEProbe | None = None) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(te_probe, "probe", lambda: te or te_probe.TEProbe(None))
+
+    return simulate
+
+
 @pytest.fixture
 def te_gpu(monkeypatch):
-    """A machine where TE imports, CUDA is present, and the GPU is of `capability` (set by the test)."""
+    """A machine where TE imports, CUDA (12.9) is present, and the GPU is of `capability` (set by the
+    test)."""
     monkeypatch.setattr(layer_settings, "why_not_transformer_engine", lambda: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Test GPU")
+    monkeypatch.setattr(torch.version, "cuda", "12.9")
 
     def capability(major: int, minor: int) -> None:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (major, minor))
@@ -212,23 +236,60 @@ def test_auto_is_local_without_cuda_and_te_where_it_runs(monkeypatch):
     assert resolve_layer_settings(ModelConfig()).impl == TransformerImpl.transformer_engine
 
 
-def test_transformer_engine_without_it_says_what_to_do(monkeypatch):
+def test_transformer_engine_without_it_says_what_to_do(machine):
     asked = ModelConfig(transformer_impl=TransformerImpl.transformer_engine)
-    with pytest.raises(ConfigError) as error:  # this machine: no CUDA, no TE
+    machine(cuda=False)
+    with pytest.raises(ConfigError) as error:
         resolve_layer_settings(asked)
     message = str(error.value)
-    assert "CUDA is not available" in message
+    assert "CUDA is not available" in message and "transformer_engine is not installed" in message
     assert "pip install -e '.[gpu]'" in message and "model.transformer_impl=local" in message
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(layer_settings, "transformer_engine_importable", lambda: False)
-    with pytest.raises(ConfigError, match="transformer_engine does not import"):
+    machine(cuda=True)
+    with pytest.raises(ConfigError, match="transformer_engine is not installed") as error:
         resolve_layer_settings(asked)
+    assert "CUDA" not in str(error.value).splitlines()[0]
 
 
-def test_fp8_needs_transformer_engine_layers():
+def test_a_broken_transformer_engine_is_refused_with_its_own_error(machine):
+    machine(cuda=True, te=BROKEN_TE)
+    with pytest.raises(ConfigError) as error:
+        resolve_layer_settings(ModelConfig(transformer_impl=TransformerImpl.transformer_engine))
+    message = str(error.value)
+    assert "is installed (/site-packages/transformer_engine/__init__.py) but does not import" in message
+    assert "OSError: libtransformer_engine.so: undefined symbol" in message
+    assert "reinstall Transformer Engine" in message and "model.transformer_impl=local" in message
+
+
+def test_auto_builds_local_layers_past_a_broken_transformer_engine_and_says_why(machine):
+    machine(cuda=True, te=BROKEN_TE)
+    with pytest.warns(UserWarning, match=r"auto builds the local layers: .*OSError: libtransformer_engine"):
+        assert resolve_layer_settings(ModelConfig()).impl == TransformerImpl.local
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not once per model
+        assert resolve_layer_settings(ModelConfig()).impl == TransformerImpl.local
+        machine(cuda=True, te=te_probe.TEProbe(None))  # TE absent, not broken: nothing to say
+        layer_settings._warned.clear()
+        assert resolve_layer_settings(ModelConfig()).impl == TransformerImpl.local
+
+
+def test_fp8_needs_transformer_engine_layers(machine):
+    machine(cuda=False)
     with pytest.raises(ConfigError, match=r"model\.fp8 needs Transformer Engine layers") as error:
         resolve_layer_settings(ModelConfig(fp8="hybrid"))
-    assert "model.fp8=null" in str(error.value)
+    assert "CUDA is not available" in str(error.value) and "model.fp8=null" in str(error.value)
+    machine(cuda=True, te=BROKEN_TE)
+    with (
+        pytest.raises(ConfigError, match="OSError: libtransformer_engine") as error,
+        pytest.warns(UserWarning),
+    ):
+        resolve_layer_settings(ModelConfig(fp8="hybrid"))
+    assert "reinstall Transformer Engine" in str(error.value)
+
+
+def test_fp8_on_local_layers_is_refused_where_te_runs(te_gpu):
+    te_gpu(9, 0)
+    with pytest.raises(ConfigError, match=r"these are local: model\.transformer_impl=local"):
+        resolve_layer_settings(ModelConfig(fp8="hybrid", transformer_impl="local"))
 
 
 @pytest.mark.parametrize(
@@ -255,6 +316,31 @@ def test_a_hopper_refused_mxfp8_is_offered_the_recipes_it_runs(te_gpu):
     with pytest.raises(ConfigError, match="Blackwell") as error:
         resolve_layer_settings(ModelConfig(fp8="hybrid", fp8_recipe="mxfp8"))
     assert "delayed, tensorwise, blockwise" in str(error.value)
+
+
+def test_mxfp8_is_refused_on_the_blackwells_te_has_no_mxfp8_gemms_for(te_gpu):
+    te_gpu(12, 0)
+    with pytest.raises(ConfigError, match=r"compute capability 10\.0 or newer, below 12\.0") as error:
+        resolve_layer_settings(ModelConfig(fp8="hybrid", fp8_recipe="mxfp8"))
+    assert "Test GPU is 12.0" in str(error.value) and "delayed, tensorwise, blockwise" in str(error.value)
+    te_gpu(10, 3)
+    assert resolve_layer_settings(ModelConfig(fp8="hybrid", fp8_recipe="mxfp8")).fp8_recipe == "mxfp8"
+
+
+def test_blockwise_needs_cuda_12_9(te_gpu, monkeypatch):
+    te_gpu(9, 0)
+    model = ModelConfig(fp8="hybrid", fp8_recipe="blockwise")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(
+        ConfigError, match=r"needs CUDA 12\.9 or newer; this torch is built for CUDA 12\.8"
+    ) as error:
+        resolve_layer_settings(model)
+    assert "choose model.fp8_recipe from delayed, tensorwise, or set model.fp8=null" in str(error.value)
+    for accepted in ("12.9", "13.0"):
+        monkeypatch.setattr(torch.version, "cuda", accepted)
+        assert resolve_layer_settings(model).fp8_recipe == "blockwise"
+    monkeypatch.setattr(torch.version, "cuda", None)  # a ROCm build: TE decides
+    assert resolve_layer_settings(model).fp8_recipe == "blockwise"
 
 
 def test_overrides_refuse_unknown_choices():

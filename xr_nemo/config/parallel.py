@@ -24,7 +24,8 @@ class ParallelConfig:
     @property
     def sequence_multiple(self) -> int:
         """What every sequence length must be a multiple of: context parallelism cuts sequences into
-        2·CP equal chunks, and sequence parallelism splits each rank's tokens over TP ranks."""
+        2·CP equal chunks, and sequence parallelism splits each rank's tokens over TP ranks. Training
+        pads to `TrainingConfig.sequence_multiple`, which adds what FP8 needs."""
         chunks = 2 * self.context_parallel if self.context_parallel > 1 else 1
         return chunks * (self.tensor_parallel if self.sequence_parallel else 1)
 

@@ -5,6 +5,7 @@ resolved config is saved as `config.yaml` in the run directory."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -43,8 +44,18 @@ class FP8Recipe(StrEnum):
 
     delayed = "delayed"  # from an amax history of earlier steps (Ada/Hopper and newer)
     tensorwise = "tensorwise"  # per tensor, from the current values (Ada/Hopper and newer)
-    blockwise = "blockwise"  # per block of values (Hopper and newer)
-    mxfp8 = "mxfp8"  # microscaling, per 32 values (Blackwell only)
+    blockwise = "blockwise"  # per block of values (Hopper and newer, CUDA ≥ 12.9)
+    mxfp8 = "mxfp8"  # microscaling, per 32 values (data-centre Blackwell: compute capability 10.x–11.x)
+
+
+# What the token count of each FP8 GEMM must divide by (Transformer Engine's alignment for quantization):
+# 16 for FP8 GEMMs; MXFP8 scales blocks of 32 values along the token dimension too.
+FP8_TOKEN_MULTIPLE: dict[FP8Recipe, int] = {
+    FP8Recipe.delayed: 16,
+    FP8Recipe.tensorwise: 16,
+    FP8Recipe.blockwise: 16,
+    FP8Recipe.mxfp8: 32,
+}
 
 
 class Recompute(StrEnum):
@@ -265,6 +276,18 @@ class TrainingConfig:
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     stragglers: StragglerConfig = field(default_factory=StragglerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def sequence_multiple(self) -> int:
+        """What the sequences of every micro-batch are padded to: the parallel layout's multiple, and
+        with `model.fp8` one that gives each rank's slice of a sequence (1/CP of it, and 1/TP of that
+        under sequence parallelism) a token count FP8 GEMMs take, whatever the micro-batch size."""
+        parallel = self.parallel
+        if self.model.fp8 is None:
+            return parallel.sequence_multiple
+        ranks = parallel.context_parallel * (parallel.tensor_parallel if parallel.sequence_parallel else 1)
+        fp8 = FP8_TOKEN_MULTIPLE[FP8Recipe(self.model.fp8_recipe)]
+        return math.lcm(parallel.sequence_multiple, ranks * fp8)
 
 
 # ── stage 1: SFT ─────────────────────────────────────────────────────────────────────────────────────

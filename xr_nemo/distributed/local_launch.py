@@ -1,13 +1,15 @@
-"""Run a function in N local processes joined by a gloo process group, as torchrun would launch them."""
+"""Run a function in N local processes joined by a gloo process group, as torchrun would launch them.
+The processes run on the CPU even where there are GPUs: they start with none visible."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -42,6 +44,21 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, re
 PRELOADED = ["torch", "megatron.core", "transformers", "xr_nemo.sft.run", "xr_nemo.grpo.run"]
 
 
+@contextlib.contextmanager
+def _no_visible_gpus() -> Iterator[None]:
+    """The fork server, started at the first `proc.start()`, and so every rank forked from it, see no
+    GPU: N ranks on one machine's GPUs would share them under NCCL, and these ranks are CPU ranks."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 600) -> list[Any]:
     """Call `fn(*args)` on ranks 0..world_size-1 (new processes); return the results by rank.
 
@@ -56,8 +73,9 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float 
         ctx.Process(target=_worker, args=(rank, world_size, port, fn, args, results), daemon=False)
         for rank in range(world_size)
     ]
-    for proc in procs:
-        proc.start()
+    with _no_visible_gpus():
+        for proc in procs:
+            proc.start()
     by_rank: dict[int, Any] = {}
     errors = []
     deadline = time.monotonic() + timeout_s

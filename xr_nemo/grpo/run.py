@@ -24,6 +24,7 @@ from xr_nemo.config.bounds import check_writable_directory, validate
 from xr_nemo.config.schema import EngineKind, GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed import initialize, replica_group, shutdown
+from xr_nemo.distributed.devices import all_reduce_host
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids
@@ -64,6 +65,13 @@ def check_config(config: GRPOConfig) -> None:
             f"grpo.clip_high={config.grpo.clip_high} is below grpo.clip_low={config.grpo.clip_low}",
             where="grpo.clip_high",
             fix="set grpo.clip_high ≥ grpo.clip_low (equal: symmetric clipping)",
+        )
+    if config.model.fp8 is not None and rollout.engine == EngineKind.reference:
+        raise ConfigError(
+            "model.fp8 takes token counts in multiples of 16, and the reference engine generates with the "
+            "training model on unpadded prompts",
+            where="model.fp8 / rollout.engine",
+            fix="set rollout.engine=vllm, or model.fp8=null",
         )
     if config.parallel.context_parallel > 1 and rollout.engine == EngineKind.reference:
         raise ConfigError(
@@ -125,7 +133,7 @@ def _rollout_metrics(rollouts: StepRollouts) -> dict[str, float]:
         ],
         dtype=torch.float64,
     )
-    dist.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+    sums = all_reduce_host(sums, parallel_state.get_data_parallel_group())
     reward, reward_sq, correct, formatted, length, cut, forced, timeouts, unreadable, count = sums.tolist()
     mean = reward / count
     return {
@@ -248,7 +256,7 @@ class GRPOStage:
         """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps; the policy's
         forward step goes through `wrap` (timing, drills)."""
         config, policy = self.config, self.policy
-        multiple = config.parallel.sequence_multiple
+        multiple = config.sequence_multiple
         temperature = config.rollout.temperature or 1.0
         samples = _samples(config, rollouts, self.prompts)
         n = config.rollout.n
@@ -295,8 +303,7 @@ class GRPOStage:
         of its replica's prompts; a collective engine is run by the whole replica, so it counts once."""
         total = torch.tensor([float(rollouts.tokens)], dtype=torch.float64)
         group = parallel_state.get_data_parallel_group() if self.engine.collective else None
-        dist.all_reduce(total, group=group)
-        return float(total[0])
+        return float(all_reduce_host(total, group)[0])
 
     def train_step(self, step: int, hooks: StepHooks) -> dict[str, float]:
         rollouts, refit_s = self._rollouts()

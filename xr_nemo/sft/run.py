@@ -21,6 +21,7 @@ from xr_nemo.data.batches import BatchPlan
 from xr_nemo.data.packing import collate
 from xr_nemo.data.tokenize import TokenizedDataset, tokenize_dataset
 from xr_nemo.distributed import context_parallel, initialize, shutdown
+from xr_nemo.distributed.devices import all_reduce_host
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
@@ -47,12 +48,12 @@ def check_config(config: SFTConfig) -> None:
     validate(config)
     check_writable_directory(config.run.dir, "run.dir")
     trainer = config.trainer
-    multiple = config.parallel.sequence_multiple
+    multiple = config.sequence_multiple
     if config.parallel.pipeline_parallel > 1 and trainer.seq_length % multiple:
         raise ConfigError(
             f"trainer.seq_length {trainer.seq_length} is not a multiple of {multiple}: pipeline "
-            "parallelism pads every sequence to it, and context and sequence parallelism split "
-            "sequences into equal parts",
+            "parallelism pads every sequence to it, context and sequence parallelism split "
+            "sequences into equal parts, and FP8 (model.fp8) takes whole blocks of 16 or 32 tokens per rank",
             where="trainer.seq_length",
             fix=f"set trainer.seq_length to a multiple of {multiple}",
         )
@@ -88,7 +89,7 @@ def _microbatch_source(
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     fixed = config.trainer.seq_length if config.parallel.pipeline_parallel > 1 else None
-    multiple = config.parallel.sequence_multiple
+    multiple = config.sequence_multiple
 
     def microbatches(step: int) -> list[Batch]:
         return [
@@ -115,8 +116,7 @@ def _token_counts(microbatches: list[Batch]) -> torch.Tensor:
         [[int(b["num_samples"]), int(b["real_tokens"]), b["tokens"].numel() * cp_size] for b in microbatches],
         dtype=torch.float64,
     ).sum(0)
-    dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
-    return counts
+    return all_reduce_host(counts, parallel_state.get_data_parallel_group())
 
 
 class SFTStage:
