@@ -13,24 +13,14 @@ import xr_nemo.distributed.runtime as runtime
 import xr_nemo.grpo.run as grpo_run
 import xr_nemo.training.setup as training_setup
 from xr_nemo.distributed.devices import to_device
+from xr_nemo.distributed.local_launch import run_distributed
 from xr_nemo.recipes import tiny_cpu
 
 from helpers.accelerator_stand_in import ACCELERATOR, DevicePlacementError, accelerator_stand_in
 
 
-@pytest.fixture
-def stand_in(monkeypatch):
-    """The stand-in around a whole run: the job keeps the stand-in's device when it initialises, and
-    weights are not loaded (the `meta` device holds none; loading is tested elsewhere)."""
-    monkeypatch.setattr(runtime, "use_device", lambda device: None)
-    monkeypatch.setattr(training_setup, "load_model_weights", lambda model, path: None)
-    monkeypatch.setattr(grpo_run, "load_model_weights", lambda model, path: None)
-    with accelerator_stand_in(monkeypatch) as record:
-        yield record
-
-
-def _quiet(config, run_dir):
-    config.run.dir = str(run_dir)
+def _quiet(config, run_dir: str):
+    config.run.dir = run_dir
     config.trainer.max_steps = 1
     config.trainer.progress = False
     config.checkpoint.every_steps = None
@@ -39,30 +29,21 @@ def _quiet(config, run_dir):
     return config
 
 
-def _assert_on_accelerator(record) -> None:
-    assert not record.violations, "\n\n".join(record.violations)
-    assert record.calls, "no collective was recorded: the recorder is not in the path"
-
-
-def test_an_sft_step_keeps_every_tensor_on_the_device(stand_in, tmp_path):
-    from xr_nemo.sft.run import run_sft
-
-    config = _quiet(tiny_cpu.sft(), tmp_path / "sft")
-    config.model.hf_dir = str(tmp_path / "tiny_model")
+def _sft_config(root: str):
+    config = _quiet(tiny_cpu.sft(), f"{root}/sft")
+    config.model.hf_dir = f"{root}/tiny_model"
     config.trainer.global_batch_size = 2
     config.trainer.max_steps = 2  # the plateau rule decides (a broadcast) from its second step
     config.trainer.stop_on_plateau.metric = "loss"
     config.trainer.stop_on_plateau.window = 1
     config.stragglers.report_every = 1  # step times are gathered
-    run_sft(config)
-    _assert_on_accelerator(stand_in)
-    assert {"all_reduce", "broadcast", "all_gather"} <= {name for name, _ in stand_in.calls}
+    return config
 
 
-def test_a_grpo_step_keeps_every_tensor_on_the_device(stand_in, tmp_path):
-    config = _quiet(tiny_cpu.grpo(), tmp_path / "grpo")
+def _grpo_config(root: str):
+    config = _quiet(tiny_cpu.grpo(), f"{root}/grpo")
     config.model.checkpoint = None
-    config.model.hf_dir = str(tmp_path / "tiny_model")
+    config.model.hf_dir = f"{root}/tiny_model"
     config.model.synthetic = "tiny"
     config.rollout.engine = "reference"
     config.rollout.n = 2
@@ -70,8 +51,33 @@ def test_a_grpo_step_keeps_every_tensor_on_the_device(stand_in, tmp_path):
     config.trainer.prompts_per_step = 2
     config.trainer.micro_batch_size = 2
     config.grpo.kl_coef = 0.01  # the reference model's log-probabilities too
-    grpo_run.run_grpo(config)
-    _assert_on_accelerator(stand_in)
+    return config
+
+
+def stage_on_stand_in(stage: str, root: str) -> dict:
+    """One rank running `stage` with the stand-in as its device; the collectives it made and the
+    violations. The job keeps the stand-in's device when it initialises, and weights are not loaded
+    (the `meta` device holds none; loading is tested elsewhere). Run in a `run_distributed` rank, which
+    sees no GPU: the stand-in is then the only accelerator on any machine."""
+    from xr_nemo.sft.run import run_sft
+
+    run, config = (run_sft, _sft_config(root)) if stage == "sft" else (grpo_run.run_grpo, _grpo_config(root))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "use_device", lambda device: None)
+        patch.setattr(training_setup, "load_model_weights", lambda model, path: None)
+        patch.setattr(grpo_run, "load_model_weights", lambda model, path: None)
+        with accelerator_stand_in(patch) as record:
+            run(config)
+    return {"collectives": sorted({name for name, _ in record.calls}), "violations": record.violations}
+
+
+@pytest.mark.parametrize(
+    ("stage", "collectives"), [("sft", {"all_reduce", "broadcast", "all_gather"}), ("grpo", {"all_reduce"})]
+)
+def test_a_training_step_keeps_every_tensor_on_the_device(tmp_path, stage, collectives):
+    (result,) = run_distributed(stage_on_stand_in, 1, stage, str(tmp_path))
+    assert not result["violations"], "\n\n".join(result["violations"])
+    assert collectives <= set(result["collectives"]), "the recorder is not in the path of these collectives"
 
 
 def test_the_hf_engine_feeds_its_model_on_the_device(monkeypatch, tmp_path):
