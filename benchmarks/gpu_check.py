@@ -1,124 +1,202 @@
-"""The GPU path, checked and measured in one command, on one H100/H200 in under ten minutes:
+"""The GPU path, checked and measured in one command on one H100/H200.
 
-    pip install -e '.[gpu]'
+On a cluster node (`pip install -e '.[gpu]'`: megatron-core, Transformer Engine, vLLM):
+
     python benchmarks/gpu_check.py --out gpu_check.json
 
-Every check runs on its own: one that fails or raises is recorded with its error and the others still
-run. It prints a table (each result beside its target) and writes everything to the JSON file, after
-every check, so a run cut short keeps what it measured. Models have random weights.
+Portable (`--portable`, and automatically when megatron-core is not installed): on a machine with only
+a CUDA torch (≥ 2.11, Python 3.12) and this source tree, the pure-Python packages the project lacks are
+installed first from the bundle in `build/gpu_bundle/` (`benchmarks/gpu_bundle.py` builds it) into a
+folder of the work directory that the checks find first on PYTHONPATH — the machine's Python and its
+torch stay as they were; the install is timed and recorded — and the checks that need neither
+Transformer Engine nor vLLM run; the others are reported as skipped, with the reason. The project is
+imported from the source tree (the repository on PYTHONPATH), without `pip install -e`:
 
-(a) te_vs_local_logits: the local model writes a checkpoint, the Transformer Engine model loads it
-    (their checkpoint keys must be equal), and both give the same bf16 logits, on the tiny shape and a
-    Qwen2.5-1.5B-shaped Qwen2.5-VL: within 3 % (relative L2) of each other, and TE no further from the
-    fp32 logits than 1.5 × the local bf16 ones are.
-(b) thd_packed_loss: three sequences packed in one row reach TE as THD (`packed_seq_params`) and give
-    the per-token losses of the three run one by one: mean difference ≤ 0.01, sums within 0.1 %.
-(c) fp8_vs_bf16_loss: SFT steps of the 1.5B shape on a learnable synthetic task (blocks of a small
-    vocabulary, repeated) from the same weights, FP8 against bf16: the mean loss of the last ten steps
-    within 3 %, and both fall below 80 % of the first.
-(d) sft_throughput: tokens/s and MFU of SFT steps of the 1.5B shape on the same tokens: TE bf16, TE
-    FP8, the local layers, and Transformers + sdpa. Targets: TE bf16 MFU ≥ 45 % and ≥ 1.3 ×
-    Transformers; FP8 ≥ 1.3 × TE bf16. MFU counts the model's training FLOPs (`xr-nemo plan`'s
-    formula) against the GPU's dense bf16 peak, for the FP8 run too.
-(e) grpo_colocated_vllm: one GRPO step with an in-process vLLM engine (`gpu_check_grpo.py`).
+    python benchmarks/gpu_check.py --portable --out $OUT/gpu_check.json
+
+How it runs. The machine's record (Python, platform, git commit, driver; then torch, CUDA, the device,
+its capability, package versions, the bundle's install time) is written to the JSON before the first
+check. Every check runs in a child process of its own with a time limit, inside an overall budget
+(`--budget-s`; a check that would not start with time left is skipped): a check that hangs is
+stopped and recorded as `timeout`, one that raises or crashes as `error` (a CUDA error that poisons
+its process is named in `sticky_cuda_error`), and the next check runs in a fresh process. The JSON is
+rewritten after every check (with each child's partial measurements if it was cut off), each child's
+output goes to `<out>_logs/NAME.log`, and a table of results beside their targets is printed at the
+end. Exit code: 0 when every check that ran passed, 1 otherwise, 2 without a GPU. Models have random
+weights. `--device cpu --shape tiny` runs the same plumbing on a CPU (what the tests do; its numbers
+say nothing about a GPU).
+
+The checks, in the order they run; (P) marks the portable run's. Estimates of seconds on one H200,
+process start included, are estimates: none has been measured yet (docs/benchmarks.md).
+
+matmul_peak (P, ~15 s): the best TFLOP/s of bf16 8192³ GEMMs, the measured peak that (d) reports MFU
+    against beside the spec sheet's. Passes unless it exceeds the spec sheet (a timing error).
+sft_cli_step (P, ~60 s): one `xr-nemo sft` step through the CLI on a tiny synthetic model in bf16,
+    checkpoint written (`gpu_check_entry_points.py`).
+grpo_cli_step (P, ~75 s): one `xr-nemo grpo` step through the CLI, tiny model, bf16, an engine that
+    needs no vLLM in the portable run (the reference engine; vLLM in the full run); the step must make
+    an update (non-zero gradient norm).
+(a) te_vs_local_logits (~60 s): the local model writes a checkpoint, the Transformer Engine model loads
+    it (their checkpoint keys must be equal), and both give the same bf16 logits, on the tiny shape and
+    a Qwen2.5-1.5B-shaped Qwen2.5-VL: within 3 % (relative L2) of each other, and TE no further from
+    the fp32 logits than 1.5 × the local bf16 ones are.
+(b) thd_packed_loss (~45 s): three sequences packed in one row reach TE as THD (`packed_seq_params`)
+    and give the per-token losses of the three run one by one: mean difference ≤ 0.01, sums within 0.1 %.
+(d) sft_throughput (P ~120 s; full ~180 s): tokens/s, MFU and peak memory of SFT steps of the 1.5B
+    shape, packed (as SFT trains) and unpacked: TE bf16, TE FP8, the local layers, Transformers + sdpa
+    (`gpu_check_throughput.py`). MFU counts the model's training FLOPs (`xr-nemo plan`'s formula; a
+    packed run its real tokens and per-sample attention) against both the spec sheet's dense bf16
+    peak and the measured matmul peak. Targets (with TE): TE bf16 packed ≥ 35 % MFU of the measured
+    peak, TE bf16 ≥ 1.3 × Transformers, FP8 ≥ 1.3 × TE bf16. Portable: measured, no target.
+(c) sft_learning (P ~90 s; full ~150 s): 50 SFT steps of the 1.5B shape at lr 1e-4 on a learnable
+    task (blocks of 64 tokens from 2,048 ids, repeated through each row), from the same weights on the
+    same batches, in fp32 (TF32 matmuls: the reference), bf16 and, with TE, FP8. Criterion: bf16 is
+    judged against the fp32 run, not against a fixed fraction of its own first loss, so a healthy bf16
+    run passes however fast this task is learned at this rate: its mean loss over the last 10 steps
+    within 2 % of fp32's (FP8's within 3 % of bf16's); every loss finite; and, as a floor any learning
+    run clears, each run's last-10 mean ≤ 0.95 × its first-10 mean (a stand-in of this check at lr 1e-4
+    ended at 0.84 × its first loss, which the old "< 0.8 × the first" failed). Portable: local layers,
+    fp32 and bf16.
+(e) grpo_colocated_vllm (~120 s): one GRPO step with an in-process vLLM engine (`gpu_check_grpo.py`).
+
+Estimated totals on one H200: portable ≈ 7 min (bundle install ~45 s, probe ~10 s, then 15 + 60 + 75
++ 120 + 90 s; `--budget-s` 540 by default, so a 600 s hard limit still leaves a minute); full ≈ 12 min
+(budget 1500 s).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
+import contextlib
+import importlib
+import os
+import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Dense bf16 TFLOP/s of the GPUs this check is meant for (longest name matched first); --peak-tflops
-# for others.
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0}
-TARGETS = {"te_bf16_mfu": 0.45, "te_bf16_over_transformers": 1.3, "fp8_over_te_bf16": 1.3}
-LOGITS_TOLERANCE = 0.03
-PACKED_MEAN_TOLERANCE, PACKED_SUM_TOLERANCE = 0.01, 1e-3
-FP8_LOSS_TOLERANCE = 0.03
-TARGET_TEXT = {
-    "te_vs_local_logits": f"keys equal; TE vs local ≤ {LOGITS_TOLERANCE:.0%}",
-    "thd_packed_loss": f"mean |Δ| ≤ {PACKED_MEAN_TOLERANCE}, sums within {PACKED_SUM_TOLERANCE:.1%}",
-    "fp8_vs_bf16_loss": f"last-10 mean within {FP8_LOSS_TOLERANCE:.0%}",
-    "sft_throughput": "TE bf16 MFU ≥ 45 %, ≥ 1.3× HF sdpa; FP8 ≥ 1.3× bf16",
-    "grpo_colocated_vllm": "logprobs after refit: mean |Δ| ≤ 0.02; sleep frees memory",
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the gpu_check_* modules beside this one
+
+from gpu_check_env import DEFAULT_BUNDLE, REPO, host_environment, install_bundle_timed, installed
+from gpu_check_layers import BF16_LOSS_TOLERANCE, FP8_LOSS_TOLERANCE, LEARNED
+from gpu_check_runner import (
+    CheckResult,
+    Report,
+    format_table,
+    interrupted,
+    run_child,
+    start_outcome,
+    write_outcome,
+)
+from gpu_check_throughput import TARGETS as THROUGHPUT_TARGETS
+
+SCRIPT = Path(__file__).resolve()
+PROBE_TIMEOUT_S = 180
+MIN_START_S = 20  # a check is not started with less time than this left in the budget
+BUDGET_S = {"portable": 540, "full": 1500}
+TARGETS = {
+    **THROUGHPUT_TARGETS,
+    "learning_last10_over_first10_at_most": LEARNED,
+    "bf16_vs_fp32_last10_loss_within": BF16_LOSS_TOLERANCE,
+    "fp8_vs_bf16_last10_loss_within": FP8_LOSS_TOLERANCE,
 }
-CHECKS = tuple(TARGET_TEXT)
-SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": {},  # TinyQwen25VLSpec's defaults: 2 layers, hidden 128, 2 heads of 64
-    "1.5b": dict(  # Qwen2.5-1.5B's language model
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=32768,
-    ),
-}
-VOCAB_SIZES = {"tiny": 512, "1.5b": 151_936}
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>")
-SPECIAL_TOKENS += ("<|vision_end|>",)
-GIB = 1024**3
 
 
-@dataclass
-class CheckResult:
+@dataclass(frozen=True)
+class Check:
     name: str
-    status: str  # pass | fail | error
-    seconds: float = 0.0
-    summary: str = ""
-    target: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    run: str  # "module:function" among the gpu_check_* modules
+    target: str
+    estimate_s: int  # on one H200, process start included: an estimate until measured
+    timeout_s: int
+    needs: tuple[str, ...] = ("megatron-core",)  # packages (gpu_check_env.MODULES), or "gpu"
+    portable: bool = False  # part of the portable run
+    process_group: bool = True  # joins a one-process group first (megatron-core's parallel state)
 
 
-Outcome = tuple[bool, str, dict[str, Any]]  # passed, one-line summary, metrics
+CHECKS: dict[str, Check] = {
+    check.name: check
+    for check in (
+        Check(
+            "matmul_peak",
+            "gpu_check_throughput:check_matmul_peak",
+            "≤ spec sheet",
+            15,
+            120,
+            needs=(),
+            portable=True,
+            process_group=False,
+        ),
+        Check(
+            "sft_cli_step",
+            "gpu_check_entry_points:check_sft_entry_point",
+            "exit 0, step 1 finite, checkpoint",
+            60,
+            300,
+            needs=("megatron-core", "transformers"),
+            portable=True,
+            process_group=False,
+        ),
+        Check(
+            "grpo_cli_step",
+            "gpu_check_entry_points:check_grpo_entry_point",
+            "exit 0, step 1 finite, grad_norm > 0",
+            75,
+            300,
+            needs=("megatron-core", "transformers"),
+            portable=True,
+            process_group=False,
+        ),
+        Check(
+            "te_vs_local_logits",
+            "gpu_check_layers:check_logits",
+            "keys equal; TE vs local ≤ 3%",
+            60,
+            300,
+            needs=("megatron-core", "transformer-engine"),
+        ),
+        Check(
+            "thd_packed_loss",
+            "gpu_check_layers:check_packed",
+            "mean |Δ| ≤ 0.01, sums within 0.1%",
+            45,
+            300,
+            needs=("megatron-core", "transformer-engine"),
+        ),
+        Check(
+            "sft_throughput",
+            "gpu_check_throughput:check_throughput",
+            "TE bf16 packed ≥ 35% MFU of measured peak, ≥ 1.3× HF sdpa; FP8 ≥ 1.3× bf16",
+            120,
+            420,
+            needs=("megatron-core", "transformers"),
+            portable=True,
+        ),
+        Check(
+            "sft_learning",
+            "gpu_check_layers:check_learning",
+            "last-10 ≤ 0.95× first-10; bf16 within 2% of fp32, FP8 within 3% of bf16",
+            90,
+            420,
+            portable=True,
+        ),
+        Check(
+            "grpo_colocated_vllm",
+            "gpu_check_grpo:check_grpo",
+            "logprobs after refit: mean |Δ| ≤ 0.02; sleep frees memory",
+            120,
+            420,
+            needs=("megatron-core", "vllm", "gpu"),
+        ),
+    )
+}
 
 
-# ── pure helpers ─────────────────────────────────────────────────────────────────────────────────────
-
-
-def peak_tflops(device_name: str) -> float | None:
-    """The dense bf16 peak of a GPU as torch names it ("NVIDIA H100 80GB HBM3"), or None if unknown."""
-    for name in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
-        if all(part in device_name for part in name.split()):
-            return PEAK_BF16_TFLOPS[name]
-    return None
-
-
-def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
-    """Model FLOPs utilisation: the model's training FLOPs per second over the peak (in TFLOP/s)."""
-    return tokens_per_s * flops_per_token / (peak * 1e12)
-
-
-def sft_flops_per_token(hf_config, seq_length: int) -> float:
-    """Training FLOPs per token on whole causal sequences of `seq_length` tokens: each token attends to
-    (s + 1) / 2 keys on average (`xr-nemo plan`'s formula, checked against PyTorch's FLOP counter)."""
-    from xr_nemo.planning import training_flops_per_token
-
-    return training_flops_per_token(hf_config, (seq_length + 1) / 2)
-
-
-def format_table(results: list[CheckResult]) -> str:
-    """One row per check: status, result (or the error's last line), target, seconds."""
-    rows = [("check", "status", "result", "target", "s")]
-    for result in results:
-        shown = result.summary if result.error is None else result.error.strip().splitlines()[-1]
-        rows.append((result.name, result.status, shown, result.target, f"{result.seconds:.0f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
+# ── arguments ────────────────────────────────────────────────────────────────────────────────────────
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,19 +207,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checks", type=_check_names, default=list(CHECKS), help=f"comma-separated, of {', '.join(CHECKS)}"
     )
-    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU (default: by name)")
-    parser.add_argument("--seq-length", type=int, default=4096, help="(d): tokens per sequence")
-    parser.add_argument("--micro-batch", type=int, default=2, help="(c), (d): sequences per step")
+    parser.add_argument("--portable", action="store_true", help="install the bundle, run the portable checks")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="the portable bundle (wheels/)")
+    parser.add_argument("--budget-s", type=float, help="overall seconds (default: 540 portable, 1500 full)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: test the plumbing")
+    parser.add_argument("--shape", choices=["1.5b", "tiny"], default="1.5b", help="(c), (d): model shape")
+    parser.add_argument("--peak-tflops", type=float, help="spec-sheet dense bf16 peak (default: by name)")
+    parser.add_argument("--matmul-size", type=int, default=8192, help="of the measured matmul peak")
+    parser.add_argument("--seq-length", type=int, default=4096, help="(d): tokens per row")
+    parser.add_argument("--micro-batch", type=int, default=2, help="(c), (d): rows per step")
     parser.add_argument("--steps", type=int, default=50, help="(c): SFT steps per precision")
+    parser.add_argument("--learning-seq-length", type=int, default=2048, help="(c): tokens per row")
     parser.add_argument("--timed-steps", type=int, default=10, help="(d): steps timed after 3 warm-up steps")
     parser.add_argument(
         "--fp8-recipe", choices=["delayed", "tensorwise", "blockwise", "mxfp8"], default="delayed"
     )
-    parser.add_argument("--grpo-shape", choices=list(SHAPES), default="1.5b", help="(e): model layers")
+    parser.add_argument("--grpo-shape", choices=["1.5b", "tiny"], default="1.5b", help="(e): model layers")
     parser.add_argument("--sleep-level", type=int, choices=[1, 2], default=1, help="(e): vLLM's sleep level")
     parser.add_argument(
-        "--workdir", type=Path, help="for checkpoints and the (e) model (default: a temp dir)"
+        "--cli-dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="the CLI steps' model.dtype (float32: a CPU test, where bf16 generation is slow)",
     )
+    parser.add_argument(
+        "--grpo-cli-engine", choices=["auto", "reference", "vllm"], default="auto", help="grpo_cli_step"
+    )
+    parser.add_argument("--workdir", type=Path, help="for checkpoints and run directories (default: temp)")
+    # set by the parent for its children
+    parser.add_argument("--only", choices=list(CHECKS), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measured-peak-tflops", type=float, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -155,400 +252,216 @@ def _check_names(text: str) -> list[str]:
     return names
 
 
-# ── models and batches ───────────────────────────────────────────────────────────────────────────────
+# ── the plan ─────────────────────────────────────────────────────────────────────────────────────────
 
 
-def hf_config(shape: str):
-    """A Qwen2.5-VL config of `shape` (the tiny vision tower), special tokens at the vocabulary's end."""
-    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, tiny_config
-
-    vocab = VOCAB_SIZES[shape]
-    ids = {token: vocab - 1 - i for i, token in enumerate(SPECIAL_TOKENS)}
-    return tiny_config(TinyQwen25VLSpec(**SHAPES[shape]), vocab, ids)
-
-
-def build(hf, impl: str, dtype=None, **settings):
-    """Qwen25VLModel on the GPU with `impl` layers (bf16 unless `dtype`); settings as LayerSettings'."""
-    import torch
-
-    from xr_nemo.models.layer_settings import LayerSettings
-    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
-
-    layers = LayerSettings(impl, **settings)
-    return Qwen25VLModel(hf, params_dtype=dtype or torch.bfloat16, layers=layers).cuda()
+def skip_reason(
+    check: Check, portable: bool, device: str, importable: dict[str, bool], bundle: dict
+) -> str | None:
+    """Why `check` does not run here, or None when it does."""
+    if "gpu" in check.needs and device != "cuda":
+        return "needs a GPU (--device cpu)"
+    missing = [package for package in check.needs if package != "gpu" and not importable.get(package)]
+    if missing:
+        reason = f"needs {', '.join(missing)}, which is not installed"
+        if "megatron-core" in missing or "transformers" in missing:
+            reason += f" (bundle: {bundle.get('status', 'not used')}; see benchmarks/gpu_bundle.py)"
+        return reason
+    if portable and not check.portable:
+        return "not in the portable run (--portable): it needs Transformer Engine or vLLM"
+    return None
 
 
-def load_weights(model, state: dict) -> None:
-    """`state` (another model's, maybe another dtype) into `model`; only TE's FP8 metadata may differ."""
-    import torch
-
-    dtype = next(model.parameters()).dtype
-    weights = {
-        key: value.to(dtype) if value.is_floating_point() else value
-        for key, value in state.items()
-        if torch.is_tensor(value) and not key.endswith("_extra_state")
-    }
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(key.endswith("_extra_state") for key in missing), (missing, unexpected)
+def plan(
+    names: list[str], portable: bool, device: str, importable: dict[str, bool], bundle: dict
+) -> list[tuple[Check, str | None]]:
+    """[(check, skip reason or None)] in the order they run."""
+    return [
+        (CHECKS[name], skip_reason(CHECKS[name], portable, device, importable, bundle))
+        for name in CHECKS
+        if name in names
+    ]
 
 
-def text_batch(tokens, loss_mask=None) -> dict:
-    """Next-token inputs, labels, loss mask and text mrope positions of [batch, length + 1] tokens."""
-    import torch
-
-    batch, length = tokens.shape[0], tokens.shape[1] - 1
-    positions = torch.arange(length, device=tokens.device).expand(3, batch, length)
-    mask = torch.ones(batch, length, device=tokens.device) if loss_mask is None else loss_mask
-    return dict(tokens=tokens[:, :-1], labels=tokens[:, 1:], loss_mask=mask, position_ids=positions)
+# ── the parent ───────────────────────────────────────────────────────────────────────────────────────
 
 
-def random_tokens(hf, batch: int, length: int, seed: int = 0, vocab: int | None = None):
-    import torch
-
-    high = vocab or hf.text_config.vocab_size - len(SPECIAL_TOKENS)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, high, (batch, length), generator=generator).cuda()
-
-
-def _loss(loss_mask, per_token_loss) -> tuple:
-    import torch
-
-    total = (per_token_loss.float() * loss_mask).sum()
-    count = loss_mask.sum().to(torch.int)
-    return total, count, {"loss": torch.stack([total.detach(), count.float()])}
+def child_env(device: str, bundle: dict | None = None) -> dict[str, str]:
+    """The children's environment: the source tree and an installed bundle importable (before the
+    machine's own packages), output unbuffered, and with `--device cpu` no GPU visible at all."""
+    env = dict(os.environ)
+    paths = [str(REPO), bundle["target"] if bundle and bundle.get("status") == "installed" else None]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
-def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
-    per_token = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return per_token, partial(_loss, batch["loss_mask"])
+def child_command(name: str, argv: list[str], extra: list[str]) -> list[str]:
+    """How the parent runs check `name` (or the probe): this script again, with the parent's options."""
+    role = ["--probe"] if name == "probe" else ["--only", name]
+    return [sys.executable, str(SCRIPT), *argv, *role, *extra]
 
 
-def train_step(wrapped, optimizer, batch: dict) -> float:
-    """One optimizer step through megatron-core's schedule, as SFT takes it; the mean token loss."""
-    from xr_nemo.training.loop import run_schedule
-
-    wrapped.zero_grad_buffer()
-    optimizer.zero_grad()
-    (report,) = run_schedule(_forward_step, wrapped, [batch], forward_only=False)
-    optimizer.step()
-    total, count = report["loss"]
-    return (total / count).item()
+def _mode(args: argparse.Namespace) -> tuple[bool, str]:
+    if args.portable:
+        return True, "--portable"
+    if not installed("megatron-core"):
+        return True, "megatron-core is not installed"
+    return False, "megatron-core is installed"
 
 
-def for_training(model, lr: float):
-    """`model` wrapped as training wraps it (DDP, bf16 with fp32 master weights in Adam)."""
-    from xr_nemo.config.schema import SFTConfig
-    from xr_nemo.training.setup import wrap_for_training
-
-    config = SFTConfig()
-    config.model.dtype, config.optim.lr = "bfloat16", lr
-    return wrap_for_training(model, config)
+def _skipped(check: Check, reason: str) -> CheckResult:
+    return CheckResult(check.name, "skipped", summary=reason, target=check.target)
 
 
-def relative_error(ours, reference) -> float:
-    return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
-
-
-# ── the checks ───────────────────────────────────────────────────────────────────────────────────────
-
-
-def check_logits(args: argparse.Namespace) -> Outcome:
-    import torch
-
-    metrics, passed = {}, True
-    for shape, length in (("tiny", 1024), ("1.5b", 2048)):
-        hf = hf_config(shape)
-        batch = text_batch(random_tokens(hf, 1, length + 1))
-        inputs = (batch["tokens"], batch["position_ids"], None)
-        with torch.no_grad():
-            reference = build(hf, "local", torch.float32).eval()
-            fp32 = reference(*inputs)
-            local = build(hf, "local").eval()
-            load_weights(local, reference.state_dict())
-            del reference
-            te = build(hf, "transformer_engine").eval()
-            difference = _through_checkpoint(local, te, Path(tempfile.mkdtemp(dir=args.workdir)))
-            local_logits, te_logits = local(*inputs), te(*inputs)
-        result = {
-            "checkpoint_keys_only_in_one": difference,
-            "te_vs_local": relative_error(te_logits, local_logits),
-            "local_vs_fp32": relative_error(local_logits, fp32),
-            "te_vs_fp32": relative_error(te_logits, fp32),
-        }
-        passed &= not difference and result["te_vs_local"] <= LOGITS_TOLERANCE
-        passed &= result["te_vs_fp32"] <= 1.5 * result["local_vs_fp32"] + 1e-3
-        metrics[shape] = result
-    summary = "; ".join(
-        f"{shape}: TE vs local {m['te_vs_local']:.2%}, vs fp32 {m['te_vs_fp32']:.2%} "
-        f"(local {m['local_vs_fp32']:.2%})"
-        for shape, m in metrics.items()
-    )
-    return passed, summary, metrics
-
-
-def _through_checkpoint(source, target, directory: Path) -> list[str]:
-    """Save `source` as a torch_dist checkpoint and load it into `target`; the checkpoint keys that only
-    one of the two declares (none expected)."""
-    from megatron.core import dist_checkpointing
-
-    from xr_nemo.conversion.dist_checkpoint import load_model_weights
-
-    def keys(model) -> set[str]:
-        return {entry.key for entry in model.sharded_state_dict().values()}
-
-    dist_checkpointing.save(source.sharded_state_dict(), str(directory))
-    load_model_weights(target, directory)
-    return sorted(keys(source) ^ keys(target))
-
-
-def check_packed(args: argparse.Namespace) -> Outcome:
-    import torch
-    from megatron.core.packed_seq_params import PackedSeqParams
-
-    from xr_nemo.models.specs import packed_seq_params_for
-
-    lengths, width = [700, 1200, 124], 2048
-    metrics, passed = {}, True
-    for shape in ("tiny", "1.5b"):
-        hf = hf_config(shape)
-        model = build(hf, "transformer_engine").eval()
-        samples = [text_batch(random_tokens(hf, 1, n + 1, seed=i)) for i, n in enumerate(lengths)]
-        padding = width - sum(lengths)
-        pad = torch.zeros(1, padding, dtype=torch.long).cuda()
-        row = {key: torch.cat([s[key] for s in samples] + [pad], -1) for key in ("tokens", "labels")}
-        positions = [s["position_ids"] for s in samples] + [
-            torch.arange(padding).cuda().expand(3, 1, padding)
-        ]
-        bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist(), width], dtype=torch.int32).cuda()
-        params = PackedSeqParams(
-            cu_seqlens_q=bounds, cu_seqlens_kv=bounds, max_seqlen_q=max(lengths), max_seqlen_kv=max(lengths)
+def _record_machine(args, argv: list[str], report: Report, logs: Path) -> tuple[bool, dict, dict] | None:
+    """The machine's record, in the report before any check: the host, the mode, the bundle's install
+    (portable), then the probe. (portable, bundle, probe), or None when no check can run here."""
+    report.environment = host_environment(argv)
+    report.write()  # before anything can go wrong
+    portable, why = _mode(args)
+    report.environment["mode"] = {"portable": portable, "why": why}
+    bundle = {"status": "not used"}
+    if portable:
+        bundle = install_bundle_timed(args.bundle, args.workdir / "bundle_site")
+    report.environment["bundle"] = bundle
+    report.write()
+    env = child_env(args.device, bundle)
+    result = run_child("probe", child_command("probe", argv, []), PROBE_TIMEOUT_S, logs, env)
+    probed = result.metrics if result.status == "pass" else {}
+    report.environment["probe"] = probed or {"error": result.error, "output_tail": result.output_tail}
+    report.write()
+    if result.status != "pass":
+        print(
+            f"gpu_check: the probe of torch and the device failed ({_shown(result)}); its log: {logs}. "
+            "Check that `python -c 'import torch'` works in this Python.",
+            file=sys.stderr,
         )
-        with torch.no_grad():
-            alone = torch.cat(
-                [model(s["tokens"], s["position_ids"], None, labels=s["labels"]) for s in samples], -1
-            )
-            packed = model(
-                row["tokens"],
-                torch.cat(positions, -1),
-                None,
-                labels=row["labels"],
-                packed_seq_params=packed_seq_params_for(model.config, params, 1, width),
-            )[:, : sum(lengths)]
-        mean = (packed - alone).abs().mean().item()
-        sums = abs(packed.sum().item() - alone.sum().item()) / alone.sum().item()
-        metrics[shape] = {"mean_abs_difference": mean, "sum_relative_difference": sums}
-        passed &= mean <= PACKED_MEAN_TOLERANCE and sums <= PACKED_SUM_TOLERANCE
-    summary = "; ".join(
-        f"{shape}: mean |Δ| {m['mean_abs_difference']:.4f}, sums {m['sum_relative_difference']:.2e}"
-        for shape, m in metrics.items()
-    )
-    return passed, summary, metrics
-
-
-def _repeated_blocks(hf, steps: int, batch: int, length: int) -> list[dict]:
-    """A learnable stream: blocks of 64 tokens from 2,048 ids, each repeated through its row."""
-    batches = []
-    for step in range(steps):
-        block = random_tokens(hf, batch, 64, seed=1000 + step, vocab=min(2048, hf.text_config.vocab_size))
-        batches.append(text_batch(block.repeat(1, length // 64 + 1)[:, : length + 1]))
-    return batches
-
-
-def check_fp8(args: argparse.Namespace) -> Outcome:
-    import torch
-
-    hf = hf_config("1.5b")
-    batches = _repeated_blocks(hf, args.steps, args.micro_batch, 2048)
-    state = build(hf, "transformer_engine").state_dict()
-    initial = {key: value.cpu() for key, value in state.items() if torch.is_tensor(value)}
-    del state
-    losses = {}
-    for name, settings in (("bf16", {}), ("fp8", dict(fp8="hybrid", fp8_recipe=args.fp8_recipe))):
-        model = build(hf, "transformer_engine", **settings)
-        load_weights(model, initial)
-        wrapped, optimizer = for_training(model, lr=1e-4)
-        losses[name] = [train_step(wrapped, optimizer, batch) for batch in batches]
-        del model, wrapped, optimizer
-        gc.collect()
-    tail = {name: sum(values[-10:]) / len(values[-10:]) for name, values in losses.items()}
-    gap = abs(tail["fp8"] - tail["bf16"]) / tail["bf16"]
-    fell = all(values[-1] < 0.8 * values[0] for values in losses.values())
-    summary = f"last-10 mean: bf16 {tail['bf16']:.3f}, fp8 {tail['fp8']:.3f} ({gap:.2%} apart)"
-    metrics = {"losses": losses, "last10_mean": tail, "relative_gap": gap, "recipe": args.fp8_recipe}
-    return gap <= FP8_LOSS_TOLERANCE and fell, summary, metrics
-
-
-def time_per_step(step: Callable[[], Any], timed: int, warm_up: int = 3) -> float:
-    import torch
-
-    for _ in range(warm_up):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(timed):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / timed
-
-
-def _megatron_step(hf, batch: dict, impl: str, **settings) -> Callable[[], Any]:
-    wrapped, optimizer = for_training(build(hf, impl, **settings), lr=1e-5)
-    return partial(train_step, wrapped, optimizer, batch)
-
-
-def _transformers_step(hf, batch: dict) -> Callable[[], Any]:
-    """Transformers' Qwen2.5-VL with sdpa attention, bf16, fused AdamW, on the same tokens."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    with torch.device("cuda"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            hf, attn_implementation="sdpa", dtype=torch.bfloat16
+        return None
+    if args.device == "cuda" and not probed.get("cuda_available"):
+        print(
+            f"gpu_check needs a CUDA GPU, and torch {probed.get('torch')} sees none here "
+            f"(record in {args.out}). On a cluster node: pip install -e '.[gpu]'; to test this script "
+            "on a CPU: --device cpu --shape tiny",
+            file=sys.stderr,
         )
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-    tokens = batch["tokens"]  # Transformers shifts the labels itself
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
+        return None
+    return portable, bundle, probed
 
 
-def check_throughput(args: argparse.Namespace) -> Outcome:
-    import torch
-
-    hf = hf_config("1.5b")
-    batch = text_batch(random_tokens(hf, args.micro_batch, args.seq_length + 1))
-    tokens = args.micro_batch * args.seq_length
-    flops = sft_flops_per_token(hf, args.seq_length)
-    peak = args.peak_tflops or peak_tflops(torch.cuda.get_device_name())
-    runs: dict[str, Callable[[], Callable[[], Any]]] = {
-        "te_bf16": partial(_megatron_step, hf, batch, "transformer_engine"),
-        "te_fp8": partial(
-            _megatron_step, hf, batch, "transformer_engine", fp8="hybrid", fp8_recipe=args.fp8_recipe
-        ),
-        "local": partial(_megatron_step, hf, batch, "local"),
-        "transformers_sdpa": partial(_transformers_step, hf, batch),
-    }
-    metrics: dict[str, Any] = {"tokens_per_step": tokens, "flops_per_token": flops, "peak_tflops": peak}
-    for name, make_step in runs.items():
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            seconds = time_per_step(make_step(), args.timed_steps)
-            metrics[name] = {
-                "tokens_per_s": tokens / seconds,
-                "mfu": mfu(tokens / seconds, flops, peak) if peak else None,
-                "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB,
-            }
-        except Exception:
-            metrics[name] = {"error": traceback.format_exc()}
-        gc.collect()
-        torch.cuda.empty_cache()
-    speed = {name: metrics[name].get("tokens_per_s") for name in runs}
-    te_mfu = metrics["te_bf16"].get("mfu")
-    ratios = {
-        "te_bf16_over_transformers": _ratio(speed["te_bf16"], speed["transformers_sdpa"]),
-        "fp8_over_te_bf16": _ratio(speed["te_fp8"], speed["te_bf16"]),
-    }
-    metrics["ratios"] = ratios
-    passed = te_mfu is not None and te_mfu >= TARGETS["te_bf16_mfu"]
-    passed &= all(value is not None and value >= TARGETS[key] for key, value in ratios.items())
-    summary = ", ".join(
-        f"{name} {value:,.0f} tok/s" if value else f"{name} error" for name, value in speed.items()
-    )
-    if te_mfu is not None:
-        summary += f"; TE bf16 MFU {te_mfu:.1%}"
-    summary += "; " + ", ".join(f"{k} {v:.2f}×" for k, v in ratios.items() if v is not None)
-    return passed, summary, metrics
-
-
-def _ratio(ours: float | None, reference: float | None) -> float | None:
-    return ours / reference if ours and reference else None
-
-
-def check_grpo(args: argparse.Namespace) -> Outcome:
-    from gpu_check_grpo import grpo_colocated_vllm
-
-    return grpo_colocated_vllm(args, SHAPES[args.grpo_shape], train_step, for_training, text_batch)
-
-
-CHECK_FUNCTIONS: dict[str, Callable[[argparse.Namespace], Outcome]] = {
-    "te_vs_local_logits": check_logits,
-    "thd_packed_loss": check_packed,
-    "fp8_vs_bf16_loss": check_fp8,
-    "sft_throughput": check_throughput,
-    "grpo_colocated_vllm": check_grpo,
-}
-
-
-# ── running ──────────────────────────────────────────────────────────────────────────────────────────
-
-
-def run_check(name: str, args: argparse.Namespace) -> CheckResult:
-    import torch
-
-    start = time.perf_counter()
-    try:
-        passed, summary, metrics = CHECK_FUNCTIONS[name](args)
-        result = CheckResult(name, "pass" if passed else "fail", summary=summary, metrics=metrics)
-    except Exception:
-        result = CheckResult(name, "error", error=traceback.format_exc())
-    gc.collect()
-    torch.cuda.empty_cache()
-    result.target, result.seconds = TARGET_TEXT[name], time.perf_counter() - start
+def _run_check(
+    check: Check, argv: list[str], extra: list[str], seconds: float, logs: Path, env: dict[str, str]
+) -> CheckResult:
+    print(f"[gpu_check] {check.name} (≤ {seconds:.0f} s) …", flush=True)
+    result = run_child(check.name, child_command(check.name, argv, extra), seconds, logs, env)
+    result.target = check.target
     return result
 
 
-def environment() -> dict[str, Any]:
-    import importlib.metadata
-
-    import torch
-
-    versions = {}
-    for package in ("torch", "transformer-engine", "megatron-core", "transformers", "vllm"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "device": torch.cuda.get_device_name(),
-        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
-        "cuda": torch.version.cuda,
-        "versions": versions,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu_check needs a CUDA GPU, with pip install -e '.[gpu]'", file=sys.stderr)
+def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
+    """Record the machine, then run the planned checks one child each within the budget; the report is
+    rewritten after each."""
+    start = time.perf_counter()
+    report, logs = Report(args.out, TARGETS), args.out.with_name(args.out.stem + "_logs")
+    recorded = _record_machine(args, argv, report, logs)
+    if recorded is None:
         return 2
+    portable, bundle, probed = recorded
+    budget = args.budget_s or BUDGET_S["portable" if portable else "full"]
+    extra = ["--workdir", str(args.workdir)] + (["--portable"] if portable else [])
+    for check, reason in plan(args.checks, portable, args.device, probed.get("importable", {}), bundle):
+        left = budget - (time.perf_counter() - start)
+        if reason is None and left < MIN_START_S:
+            reason = f"not started: {left:.0f} s left of --budget-s {budget:.0f}"
+        if reason is None:
+            env = child_env(args.device, bundle)
+            try:
+                result = _run_check(check, argv, extra, min(check.timeout_s, left), logs, env)
+            except BaseException as stop:  # SIGTERM or Ctrl-C: keep what the check had measured
+                report.add(interrupted(check.name, logs, f"stopped with the whole run ({stop!r})"))
+                raise
+        else:
+            result = _skipped(check, reason)
+        peak = result.metrics.get("measured_tflops") if check.name == "matmul_peak" else None
+        if peak and result.status == "pass":  # measured once, then handed to the checks after it
+            report.environment["measured_matmul_tflops"] = peak
+            extra += ["--measured-peak-tflops", str(peak)]
+        report.add(result)
+        print(f"[gpu_check] {check.name}: {result.status} — {_shown(result)}", flush=True)
+    print(format_table(report.results))
+    print(f"report: {args.out}; logs: {logs}")
+    return 0 if all(result.status in ("pass", "skipped") for result in report.results) else 1
+
+
+def _shown(result: CheckResult) -> str:
+    if result.error and result.status in ("error", "timeout"):
+        return result.sticky_cuda_error or result.error.strip().splitlines()[-1]
+    return result.summary
+
+
+# ── a child ──────────────────────────────────────────────────────────────────────────────────────────
+
+
+@contextlib.contextmanager
+def _process_group(needed: bool):
+    """A process group of one (NCCL on a GPU) with megatron-core's parallel state, for the check."""
+    if not needed:
+        yield
+        return
     from xr_nemo.config import ParallelConfig
     from xr_nemo.distributed import initialize, shutdown
 
-    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     initialize(ParallelConfig(), seed=0)
-    report: dict[str, Any] = {"environment": environment(), "targets": TARGETS, "results": []}
-    print(json.dumps(report["environment"], indent=2), flush=True)
-    results = []
-    for name in sorted(args.checks, key=CHECKS.index):  # (e) last: closing vLLM ends the process group
-        print(f"[gpu_check] {name} …", flush=True)
-        results.append(run_check(name, args))
-        report["results"] = [asdict(result) for result in results]
-        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(format_table(results))
-    print(f"report: {args.out}")
-    shutdown()
-    return 0 if all(result.status == "pass" for result in results) else 1
+    yield
+    shutdown()  # after the outcome is written; skipped after an error, when teardown may hang
+
+
+def run_child_role(args: argparse.Namespace) -> int:
+    """In the child: run the probe or one check, write its outcome to --child-out, return 0 if written
+    as pass/fail, 1 after an error."""
+    from gpu_check_models import use_device
+
+    start_outcome(args.child_out)
+    use_device(args.device)
+    try:
+        if args.probe:
+            from gpu_check_env import probe
+
+            write_outcome("pass", "probed", probe())
+            return 0
+        check = CHECKS[args.only]
+        module, function = check.run.split(":")
+        with _process_group(check.process_group):
+            passed, summary, metrics = getattr(importlib.import_module(module), function)(args)
+            write_outcome("pass" if passed else "fail", summary, metrics)
+        return 0
+    except Exception:
+        write_outcome("error", error=traceback.format_exc())
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.only or args.probe:
+        return run_child_role(args)
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return run_parent(args, argv)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (a job's time limit) as an exit: the running child is stopped on the way out."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
+    if "--child-out" in sys.argv:  # a child: skip interpreter teardown, which can hang after a CUDA error
+        code = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())

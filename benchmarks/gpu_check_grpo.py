@@ -11,8 +11,12 @@ memory. Recorded: the time of each phase, device memory after each, and the trai
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
+
+from gpu_check_models import SHAPES, for_training, text_batch, train_step
+from gpu_check_runner import record_partial
 
 LOGPROB_TOLERANCE = 0.02
 PROMPTS, PROMPT_TOKENS, SAMPLES_PER_PROMPT, NEW_TOKENS = 8, 64, 4, 128
@@ -38,10 +42,10 @@ def _rows(prompts: list[list[int]], completions) -> tuple[Any, Any]:
     for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
         tokens[i, : len(row)] = torch.tensor(row)
         mask[i, len(prompt) - 1 : len(row) - 1] = 1.0
-    return tokens.cuda(), mask.cuda()
+    return tokens.cuda(), mask.cuda()  # (e) runs on a GPU only
 
 
-def policy_logprobs(model, prompts: list[list[int]], completions, text_batch: Callable) -> list[float]:
+def policy_logprobs(model, prompts: list[list[int]], completions) -> list[float]:
     """The policy's logprob of every sampled token, in completion order."""
     import torch
 
@@ -58,9 +62,12 @@ def _mean_abs(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def grpo_colocated_vllm(
-    args, spec: dict[str, Any], train_step: Callable, for_training: Callable, text_batch: Callable
-) -> tuple[bool, str, dict[str, Any]]:
+def check_grpo(args) -> tuple[bool, str, dict[str, Any]]:
+    """(e) of `gpu_check.py`, with the policy of `--grpo-shape`."""
+    return grpo_colocated_vllm(args, SHAPES[args.grpo_shape])
+
+
+def grpo_colocated_vllm(args, spec: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
     import torch
     from transformers import AutoConfig
 
@@ -99,21 +106,26 @@ def grpo_colocated_vllm(
         seconds[name], memory[name] = time.perf_counter() - start, _device_used_gib()
         return out
 
-    phase("refit_at_start", lambda: engine.refit(model))
-    first = phase("generate", lambda: engine.sample(prompts, seeds, sampling))
-    before = phase("policy_logprobs", lambda: policy_logprobs(model, prompts, first, text_batch))
-    phase("sleep", lambda: engine.sleep(args.sleep_level))
-    torch.cuda.reset_peak_memory_stats()
-    tokens, mask = _rows(prompts, first)
-    phase("train", lambda: train_step(wrapped, optimizer, text_batch(tokens, mask)))
-    train_peak = torch.cuda.max_memory_allocated() / GIB
-    phase("wake_weights", engine.wake_weights)
-    phase("refit", lambda: engine.refit(model))
-    phase("wake_cache", engine.wake_cache)
-    second = phase("generate_after_refit", lambda: engine.sample(prompts, seeds, sampling))
-    after = policy_logprobs(model, prompts, second, text_batch)
-    moved = _mean_abs(policy_logprobs(model, prompts, first, text_batch), before)
-    engine.close()  # last: vLLM's teardown takes the process group with it
+    try:
+        phase("refit_at_start", lambda: engine.refit(model))
+        first = phase("generate", lambda: engine.sample(prompts, seeds, sampling))
+        before = phase("policy_logprobs", lambda: policy_logprobs(model, prompts, first))
+        phase("sleep", lambda: engine.sleep(args.sleep_level))
+        torch.cuda.reset_peak_memory_stats()
+        tokens, mask = _rows(prompts, first)
+        phase("train", lambda: train_step(wrapped, optimizer, text_batch(tokens, mask)))
+        train_peak = torch.cuda.max_memory_allocated() / GIB
+        phase("wake_weights", engine.wake_weights)
+        phase("refit", lambda: engine.refit(model))
+        phase("wake_cache", engine.wake_cache)
+        second = phase("generate_after_refit", lambda: engine.sample(prompts, seeds, sampling))
+        after = policy_logprobs(model, prompts, second)
+        moved = _mean_abs(policy_logprobs(model, prompts, first), before)
+    except Exception:  # kept before closing: a close that hangs on a broken GPU must not lose it
+        record_partial(error_before_close=traceback.format_exc(), seconds=seconds)
+        raise
+    finally:
+        engine.close()  # also after an error: vLLM's workers and memory go with it
 
     engine_first = [lp for completion in first for lp in completion.logprobs]
     engine_second = [lp for completion in second for lp in completion.logprobs]

@@ -180,6 +180,26 @@ def test_microbatch_places_advantages_and_logprobs_at_label_positions():
     assert batch["advantages"][1].tolist() == [0.0, 0.0, 0.0, -1.0]
 
 
+def test_a_micro_batch_of_several_rows_reaches_the_model_as_plain_causal_rows():
+    """Transformer Engine takes packed boundaries one row per micro-batch; GRPO's rows hold one
+    right-padded sample each, so they go without boundaries, all rows in one micro-batch."""
+    from xr_nemo.config.schema import GRPOAlgorithmConfig
+    from xr_nemo.grpo.step import policy_step
+
+    seen: dict = {}
+
+    def model(tokens, position_ids, attention_mask, **kwargs):
+        seen.update(rows=tokens.shape[0], attention_mask=attention_mask, **kwargs)
+        return torch.zeros(*tokens.shape, 8)
+
+    samples = [
+        Sample([1, 2], Completion([3, 4], [-0.5, -0.5]), 1.0),
+        Sample([1], Completion([3], [-1.0]), -1.0),
+    ]
+    policy_step(GRPOAlgorithmConfig(), 1.0, iter([microbatch(samples, 0)]), model)
+    assert seen == {"rows": 2, "attention_mask": None}
+
+
 def test_minibatches_split_evenly_and_fill_empty_ones():
     samples = [Sample([1, 2], Completion([3], [-1.0]), 1.0) for _ in range(5)]
     updates = minibatches(samples, updates=2, micro_batch_size=2, pad_id=0)

@@ -43,8 +43,10 @@ def entropy(vocab_parallel_logits: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits of right-padded rows: causal attention within each row's sample, padding apart."""
-    return model(batch["tokens"], batch["position_ids"], None, packed_seq_params=batch["packed_seq_params"])
+    """Logits of rows holding one right-padded sample each, under plain causal attention: no real token
+    sees the padding after it, so no boundaries are passed, and Transformer Engine takes micro-batches of
+    several rows (it takes packed boundaries one row per micro-batch)."""
+    return model(batch["tokens"], batch["position_ids"], None)
 
 
 def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
