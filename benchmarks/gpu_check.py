@@ -1,6 +1,6 @@
 """The GPU path, checked and measured in one command on one H100/H200.
 
-On a cluster node (`pip install -e '.[gpu]'`: megatron-core, Transformer Engine, vLLM):
+On a cluster node (`make setup-gpu`: megatron-core, Transformer Engine, vLLM):
 
     python benchmarks/gpu_check.py --out gpu_check.json
 
@@ -343,7 +343,7 @@ def _record_machine(args, argv: list[str], report: Report, logs: Path) -> tuple[
     if args.device == "cuda" and not probed.get("cuda_available"):
         print(
             f"gpu_check needs a CUDA GPU, and torch {probed.get('torch')} sees none here "
-            f"(record in {args.out}). On a cluster node: pip install -e '.[gpu]'; to test this script "
+            f"(record in {args.out}). On a cluster node: make setup-gpu; to test this script "
             "on a CPU: --device cpu --shape tiny",
             file=sys.stderr,
         )

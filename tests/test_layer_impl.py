@@ -243,7 +243,7 @@ def test_transformer_engine_without_it_says_what_to_do(machine):
         resolve_layer_settings(asked)
     message = str(error.value)
     assert "CUDA is not available" in message and "transformer_engine is not installed" in message
-    assert "pip install -e '.[gpu]'" in message and "model.transformer_impl=local" in message
+    assert "make setup-gpu" in message and "model.transformer_impl=local" in message
     machine(cuda=True)
     with pytest.raises(ConfigError, match="transformer_engine is not installed") as error:
         resolve_layer_settings(asked)

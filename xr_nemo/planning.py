@@ -232,6 +232,6 @@ def attention_note(layout: Layout) -> str:
             f"\nWarning: {layout.seq_length:,}-token sequences on the local path: attention runs sample by "
             "sample without fused kernels, and every CP rank holds the whole sequence's keys and values "
             "and, under CP, s × s masks (counted above), so the assumed MFU is optimistic. On GPUs, "
-            "install Transformer Engine (pip install -e '.[gpu]') and keep model.transformer_impl=auto."
+            "install Transformer Engine (make setup-gpu) and keep model.transformer_impl=auto."
         )
     return note

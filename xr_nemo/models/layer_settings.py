@@ -36,7 +36,7 @@ FP8_SUPPORT: dict[FP8Recipe, FP8Support] = {
         (10, 0), "data-centre Blackwell: B200, GB200, B300", below_capability=(12, 0)
     ),
 }
-INSTALL_TE = "pip install -e '.[gpu]' on a CUDA machine"
+INSTALL_TE = "make setup-gpu on a CUDA machine (README: GPU clusters)"
 REINSTALL_TE = "reinstall Transformer Engine for this torch and CUDA (docs/troubleshooting.md)"
 
 
