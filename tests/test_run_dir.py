@@ -3,10 +3,12 @@ that never removes the checkpoint `latest` names, and conversion's isolated proc
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
+from xr_nemo.conversion.convert import EXPORT_FORMAT, INFO_FILE
 from xr_nemo.distributed.isolated import run_isolated
 from xr_nemo.errors import ConfigError
 from xr_nemo.run_dir import (
@@ -50,7 +52,10 @@ def test_a_model_resolves_to_hf_weights_exporting_a_checkpoint_only_when_needed(
 
     def export(checkpoint, out, overwrite):
         exported.append((checkpoint, out))
-        return _hf_model(out)
+        model = _hf_model(out)
+        record = {"format": EXPORT_FORMAT, "source": str(checkpoint.resolve())}  # as export_hf records it
+        (model / INFO_FILE).write_text(json.dumps(record))
+        return model
 
     def resolve(path):
         return resolve_hf_model(path, "--model", say=lambda _: None, export=export)

@@ -5,14 +5,16 @@
           config.N.yaml         a later launch's config, when its settings differ (see `record_config`)
           checkpoints/step_N/   megatron-core torch_dist checkpoints, each with the HF side files in hf/
           checkpoints/latest    the name of the newest complete checkpoint, replaced last
+          checkpoints/step_N.damaged/   a damaged checkpoint a resume skipped, kept for inspection
           base_checkpoint/      the HF weights imported once, when training starts from HF weights
-          hf/                   the Hugging Face export of the final checkpoint
+          hf/                   the Hugging Face export of the newest checkpoint (its xr_nemo.json names it)
           metrics.jsonl  tensorboard/  cache/  eval/
 ```
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +23,10 @@ from typing import Any
 import yaml
 
 from xr_nemo.config.overrides import config_yaml
-from xr_nemo.conversion.convert import HF_FILES_DIR, export_hf
+from xr_nemo.conversion.convert import EXPORT_FORMAT, HF_FILES_DIR, INFO_FILE, export_hf
 from xr_nemo.errors import ConfigError, XrNemoError
 from xr_nemo.io.atomic_dir import write_text_atomically
+from xr_nemo.io.manifest import MANIFEST_FILE
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -31,6 +34,8 @@ LATEST = "latest"
 BASE_CHECKPOINT = "base_checkpoint"
 EXPORT_DIR = "hf"
 CHECKPOINT_MARKER = "metadata.json"  # torch_dist writes it last
+STEP_NAME = re.compile(r"step_(\d+)")
+DAMAGED_SUFFIX = ".damaged"
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -41,23 +46,76 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return checkpoints_dir(run_dir) / f"step_{step}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint `latest` names, or None before the first one."""
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's `checkpoints/step_N` directories, highest step first. Only complete checkpoints get
+    that name (`step_N.tmp` is renamed when written); damaged ones set aside are `step_N.damaged`."""
+    found = []
+    for path in checkpoints_dir(run_dir).glob("step_*"):
+        match = STEP_NAME.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_pointer(run_dir: str | Path) -> Path | None:
+    """The checkpoint `checkpoints/latest` names (which may no longer exist), or None without a
+    pointer. A pointer that names anything but a `step_N` of this run is refused."""
     pointer = checkpoints_dir(run_dir) / LATEST
-    if not pointer.exists():
+    if not pointer.is_file():
         return None
-    target = checkpoints_dir(run_dir) / pointer.read_text().strip()
-    if not target.is_dir():
+    name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    if not STEP_NAME.fullmatch(name):
         raise XrNemoError(
-            f"{pointer} names {target.name}, which does not exist",
+            f"{pointer} names {name!r}, which is not a checkpoint of this run (checkpoints/step_N)",
             where=str(pointer),
-            fix="delete the pointer to start over, or restore the checkpoint",
+            fix="delete the pointer (the newest checkpoint is then found by scanning checkpoints/), or "
+            "write the name of one of this run's checkpoints into it (e.g. step_4)",
         )
+    return checkpoints_dir(run_dir) / name
+
+
+def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
+    """Where a resume looks, in order: the checkpoint `latest` names, then the other `step_N`, highest
+    step first (all of them when the pointer is missing, or names a checkpoint that is gone)."""
+    steps = step_checkpoints(run_dir)
+    named = latest_pointer(run_dir)
+    if named in steps:
+        steps.remove(named)
+        steps.insert(0, named)
+    return steps
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether a run has written a checkpoint: a `step_N` directory, or the `latest` pointer."""
+    return bool(step_checkpoints(run_dir)) or (checkpoints_dir(run_dir) / LATEST).exists()
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint `latest` names; the highest `step_N` when the pointer is missing or names one
+    that is gone; None before the first checkpoint."""
+    candidates = checkpoint_candidates(run_dir)
+    return candidates[0] if candidates else None
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint to `step_N.damaged` (`.damaged.2`, … when taken): resume, saving and
+    pruning look at `step_N` only, so its files stay, for inspection, and are never overwritten."""
+    target = checkpoint.with_name(checkpoint.name + DAMAGED_SUFFIX)
+    number = 2
+    while target.exists():
+        target = checkpoint.with_name(f"{checkpoint.name}{DAMAGED_SUFFIX}.{number}")
+        number += 1
+    checkpoint.rename(target)
     return target
 
 
+def point_latest_at(checkpoint: Path) -> None:
+    write_text_atomically(checkpoint.parent / LATEST, checkpoint.name + "\n")
+
+
 def is_checkpoint(path: Path) -> bool:
-    return (path / CHECKPOINT_MARKER).is_file()
+    """A checkpoint directory, whole or damaged: it has megatron-core's metadata.json or our manifest."""
+    return (path / CHECKPOINT_MARKER).is_file() or (path / MANIFEST_FILE).is_file()
 
 
 def side_files(checkpoint: Path) -> Path:
@@ -82,21 +140,54 @@ def has_hf_weights(directory: Path) -> bool:
     return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
 
 
+def export_source(hf_dir: Path) -> Path | None:
+    """The checkpoint an export of ours was made from, as its `xr_nemo.json` records it; None for any
+    other directory (a hub model, an export from before exports recorded their source)."""
+    try:
+        info = json.loads((Path(hf_dir) / INFO_FILE).read_text(encoding="utf-8"))
+        return Path(info["source"]) if info.get("format") == EXPORT_FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _stale_export(out: Path, newest: Path) -> str | None:
+    """None when `out` is the export of the checkpoint `newest` as it is now; else why not. The export
+    must name `newest` as its source (the path, or its step when the run directory was moved) and be
+    written after it (`trainer.resume=restart` rewrites a step's checkpoint in place)."""
+    if not has_hf_weights(out):
+        return f"{out} does not exist yet"
+    source = export_source(out)
+    if source is None:
+        return f"{out} does not record which checkpoint it was exported from"
+    # the same path, or the same step of a run directory moved or copied since the export
+    if source != newest.resolve() and source.parts[-2:] != newest.resolve().parts[-2:]:
+        return f"{out} was exported from {source}, not from the newest checkpoint"
+    written = [newest / CHECKPOINT_MARKER, newest]
+    checkpoint_time = next(path for path in written if path.exists()).stat().st_mtime_ns
+    if (out / INFO_FILE).stat().st_mtime_ns < checkpoint_time:
+        return f"{out} is older than {newest.name}, which was written again since"
+    return None
+
+
 def resolve_hf_model(
     path: str | Path, where: str, say: Callable[[str], None], export: Callable[..., Path] = export_hf
 ) -> Path:
-    """A Hugging Face model directory: as given, a run directory's export, or — when a run or a
-    checkpoint has none yet — its (latest) checkpoint exported to `<run>/hf` first."""
+    """A Hugging Face model directory: as given; a checkpoint's export (made first when missing); or the
+    export of a run directory's newest checkpoint in `<run>/hf` — made first when `hf/` is missing, was
+    exported from another checkpoint, or does not say which. `say` names the checkpoint used."""
     given = Path(path)
-    for candidate in (given, given / EXPORT_DIR):
-        if has_hf_weights(candidate):
-            return candidate
+    if has_hf_weights(given):
+        return given
+    out = given / EXPORT_DIR
     if is_checkpoint(given):
-        checkpoint, out = given, given / EXPORT_DIR
-    else:
-        checkpoint = latest_checkpoint(given) if given.is_dir() else None
-        out = given / EXPORT_DIR
-    if checkpoint is None:
+        if has_hf_weights(out):
+            return out
+        say(f"exporting {given} → {out}")
+        return export(given, out, overwrite=True)
+    newest = latest_checkpoint(given) if given.is_dir() else None
+    if newest is None:
+        if has_hf_weights(out):  # a run directory holding an export and no checkpoints
+            return out
         raise ConfigError(
             f"{path} is neither a Hugging Face model directory, nor a run directory with checkpoints, "
             "nor a checkpoint",
@@ -104,8 +195,12 @@ def resolve_hf_model(
             fix="pass a directory with config.json and *.safetensors, a training run directory or a "
             "checkpoints/step_N directory",
         )
-    say(f"exporting {checkpoint} → {out}")
-    return export(checkpoint, out, overwrite=True)
+    stale = _stale_export(out, newest)
+    if stale is None:
+        say(f"using {out}, the export of the newest checkpoint {newest}")
+        return out
+    say(f"{stale}: exporting the newest checkpoint {newest} → {out}")
+    return export(newest, out, overwrite=True)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

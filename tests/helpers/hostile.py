@@ -4,8 +4,10 @@ byte-identical afterwards unless the operation's purpose was to replace it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+import signal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +35,24 @@ def snapshot(*roots: Path) -> Snapshot:
     return found
 
 
-def assert_unchanged(before: Snapshot, after: Snapshot, replaced: Iterable[Path] = ()) -> None:
-    """Nothing in `before` was removed or changed, except under the paths in `replaced`."""
+def assert_unchanged(
+    before: Snapshot, after: Snapshot, replaced: Iterable[Path] = (), moved: Mapping[Path, Path] | None = None
+) -> None:
+    """Nothing in `before` was removed or changed, except under the paths in `replaced`; what was under
+    a key of `moved` must be found, byte-identical, under its value (a directory renamed aside)."""
     allowed = [str(path) for path in replaced]
+    renames = {str(old): str(new) for old, new in (moved or {}).items()}
+
+    def now(path: str) -> str:
+        for old, new in renames.items():
+            if path == old or path.startswith(old + "/"):
+                return new + path[len(old) :]
+        return path
+
     changed = [
         path
         for path, digest in before.items()
-        if after.get(path) != digest and not any(path == a or path.startswith(a + "/") for a in allowed)
+        if after.get(now(path)) != digest and not any(path == a or path.startswith(a + "/") for a in allowed)
     ]
     assert not changed, f"{len(changed)} pre-existing paths changed or vanished, e.g. {changed[:5]}"
 
@@ -69,3 +82,20 @@ def assert_clear_error(outcome: Outcome, *needles: str) -> None:
     assert "fix:" in outcome.output, outcome.output
     for needle in needles:
         assert needle in outcome.output, f"{needle!r} not in:\n{outcome.output}"
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail the block instead of hanging the suite when it runs past `seconds`: the alarm interrupts a
+    blocking read (a FIFO) or an endless expansion in this, the main, thread."""
+
+    def expire(signum: int, frame: object) -> None:
+        pytest.fail(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -6,6 +6,7 @@ bounds, before anything runs."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import field, fields, is_dataclass
@@ -62,9 +63,43 @@ def validate(config: Any, prefix: str = "") -> None:
             )
 
 
+def _check_links(path: Path, key: str) -> None:
+    """Every symbolic link on the way to `path` leads somewhere."""
+    for link in [path, *path.parents]:
+        if not link.is_symlink():
+            continue
+        try:
+            link.resolve(strict=True)
+        except RuntimeError as exc:  # Python 3.11 reports a loop so; 3.13 as OSError(ELOOP)
+            raise _link_error(link, key, "is a symbolic link that loops back on itself") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _link_error(link, key, "is a symbolic link that loops back on itself") from exc
+            raise _link_error(
+                link, key, f"is a symbolic link to {os.readlink(link)}, which does not exist"
+            ) from exc
+
+
+def _link_error(link: Path, key: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"{link} {what}",
+        where=key,
+        fix=f"point {key} at a real directory, or fix the link (`ls -l {link}`)",
+    )
+
+
 def check_writable_directory(path: str | Path, key: str) -> None:
-    """A directory that exists and can be written, or that can be created."""
+    """A directory that exists and can be written, or that can be created. An empty value is refused
+    (it would mean the current directory); symbolic links are followed, and one that loops or points
+    nowhere is refused."""
+    if not str(path).strip():
+        raise ConfigError(
+            f"{key} is empty, which would write into the current directory",
+            where=key,
+            fix=f"set {key} to a directory of its own, e.g. {key}=runs/my_run",
+        )
     path = Path(path)
+    _check_links(path, key)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} exists and is not a directory", where=key, fix=f"choose another {key}")
     existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xr_nemo.config.bounds import validate
 from xr_nemo.errors import ConfigError
+from xr_nemo.io.yaml_file import read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -64,6 +65,7 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
         raise ConfigError(
             str(exc), where="command-line overrides", fix="write overrides as key=value"
         ) from exc
+    _warn_repeated(node, parsed)
     for override in parsed:
         key = _canonical(node, override.key_or_group)
         text = override.input_line
@@ -85,6 +87,22 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
                 fix="check the type",
             ) from exc
     return to_object(node, type(config))
+
+
+def _warn_repeated(node: DictConfig, parsed: list) -> None:
+    """A key given twice with different values (also under an alias) is a slip, or an appended override
+    meant to win: the last one applies, as in Hydra, and the warning names both, so it is never silent."""
+    given: dict[str, tuple[str, object]] = {}
+    for override in parsed:
+        key = _canonical(node, override.key_or_group)
+        text, value = override.input_line, override.value()
+        if key in given and given[key][1] != value:
+            print(
+                f"xr-nemo: warning: {key} is given twice, {given[key][0]!r} then {text!r}; "
+                "the last one applies",
+                file=sys.stderr,
+            )
+        given[key] = (text, value)
 
 
 def _canonical(node: DictConfig, key: str) -> str:
@@ -129,14 +147,12 @@ def config_yaml(config: Any) -> str:
 
 def load_config(path: str | Path, kind: type[T]) -> T:
     """A saved `config.yaml` as the typed config `kind`, checked as overrides are."""
+    tree = read_yaml_mapping(Path(path), where=f"--config {path}")
     try:
-        node = OmegaConf.merge(OmegaConf.structured(kind), OmegaConf.load(path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", where="--config") from exc
-    except (OmegaConfBaseException, yaml.YAMLError) as exc:
-        message = _first_line(exc) if isinstance(exc, OmegaConfBaseException) else str(exc).splitlines()[0]
+        node = OmegaConf.merge(OmegaConf.structured(kind), OmegaConf.create(tree))
+    except OmegaConfBaseException as exc:
         raise ConfigError(
-            f"{path} is not a config of this command: {message}",
+            f"{path} is not a config of this command: {_first_line(exc)}",
             where=f"--config {path}",
             fix="pass the config.yaml of a run of the same stage",
         ) from exc

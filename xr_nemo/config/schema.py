@@ -216,7 +216,9 @@ class TrainerConfig:
     epochs: int = positive(1)  # passes over the data (the schedule spans them)
     max_steps: int | None = positive(None)  # stop early; the schedule still spans `epochs`
     micro_batch_size: int = positive(1)  # sequences per forward pass per data-parallel rank
-    resume: str = "auto"  # auto (latest checkpoint of run.dir, if any) | never | a checkpoint path
+    # auto (the newest intact checkpoint of run.dir, if any) | never (refuses a run.dir with checkpoints)
+    # | restart (step 0 even so, replacing them) | a checkpoint path. docs/sft.md, "Checkpoints and resume"
+    resume: str = "auto"
     progress: bool = True
     stop_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
 

@@ -19,6 +19,7 @@ from xr_nemo.conversion.dist_checkpoint import (
     DistCheckpointReader,
     checkpoint_layout,
     parameter_names,
+    verify_checkpoint,
     write_dist_checkpoint,
 )
 from xr_nemo.conversion.hf_checkpoint import (
@@ -30,11 +31,14 @@ from xr_nemo.conversion.hf_checkpoint import (
 )
 from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, Mapping, find_mapping
 from xr_nemo.io.atomic_dir import atomic_output_dir
+from xr_nemo.io.output_guard import OutputKind, check_output
 from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
 from xr_nemo.models.qwen25_vl.naming import to_transformers_name
 
 HF_FILES_DIR = "hf"
 INFO_FILE = "xr_nemo.json"
+IMPORT_FORMAT = "xr-nemo/qwen2_5_vl/torch_dist"
+EXPORT_FORMAT = "xr-nemo/hf-export"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 KEY_NAMINGS = ("hub", "transformers")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -51,6 +55,33 @@ def load_hf_config(directory: Path, what: str) -> Qwen2_5_VLConfig:
         ) from error
     check_architecture(config, str(directory))
     return config
+
+
+def _written_as(directory: Path, expected: str) -> bool:
+    """Whether `directory` carries our `xr_nemo.json` of format `expected`: an earlier output of that kind."""
+    info = directory / INFO_FILE
+    try:
+        if not info.is_file() or info.stat().st_size > 1024**2:
+            return False
+        return json.loads(info.read_text(encoding="utf-8"))["format"] == expected
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# What each command writes, and so what its --overwrite may replace; the run-directory places are
+# run_dir.BASE_CHECKPOINT and run_dir.EXPORT_DIR, which training writes.
+IMPORTED = OutputKind(
+    "convert import",
+    f"{INFO_FILE} of format {IMPORT_FORMAT}",
+    "base_checkpoint",
+    lambda directory: _written_as(directory, IMPORT_FORMAT),
+)
+EXPORTED = OutputKind(
+    "convert export",
+    f"{INFO_FILE} of format {EXPORT_FORMAT}",
+    "hf",
+    lambda directory: _written_as(directory, EXPORT_FORMAT),
+)
 
 
 def hf_sources(parameter_names: list[str]) -> dict[str, tuple[Mapping, tuple[str, ...]]]:
@@ -101,6 +132,7 @@ def import_hf(
     """HF checkpoint → megatron-core torch_dist checkpoint. `parallel` is checked against the model (the
     checkpoint itself loads at any layout); `dtype` defaults to the stored embedding's dtype."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    check_output(out_dir, [hf_dir], IMPORTED, overwrite, where="output directory (convert import OUT_DIR)")
     parallel = parallel or ParallelConfig()
     hf_config = load_hf_config(hf_dir, "a Hugging Face Qwen2.5-VL checkpoint directory")
     megatron_config, _ = language_model_config(hf_config, parallel)
@@ -142,7 +174,7 @@ def import_hf(
         bar.close()
         copy_side_files(hf_dir, staging / HF_FILES_DIR)
         info = {
-            "format": "xr-nemo/qwen2_5_vl/torch_dist",
+            "format": IMPORT_FORMAT,
             "source": str(hf_dir.resolve()),
             "dtype": str(dtype).removeprefix("torch."),
             "checked_layout": {
@@ -172,7 +204,13 @@ def export_hf(
             f"unknown key naming {key_naming!r}", where="--key-naming", fix=f"use {KEY_NAMINGS}"
         )
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    verify_checkpoint(checkpoint_dir)  # a damaged or half-written checkpoint is refused, with its file
     side = Path(hf_files) if hf_files else checkpoint_dir / HF_FILES_DIR
+    # the checkpoint's own hf/ may take the export: it keeps the side files, the weights join them
+    own = [checkpoint_dir / HF_FILES_DIR] if side == checkpoint_dir / HF_FILES_DIR else []
+    inputs = [checkpoint_dir] if own else [checkpoint_dir, side]
+    where = "output directory (convert export OUT_DIR)"
+    check_output(out_dir, inputs, EXPORTED, overwrite, where=where, own_places=own)
     hf_config = load_hf_config(side, "--hf-files DIR holding the model's config.json and tokenizer files")
     megatron_config, _ = language_model_config(hf_config)
     expected = expected_hf_shapes(hf_config)
@@ -197,6 +235,12 @@ def export_hf(
             copy_side_files(side, staging)
             if dtype is not None:
                 _record_dtype(staging / "config.json", dtype)
+            info = {
+                "format": EXPORT_FORMAT,
+                "source": str(checkpoint_dir.resolve()),
+                "key_naming": key_naming,
+            }
+            (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
 

@@ -5,6 +5,10 @@ device at TP=1/PP=1 (stacked layer axes, TE-compatible norm keys, gate/up halves
 global shapes, so the checkpoint loads at any tensor/pipeline-parallel layout. Writing goes through
 PyTorch Distributed Checkpoint with a planner that builds each chunk when the writer asks for it (one
 file per chunk); reading loads one parameter at a time through megatron-core's loader.
+
+Every checkpoint written here or by training carries a manifest (`xr_nemo/io/manifest.py`: each file's
+size and digest, the stored tensors' shapes); `verify_checkpoint` checks it before anything is read, and
+`check_model_shapes` names the first tensor that a model built from another config would not fit.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.distributed
 import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.core import CheckpointingConfig, maybe_load_config, save_config
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import (
     ShardedStateDict,
     ShardedTensor,
@@ -32,7 +37,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (
     _replace_state_dict_keys_with_sharded_keys,
     mcore_to_pyt_state_dict,
 )
-from torch.distributed.checkpoint import FileSystemWriter, TensorStorageMetadata
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter, TensorStorageMetadata
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
@@ -43,8 +48,23 @@ from transformers import Qwen2_5_VLConfig
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.distributed import initialize, shutdown
 from xr_nemo.errors import XrNemoError
+from xr_nemo.io.manifest import (
+    DamagedError,
+    check_digests,
+    check_sizes,
+    describe,
+    listed_files,
+    read_manifest,
+    shares,
+    write_manifest,
+)
 
 COMMON_STATE_FILE = "common.pt"
+CHECKPOINT_CONFIG = "metadata.json"  # megatron-core's: written last by its save
+TORCH_DIST_METADATA = ".metadata"  # PyTorch Distributed Checkpoint's index of every stored chunk
+# Not in a manifest: the HF side files (`convert.HF_FILES_DIR`), beside which an export may write its
+# weights. A side file that does not match the tensors is caught by the shape checks.
+UNLISTED = ("hf",)
 
 ProduceParam = Callable[[str], torch.Tensor]
 
@@ -149,6 +169,7 @@ def write_dist_checkpoint(out_dir: Path, layout: ShardedStateDict, produce: Prod
         dcp.save(state, storage_writer=writer, planner=_ProducingSavePlanner(sources, produce), no_dist=True)
     torch.save({}, out_dir / COMMON_STATE_FILE)
     save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(out_dir))
+    record_manifest(out_dir, describe(out_dir, listed_files(out_dir, skip=UNLISTED)))
 
 
 @contextmanager
@@ -261,8 +282,165 @@ class _RegionLoadPlanner(DefaultLoadPlanner):
 
 def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
     """Load a model's weights from a torch_dist checkpoint (imported or written by training) at the
-    model's own parallel layout."""
+    model's own parallel layout, once its files are verified and its shapes fit the model. Collective
+    when a process group runs (each rank verifies a share of the files)."""
+    checkpoint = Path(checkpoint_dir)
+    manifest = verify_collectively(checkpoint)
+    check_model_shapes(
+        model.sharded_state_dict(),
+        stored_shapes(checkpoint, manifest),
+        checkpoint,
+        fix="build the model the checkpoint was written for (model.hf_dir: its hf/config.json), or load "
+        "a checkpoint of this model",
+    )
     wanted = model.sharded_state_dict()
-    state = dist_checkpointing.load(wanted, str(checkpoint_dir))
+    with load_errors(checkpoint):
+        state = dist_checkpointing.load(wanted, str(checkpoint))
     # a training checkpoint also holds common state (optimizer, train_state): take the model's keys
     model.load_state_dict({key: value for key, value in state.items() if key in wanted})
+
+
+def record_manifest(checkpoint: Path, files: dict[str, dict], **facts: object) -> Path:
+    """The checkpoint's manifest: `files` (from `describe`, every file but the manifest), the global
+    shape of every stored tensor, and `facts` (the layout that wrote it, the model's sizes)."""
+    return write_manifest(checkpoint, files, tensors=_shapes_in_metadata(checkpoint), **facts)
+
+
+def _read_metadata(checkpoint: Path):
+    path = checkpoint / TORCH_DIST_METADATA
+    try:
+        return FileSystemReader(str(checkpoint)).read_metadata()
+    except Exception as error:  # an unpickling error of any kind: the bytes are not a metadata file
+        cause = failure_cause(error)
+        raise DamagedError(f"{TORCH_DIST_METADATA} does not read: {cause}", file=path) from None
+
+
+def _shapes_in_metadata(checkpoint: Path) -> dict[str, list[int]]:
+    metadata = _read_metadata(checkpoint).state_dict_metadata
+    return {key: list(meta.size) for key, meta in metadata.items() if isinstance(meta, TensorStorageMetadata)}
+
+
+def stored_shapes(checkpoint: Path, manifest: dict | None) -> dict[str, list[int]]:
+    """Global shape of every stored tensor: from the manifest, or the torch_dist metadata without one."""
+    return manifest["tensors"] if manifest and "tensors" in manifest else _shapes_in_metadata(checkpoint)
+
+
+def verify_checkpoint(checkpoint: Path, share: tuple[int, int] = (0, 1)) -> dict | None:
+    """Refuse (`DamagedError`, naming the file) a checkpoint that is half-written or whose files changed
+    since they were written: every listed file must have its size, and the files of `share` (this
+    process's part, of `parts`) their digest. Returns the manifest; None for a checkpoint written
+    before manifests, of which only the structure is checked (every file its metadata stores tensors
+    in exists and is long enough): its bytes cannot be."""
+    for name, when in (
+        (TORCH_DIST_METADATA, "once every rank has written its files"),
+        (CHECKPOINT_CONFIG, "last"),
+    ):
+        if not (checkpoint / name).is_file():
+            raise DamagedError(
+                f"{name} is missing: the checkpoint is half-written ({name} is written {when})",
+                file=checkpoint / name,
+            )
+    manifest = read_manifest(checkpoint)
+    if manifest is not None:
+        check_sizes(checkpoint, manifest)
+        part, parts = share
+        sizes = {name: entry["size"] for name, entry in manifest["files"].items()}
+        check_digests(checkpoint, manifest, shares(sizes, parts)[part])
+        return manifest
+    _check_structure(checkpoint)
+    return None
+
+
+def _check_structure(checkpoint: Path) -> None:
+    ends: dict[str, int] = {}
+    for info in _read_metadata(checkpoint).storage_data.values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        path = checkpoint / name
+        if not path.is_file():
+            raise DamagedError(f"{name} is missing ({TORCH_DIST_METADATA} stores tensors in it)", file=path)
+        if path.stat().st_size < end:
+            raise DamagedError(
+                f"{name} has {path.stat().st_size} bytes, {TORCH_DIST_METADATA} reads up to byte {end} "
+                "(truncated)",
+                file=path,
+            )
+    if not (checkpoint / COMMON_STATE_FILE).is_file():
+        raise DamagedError(f"{COMMON_STATE_FILE} is missing", file=checkpoint / COMMON_STATE_FILE)
+
+
+def verify_collectively(checkpoint: Path) -> dict | None:
+    """`verify_checkpoint` with the reading shared among the ranks of a running process group (one
+    share each); every rank raises the same error, for the first damaged file, or returns the manifest."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return verify_checkpoint(checkpoint)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    manifest, failure = None, None
+    try:
+        manifest = verify_checkpoint(checkpoint, (rank, world))
+    except DamagedError as error:
+        failure = (str(error.file), error.what)
+    failures: list = [None] * world
+    torch.distributed.all_gather_object(failures, failure)
+    found = sorted(f for f in failures if f is not None)
+    if found:
+        file, what = found[0]
+        raise DamagedError(what, file=Path(file))
+    return manifest
+
+
+def check_model_shapes(
+    wanted: ShardedStateDict, stored: dict[str, list[int]], checkpoint: Path, fix: str
+) -> None:
+    """Every tensor of the model (`wanted`: its sharded state dict, consumed here) is stored with the
+    model's global shape; the first that is not, in the model's order, is named."""
+    apply_factories(wanted)
+    problems = []
+    for entry in nested_values(wanted):
+        if not isinstance(entry, ShardedTensor):
+            continue
+        expected = list(entry.global_shape)
+        if entry.key not in stored:
+            problems.append(f"{entry.key} is not in the checkpoint (the model has it, shape {expected})")
+        elif list(stored[entry.key]) != expected:
+            problems.append(f"{entry.key} is stored as {list(stored[entry.key])}, this model's is {expected}")
+    if problems:
+        more = f" ({len(problems) - 1} more tensors differ)" if len(problems) > 1 else ""
+        raise XrNemoError(
+            f"the checkpoint was written for another model shape: {problems[0]}{more}",
+            where=str(checkpoint),
+            fix=fix,
+        )
+
+
+def failure_cause(error: BaseException) -> str:
+    """The innermost cause of an error, in one line: through PyTorch Distributed Checkpoint's per-rank
+    wrapping and megatron-core's re-raising, whose own messages hold tracebacks."""
+    while True:
+        if isinstance(error, CheckpointException) and error.failures:
+            error = next(iter(error.failures.values()))[0]
+        elif error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            break
+    lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    line = lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@contextmanager
+def load_errors(checkpoint: Path, fix: str | None = None) -> Iterator[None]:
+    """megatron-core's loader fails with long internal messages (every missing key, each rank's
+    traceback); say which checkpoint it was and the cause, in one line."""
+    try:
+        yield
+    except XrNemoError:
+        raise
+    except (Exception, CheckpointException) as error:
+        raise XrNemoError(
+            f"cannot load {checkpoint}: {failure_cause(error)}",
+            where=str(checkpoint),
+            fix=fix
+            or "check that it was written for this model and layout (its xr_nemo_manifest.json "
+            "records both); rerun with --debug for the full traceback",
+        ) from error

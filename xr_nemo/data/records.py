@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from xr_nemo.errors import XrNemoError
+from xr_nemo.io.file_kind import file_kind
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 _FORMATS = "JSON lines (.jsonl), JSON (.json), Parquet (.parquet) or CSV (.csv)"
+
+# Reading bounds: one JSON line (a record) is read up to this size, so a file without line breaks cannot
+# take all memory; a .json file holding one JSON value is parsed whole, and so only up to this size (JSON
+# lines, in a .json file too, are streamed at any size).
+MAX_LINE_BYTES = 16 * 1024**2
+MAX_JSON_BYTES = 256 * 1024**2
 
 
 TURN_PAIR = "turn_pair"  # the field a .json list item (not an object) is read into
@@ -46,7 +54,23 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _size(count: int) -> str:
+    return f"{count / 1024**2:g} MiB" if count >= 1024**2 else f"{count:,} bytes"
+
+
+def _check_regular(path: Path) -> None:
+    """A FIFO, a device or a socket is not a data file: reading one blocks or never ends."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise DataError(
+            f"{path} is {file_kind(mode)}, not a data file",
+            where=str(path),
+            fix="copy the data into a regular file (or a folder of files) and point at that",
+        )
+
+
 def _local_files(path: Path, split: str) -> list[Path]:
+    _check_regular(path)
     if path.is_file():
         if _suffix(path) not in LOCAL_SUFFIXES:
             raise DataError(
@@ -55,7 +79,10 @@ def _local_files(path: Path, split: str) -> list[Path]:
                 fix=f"give the file a name that ends in the format it holds: {_FORMATS}",
             )
         return [path]
-    files = sorted(p for p in path.rglob("*") if _suffix(p) in LOCAL_SUFFIXES and p.is_file())
+    named = sorted(p for p in path.rglob("*") if _suffix(p) in LOCAL_SUFFIXES and p.exists())
+    for candidate in named:
+        _check_regular(candidate)
+    files = [p for p in named if p.is_file()]
     if not files:
         raise DataError(
             f"no {'/'.join(LOCAL_SUFFIXES)} files in {path}", where=str(path), fix="point data.* at the files"
@@ -125,10 +152,29 @@ def parse_json(text: str) -> Any:
     return value
 
 
+def _lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of `handle`, each read up to MAX_LINE_BYTES: a longer one is None (and skipped to its end
+    in bounded pieces), so one huge line never sits in memory."""
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def _jsonl(path: Path) -> Iterator[Record | DataError]:
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(handle), start=1):
             where = f"{path}:{number}"
+            if raw is None:
+                yield DataError(
+                    f"the line is longer than {_size(MAX_LINE_BYTES)}, the most one record may hold",
+                    where=where,
+                    fix="split the record, or check that the file has one record per line",
+                )
+                continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is fine
             except UnicodeDecodeError as exc:
@@ -202,6 +248,18 @@ def _looks_local(source: str) -> bool:
 
 
 def _json(path: Path) -> Iterator[Record | DataError]:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        if _first_line_is_object(path):  # JSON lines: streamed whatever the size
+            yield from _jsonl(path)
+            return
+        yield DataError(
+            f"a .json file holding one JSON value is read whole, so at most {_size(MAX_JSON_BYTES)}; "
+            f"this one holds {_size(path.stat().st_size)}",
+            where=str(path),
+            fix=f"convert it to JSON lines, which are streamed: `jq -c '.[]' {path.name} > "
+            f"{path.stem}.jsonl`",
+        )
+        return
     try:
         content = path.read_text(encoding="utf-8-sig")
         rows = parse_json(content)
@@ -230,6 +288,16 @@ def _json(path: Path) -> Iterator[Record | DataError]:
             yield Record(where, fields, path)
         else:
             yield DataError("not an object", where=where)
+
+
+def _first_line_is_object(path: Path) -> bool:
+    with path.open("rb") as handle:
+        for raw in _lines(handle):
+            if raw is None:
+                return False
+            if raw.strip():
+                return _is_json_lines(raw.decode("utf-8-sig", "replace"))
+    return False
 
 
 def _is_json_lines(content: str) -> bool:

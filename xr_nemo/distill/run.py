@@ -9,6 +9,10 @@ first `keep` correct ones become `traces.jsonl` records in the `messages` schema
 paper's training template as SFT and GRPO see it. A trace whose answer was found outside `<answer>`
 tags gets `<answer>X</answer>` appended, and one from a teacher whose chat template opens `<think>`
 itself (QwQ-32B) gets that opening tag back, so SFT teaches the released format.
+
+Candidates carry evaluation's record of what produced them, the teacher's identity first: a rerun into
+the same `--out` with another teacher, other settings or edited questions generates those candidates
+again, and `traces.jsonl` (rewritten every run) holds only candidates of this teacher.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from transformers import AutoTokenizer
 from xr_nemo.config.bounds import validate
 from xr_nemo.config.schema import DistillConfig, EvalConfig
 from xr_nemo.data.prompt_format import training_prompt
-from xr_nemo.eval.predictions import read_predictions
+from xr_nemo.eval.reuse import announce_plans, current_rows, producers
 from xr_nemo.eval.run import generate, load_items, model_directory
 from xr_nemo.generation.engine import Engine
 from xr_nemo.io.atomic_dir import write_text_atomically
@@ -73,14 +77,17 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     evaluation = _as_evaluation(config, teacher)
     benchmark = get_benchmark(config.schema)
     loaded = load_items(evaluation, [benchmark])
+    made_by = producers(evaluation, teacher, [benchmark])
+    announce_plans(evaluation, out, loaded, made_by, label="distill")
     if config.data_parallel > 1 and engine is None:
         from xr_nemo.eval.replicas import run_replicas
 
         run_replicas(evaluation, teacher, out)
     else:
-        generate(evaluation, teacher, out, loaded, engine)
+        generate(evaluation, teacher, out, loaded, engine, made_by=made_by)
     items, problems = loaded[benchmark.name]
-    rows = read_predictions(out, benchmark.name)
+    identity = made_by[benchmark.name].model
+    rows = current_rows(evaluation, out, benchmark.name, items, made_by[benchmark.name])
     opened = opens_thinking(AutoTokenizer.from_pretrained(teacher))
     traces, solved, correct, total = [], 0, 0, 0
     for item in items:
@@ -97,12 +104,13 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
                 {"role": "user", "content": training_prompt(item.question, item.options)},
                 {"role": "assistant", "content": response},
             ]
-            traces.append({"id": item.id, "messages": messages})
+            traces.append({"id": item.id, "messages": messages, "teacher": identity})
     write_text_atomically(
         out / "traces.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in traces)
     )
     stats = {
         "teacher": str(teacher),
+        "teacher_identity": identity,
         "questions": len(items),
         "generated": len([item for item in items if item.id in rows]),
         "samples": total,

@@ -13,8 +13,9 @@ def _percent(value: float | None) -> str:
 
 
 def report_markdown(summary: dict) -> str:
+    source = summary.get("exported_from")
     lines = [
-        f"# Evaluation of `{summary['model']}`",
+        f"# Evaluation of `{summary['model']}`" + (f", the export of `{source}`" if source else ""),
         "",
         "Accuracy in %, greedy unless `temperature` says otherwise; the paper's numbers are its Tables 4, 5 "
         "and 8 (see docs/eval.md).",

@@ -1,11 +1,13 @@
 """`xr-nemo eval`: generate, extract, score and report, benchmark by benchmark, resumably.
 
 Predictions are appended to `predictions/<benchmark>.jsonl` after every generation batch (each row: the
-raw outputs, the extracted answers, the rule that found each, and whether it is correct), so an
-interrupted evaluation continues where it stopped and never regenerates a finished item. Unusable
-records (no gold answer, malformed fields, missing or undecodable images) are counted by reason and
-listed, never fatal mid-run. With `data_parallel=N`, N engine replicas each generate a share of the
-items in their own process (`xr_nemo.eval.replicas`); this process then scores and reports.
+raw outputs, the extracted answers, the rule that found each, whether it is correct, and the record of
+what produced it — `xr_nemo.eval.provenance`), so an interrupted evaluation continues where it stopped
+and never regenerates a finished item, while a row that another model, other settings or an edited
+item produced is generated again (`xr_nemo.eval.reuse` says how many of each). Unusable records (no
+gold answer, malformed fields, missing or undecodable images) are counted by reason and listed, never
+fatal mid-run. With `data_parallel=N`, N engine replicas each generate a share of the items in their
+own process (`xr_nemo.eval.replicas`); this process then scores and reports.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from xr_nemo.config.schema import EvalConfig
 from xr_nemo.data.records import DataError
 from xr_nemo.errors import ConfigError
 from xr_nemo.eval.engines import Engines
-from xr_nemo.eval.predictions import append_predictions, merge_parts, predictions_path, read_predictions
+from xr_nemo.eval.predictions import append_predictions, predictions_path
+from xr_nemo.eval.provenance import RECORD, Producer
 from xr_nemo.eval.report import accuracy_chart, report_markdown
+from xr_nemo.eval.reuse import announce_plans, current_rows, first_seeds, plan_benchmark, producers
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
 from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
-from xr_nemo.run_dir import resolve_hf_model
+from xr_nemo.run_dir import export_source, resolve_hf_model
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
 from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
 from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
@@ -116,6 +120,7 @@ class Evaluator:
         self.sampling = Sampling(
             max_new_tokens=config.generation.max_new_tokens,
             temperature=config.generation.temperature,
+            top_p=config.generation.top_p,
             stop_token_ids=self.stop_ids,
             forced_exit=ForcedExit.of(tokenizer, config.generation.thinking_budget),
         )
@@ -211,10 +216,13 @@ def generate(
     loaded: Loaded,
     engine: Engine | None = None,
     replica: tuple[int, int] = (0, 1),
+    made_by: dict[str, Producer] | None = None,
 ) -> None:
-    """Generate every missing prediction of this replica's share (item i goes to replica i mod N)."""
+    """Generate every prediction of this replica's share (item i goes to replica i mod N) that is
+    missing or was produced by another model, other settings or another version of its item."""
     rank, replicas = replica
     benchmarks = [get_benchmark(name) for name in loaded]
+    made_by = made_by or producers(config, model_dir, benchmarks)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     image_processor = None
     if any(b.modality == "image" for b in benchmarks):
@@ -228,21 +236,20 @@ def generate(
         evaluator = Evaluator(config, builder, pool)
         for benchmark in benchmarks:
             items = loaded[benchmark.name][0]
-            share = [(index, item) for index, item in enumerate(items) if index % replicas == rank]
-            done = read_predictions(out_dir, benchmark.name)
-            todo = [(index, item) for index, item in share if item.id not in done]
+            plan = plan_benchmark(config, out_dir, benchmark.name, items, made_by[benchmark.name])
+            seeds = first_seeds(config, len(items))
+            share = len(range(rank, len(items), replicas))
+            todo = [index for index in plan.todo if index % replicas == rank]
             path = predictions_path(out_dir, benchmark.name, rank if replicas > 1 else None)
             label = benchmark.name if replicas == 1 else f"{benchmark.name} [replica {rank}]"
-            bar = tqdm(
-                total=len(share), initial=len(share) - len(todo), desc=label, unit="item", position=rank
-            )
+            bar = tqdm(total=share, initial=share - len(todo), desc=label, unit="item", position=rank)
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
-                # a function of the item
-                seeds = [config.generation.seed + index * config.samples for index, _ in batch]
                 rows = evaluator.generate_rows(
-                    engines.get(benchmark), benchmark, [item for _, item in batch], seeds
+                    engines.get(benchmark), benchmark, [items[i] for i in batch], [seeds[i] for i in batch]
                 )
+                for row in rows:
+                    row[RECORD] = plan.records[row["id"]]
                 append_predictions(path, rows)
                 bar.update(len(batch))
             bar.close()
@@ -304,10 +311,11 @@ def _with_official_guesses(items: list[EvalItem], done: dict[str, dict], seed: i
     return hits / len(answered)
 
 
-def _benchmark_summary(config: EvalConfig, out_dir: Path, name: str, loaded: Loaded) -> dict:
+def _benchmark_summary(
+    config: EvalConfig, out_dir: Path, name: str, loaded: Loaded, producer: Producer
+) -> dict:
     items, problems = loaded[name]
-    merge_parts(out_dir, name, [item.id for item in items])
-    done = read_predictions(out_dir, name)
+    done = current_rows(config, out_dir, name, items, producer)
     unusable = [done[item.id] for item in items if "unusable" in done.get(item.id, {})]
     rows = [done[item.id] for item in items if item.id in done and "unusable" not in done[item.id]]
     reasons = Counter(_reason(problem) for problem in problems) + Counter(row["unusable"] for row in unusable)
@@ -335,17 +343,30 @@ def run_eval(config: EvalConfig, engine: Engine | None = None) -> dict:
     if unknown:
         raise ConfigError(f"data given for benchmarks not evaluated: {sorted(unknown)}", where="data")
     loaded = load_items(config, benchmarks)
-    before = {b.name: len(read_predictions(out_dir, b.name)) for b in benchmarks}
+    made_by = producers(config, model_dir, benchmarks)
+    plans = announce_plans(config, out_dir, loaded, made_by)
     if config.data_parallel > 1 and engine is None:
         from xr_nemo.eval.replicas import run_replicas
 
         run_replicas(config, model_dir, out_dir)
     else:
-        generate(config, model_dir, out_dir, loaded, engine)
-    summary: dict = {"model": str(model_dir), "config": asdict(config), "benchmarks": {}}
+        generate(config, model_dir, out_dir, loaded, engine, made_by=made_by)
+    source = export_source(model_dir)
+    summary: dict = {
+        "model": str(model_dir),
+        "exported_from": None if source is None else str(source),
+        "model_identity": next((producer.model for producer in made_by.values()), None),
+        "config": asdict(config),
+        "benchmarks": {},
+    }
     for benchmark in benchmarks:
-        result = _benchmark_summary(config, out_dir, benchmark.name, loaded)
-        result["generated"] = len(read_predictions(out_dir, benchmark.name)) - before[benchmark.name]
+        producer, plan = made_by[benchmark.name], plans[benchmark.name]
+        result = _benchmark_summary(config, out_dir, benchmark.name, loaded, producer)
+        result["reused"] = len(plan.reused)
+        result["generated"] = len(plan.todo) - result["skipped_by_reason"].get("not generated", 0)
+        result["generated_by_reason"] = dict(plan.reasons)
+        result["damaged_lines"] = plan.damaged[:20]
+        result["generation"] = producer.settings
         summary["benchmarks"][benchmark.name] = result
     write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     accuracy_chart(summary, out_dir / "accuracy.png")

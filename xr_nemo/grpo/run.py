@@ -34,6 +34,7 @@ from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
 from xr_nemo.grpo.prompts import PromptSet, check_schema, load_prompts
 from xr_nemo.grpo.rollouts import RolloutWorker, StepRollouts
 from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
+from xr_nemo.io.run_lock import release_run_dir
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
 from xr_nemo.training.loop import Policy, StepHooks, run_schedule, say, summed_report, train
@@ -360,4 +361,5 @@ def run_grpo(config: GRPOConfig) -> Path:
             pool.close()
         if stage is not None:
             stage.engine.close()
+        release_run_dir(config.run.dir)  # held by rank 0; nothing to do elsewhere
         shutdown()

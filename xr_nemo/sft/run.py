@@ -24,6 +24,7 @@ from xr_nemo.distributed import context_parallel, initialize, shutdown
 from xr_nemo.distributed.devices import all_reduce_host
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
+from xr_nemo.io.run_lock import release_run_dir
 from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
 from xr_nemo.sft.step import forward_step
 from xr_nemo.training.loop import Batch, Policy, StepHooks, run_schedule, say, summed_report, train
@@ -240,4 +241,5 @@ def run_sft(config: SFTConfig) -> Path:
         )
         return export_final(run_dir, train(config, policy, stage), config.export, partial(say, "sft"))
     finally:
+        release_run_dir(config.run.dir)  # held by rank 0; nothing to do elsewhere
         shutdown()

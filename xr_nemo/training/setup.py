@@ -20,7 +20,9 @@ from xr_nemo.conversion.convert import DTYPES, export_hf, import_hf
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed.devices import compute_device
 from xr_nemo.distributed.isolated import run_isolated
-from xr_nemo.errors import ConfigError
+from xr_nemo.errors import ConfigError, LaunchError, XrNemoError
+from xr_nemo.io.manifest import DamagedError
+from xr_nemo.io.run_lock import lock_run_dir
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.models.layer_settings import resolve_layer_settings
 from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
@@ -29,13 +31,13 @@ from xr_nemo.run_dir import (
     EXPORT_DIR,
     checkpoint_dir,
     is_checkpoint,
-    latest_checkpoint,
     record_config,
     resolve_checkpoint,
     side_files,
 )
 from xr_nemo.training.loop import Policy
 from xr_nemo.training.optimizer import build_optimizer
+from xr_nemo.training.resume import resume_point
 
 T = TypeVar("T")
 
@@ -78,31 +80,31 @@ def _prepare_model_dir(model: ModelConfig) -> None:
 
 
 def prepare_run_dir(config: TrainingConfig, stage: str) -> Path:
-    """Rank 0 creates the run directory, records the resolved config and prepares the model directory;
-    returns the model directory, once every rank may read it. Collective."""
+    """Rank 0 creates the run directory, takes its lock (one launch writes a run directory; held until
+    the stage ends), records the resolved config and prepares the model directory; returns the model
+    directory, once every rank may read it. Collective: a failure on rank 0 is raised on every rank, so
+    none waits for rank 0 in vain."""
     run_dir = Path(config.run.dir)
+    outcome: list = [None]  # rank 0's error, sent to every rank: (kind, what, where, fix)
     if dist.get_rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record_config(config, run_dir, say=lambda message: print(f"[{stage}] {message}", flush=True))
-        _prepare_model_dir(config.model)
-    dist.barrier()
+        say = lambda message: print(f"[{stage}] {message}", flush=True)  # noqa: E731
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(run_dir, say)
+            record_config(config, run_dir, say=say)
+            _prepare_model_dir(config.model)
+        except XrNemoError as error:
+            outcome[0] = (type(error), error.what, error.where, error.fix)
+        except BaseException as error:
+            what = f"rank 0 failed preparing {run_dir}: {error!r}"
+            outcome[0] = (LaunchError, what, None, "see rank 0's output")
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        kind, what, where, fix = outcome[0]
+        raise kind(what, where=where, fix=fix)
     return model_dir(config.model)
-
-
-def resume_point(config: TrainingConfig) -> Path | None:
-    """The checkpoint `trainer.resume` asks to continue from, if any."""
-    resume = config.trainer.resume
-    if resume == "never":
-        if latest_checkpoint(config.run.dir) is not None:
-            raise ConfigError(
-                f"{config.run.dir} already has checkpoints and trainer.resume=never",
-                where="run.dir",
-                fix="use a new run.dir, or trainer.resume=auto to continue",
-            )
-        return None
-    if resume == "auto":
-        return latest_checkpoint(config.run.dir)
-    return resolve_checkpoint(resume, where="trainer.resume")
 
 
 def initial_checkpoint(model: ModelConfig, run_dir: Path, say: Callable[[str], None]) -> Path:
@@ -173,12 +175,22 @@ def wrap_for_training(
 def build_policy(config: TrainingConfig, hf_dir: Path, say: Callable[[str], None]) -> Policy:
     """The model to train, seeded from the config: initial weights loaded unless a checkpoint will be
     resumed (the loop loads that), wrapped for training. Collective."""
+    resume_from = resume_point(config, say)
     torch.manual_seed(config.trainer.seed)
     model = build_model(AutoConfig.from_pretrained(hf_dir), config)
     initial = initial_checkpoint(config.model, Path(config.run.dir), say)
-    resume_from = resume_point(config)
     if resume_from is None:
-        load_model_weights(model, initial)
+        try:
+            load_model_weights(model, initial)
+        except DamagedError as error:
+            imported = initial.name == BASE_CHECKPOINT and not config.model.checkpoint
+            raise DamagedError(
+                f"the checkpoint of the initial weights is damaged: {error.what}",
+                file=error.file,
+                fix=f"delete {initial}: it is imported again from model.hf_dir"
+                if imported
+                else "restore the file from a copy, or point model.checkpoint at another checkpoint",
+            ) from None
     wrapped, optimizer = wrap_for_training(model, config)
     return Policy(model, wrapped, optimizer, hf_dir, initial, resume_from)
 
