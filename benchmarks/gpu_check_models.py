@@ -7,10 +7,8 @@ measured (None), and the numbers say nothing about a GPU.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -131,7 +129,13 @@ def text_batch(tokens, loss_mask=None) -> dict:
     batch, length = tokens.shape[0], tokens.shape[1] - 1
     positions = torch.arange(length, device=tokens.device).expand(3, batch, length)
     mask = torch.ones(batch, length, device=tokens.device) if loss_mask is None else loss_mask
-    return dict(tokens=tokens[:, :-1], labels=tokens[:, 1:], loss_mask=mask, position_ids=positions)
+    return dict(
+        tokens=tokens[:, :-1],
+        labels=tokens[:, 1:],
+        loss_mask=mask,
+        position_ids=positions,
+        packed_seq_params=None,
+    )
 
 
 def random_tokens(hf, batch: int, length: int, seed: int = 0, vocab: int | None = None):
@@ -143,19 +147,10 @@ def random_tokens(hf, batch: int, length: int, seed: int = 0, vocab: int | None 
 
 
 def to_device(batch: dict) -> dict:
-    """A collated micro-batch on the device, `PackedSeqParams` fields included."""
-    import torch
-    from megatron.core.packed_seq_params import PackedSeqParams
+    """A collated micro-batch on the check's device, `PackedSeqParams` fields included."""
+    from xr_nemo.distributed import devices
 
-    def move(value):
-        if torch.is_tensor(value):
-            return value.to(device())
-        if isinstance(value, PackedSeqParams):
-            fields = {f.name: move(getattr(value, f.name)) for f in dataclasses.fields(value)}
-            return dataclasses.replace(value, **fields)
-        return value
-
-    return {key: move(value) for key, value in batch.items()}
+    return devices.to_device(batch, device())
 
 
 def relative_error(ours, reference) -> float:
@@ -165,35 +160,16 @@ def relative_error(ours, reference) -> float:
 # ── training ─────────────────────────────────────────────────────────────────────────────────────────
 
 
-def _loss(loss_mask, per_token_loss) -> tuple:
-    import torch
-
-    total = (per_token_loss.float() * loss_mask).sum()
-    count = loss_mask.sum().to(torch.int)
-    return total, count, {"loss": torch.stack([total.detach(), count.float()])}
-
-
-def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
-    per_token = model(
-        batch["tokens"],
-        batch["position_ids"],
-        None,
-        labels=batch["labels"],
-        packed_seq_params=batch.get("packed_seq_params"),
-    )
-    return per_token, partial(_loss, batch["loss_mask"])
-
-
 def train_step(wrapped, optimizer, batch: dict | list[dict]) -> float:
     """One optimizer step through megatron-core's schedule, as SFT takes it, over one micro-batch or a
     list of them; the mean token loss."""
+    from xr_nemo.sft.step import forward_step
     from xr_nemo.training.loop import run_schedule
 
     microbatches = batch if isinstance(batch, list) else [batch]
     wrapped.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = run_schedule(_forward_step, wrapped, microbatches, forward_only=False)
+    reports = run_schedule(forward_step, wrapped, microbatches, forward_only=False)
     optimizer.step()
     total = sum(report["loss"][0] for report in reports)
     count = sum(report["loss"][1] for report in reports)
