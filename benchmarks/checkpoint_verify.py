@@ -1,8 +1,9 @@
 """Checkpoint verification against loading, at the Qwen2.5-VL-7B shapes, side by side in one run.
 
-Verification is what a resume, `xr-nemo convert export` and an in-job load do first: every file's size
-against the manifest, then every file's XXH3-128 digest (`xr_nemo/conversion/dist_checkpoint.py:
-verify_checkpoint`). It is set against the loads it precedes:
+Verification is what a resume, `xr-nemo convert export` and an in-job load do around their read:
+every file's size against the manifest first, then every file's XXH3-128 digest, taken by a thread
+while the checkpoint is read (`xr_nemo/conversion/dist_checkpoint.py:verified_while_reading`), the
+verdict before anything read is used. It is set against the reads it wraps:
 
 - `read`: every parameter of the full 7B-shape checkpoint assembled by `DistCheckpointReader` (what
   `convert export` reads, one tensor at a time);
@@ -10,10 +11,11 @@ verify_checkpoint`). It is set against the loads it precedes:
   built in memory and loaded whole by megatron-core's `dist_checkpointing.load` (what training's initial
   load and GRPO's reference do; a resume loads the same way, with the optimizer state beside it).
 
-Both checkpoints are random bf16 torch_dist checkpoints written by `write_dist_checkpoint` (with their
-manifests). Each pair is timed warm (files in the page cache, as right after a save or a previous
-read) and cold (pages evicted with posix_fadvise(DONTNEED) before each step). Needs ~20 GB of disk in
---workdir and ~8 GB of memory for the default whole-model load.
+Each read is timed alone and wrapped in verification; verification is also timed alone (one process,
+`verify_checkpoint`). Both checkpoints are random bf16 torch_dist checkpoints written by
+`write_dist_checkpoint` (with their manifests). Each is timed cold (pages evicted with
+posix_fadvise(DONTNEED) before each step) and warm (files in the page cache, as right after a save or
+a previous read). Needs ~20 GB of disk in --workdir and ~8 GB of memory for the default whole-model load.
 
     python benchmarks/checkpoint_verify.py --workdir /tmp/verify-bench
 """
@@ -25,6 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -33,6 +36,7 @@ from xr_nemo.conversion.dist_checkpoint import (
     DistCheckpointReader,
     checkpoint_layout,
     parameter_names,
+    verified_while_reading,
     verify_checkpoint,
     write_dist_checkpoint,
 )
@@ -88,15 +92,23 @@ def timed(step: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def read_every_parameter(checkpoint: Path, config) -> None:
+Wrap = Callable[[], AbstractContextManager]
+
+
+def read_every_parameter(checkpoint: Path, config, wrap: Wrap) -> float:
+    """Seconds to read every parameter of the checkpoint, inside `wrap`."""
     with checkpoint_layout(config, torch.bfloat16) as layout:
         reader = DistCheckpointReader(checkpoint, layout)
-        for name in reader.names():
-            reader.read(name)
+        start = time.perf_counter()
+        with wrap():
+            for name in reader.names():
+                reader.read(name)
+        return time.perf_counter() - start
 
 
-def load_whole_model(checkpoint: Path, config) -> float:
-    """Seconds of megatron-core's load of the whole model (the model is built first, not timed)."""
+def load_whole_model(checkpoint: Path, config, wrap: Wrap) -> float:
+    """Seconds of megatron-core's load of the whole model, inside `wrap` (the model is built first,
+    not timed)."""
     from megatron.core import dist_checkpointing
 
     from xr_nemo.config.parallel import ParallelConfig
@@ -108,41 +120,48 @@ def load_whole_model(checkpoint: Path, config) -> float:
         model = Qwen25VLModel(config, params_dtype=torch.bfloat16)
         wanted = model.sharded_state_dict()
         start = time.perf_counter()
-        state = dist_checkpointing.load(wanted, str(checkpoint))
-        model.load_state_dict({key: value for key, value in state.items() if key in wanted})
+        with wrap():
+            state = dist_checkpointing.load(wanted, str(checkpoint))
+            model.load_state_dict({key: value for key, value in state.items() if key in wanted})
         return time.perf_counter() - start
     finally:
         shutdown()
 
 
-def compare(label: str, checkpoint: Path, load: Callable[[], float]) -> list[tuple[str, ...]]:
-    """Cold: verification from disk, the load after it (as a resume runs them: the verification has
-    just read every page), and the load alone from disk. Warm: both from the page cache."""
+def compare(label: str, checkpoint: Path, load: Callable[[Wrap], float]) -> list[tuple[str, ...]]:
+    """Per page cache state: verification alone, the read alone, and the read with verification
+    beside it (what xr-nemo runs); the cost of verification is the last minus the read alone."""
     gigabytes = size_of(checkpoint) / 1e9
-    evict(checkpoint)
-    verify_cold = timed(lambda: verify_checkpoint(checkpoint))
-    load_after = load()
-    evict(checkpoint)
-    load_cold = load()
-    verify_checkpoint(checkpoint)
-    verify_warm = timed(lambda: verify_checkpoint(checkpoint))
-    load_warm = load()
-    added = verify_cold + load_after - load_cold
 
-    def row(cache: str, verify: float, loaded: float, extra: float) -> tuple[str, ...]:
-        return (
-            label,
-            f"{gigabytes:.2f}",
-            cache,
-            f"{verify:.2f} s ({gigabytes / verify:.1f} GB/s)",
-            f"{loaded:.2f} s ({gigabytes / loaded:.2f} GB/s)",
-            f"{verify / loaded:.2f}",
-            f"{extra:+.2f} s ({extra / loaded:+.2f})",
+    def verifying() -> AbstractContextManager:
+        return verified_while_reading(checkpoint)
+
+    def measure(cold: bool) -> tuple[float, float, float]:
+        prepare = (lambda: evict(checkpoint)) if cold else (lambda: verify_checkpoint(checkpoint))
+        prepare()
+        verify = timed(lambda: verify_checkpoint(checkpoint))
+        prepare()
+        alone = load(nullcontext)
+        prepare()
+        verified = load(verifying)
+        return verify, alone, verified
+
+    rows = []
+    for cache in ("cold", "warm"):
+        verify, alone, verified = measure(cache == "cold")
+        added = verified - alone
+        rows.append(
+            (
+                label,
+                f"{gigabytes:.2f}",
+                cache,
+                f"{verify:.2f} s ({gigabytes / verify:.1f} GB/s)",
+                f"{alone:.2f} s ({gigabytes / alone:.2f} GB/s)",
+                f"{verified:.2f} s",
+                f"{added:+.2f} s ({added / alone:+.2f})",
+            )
         )
-
-    rows = [row("cold", verify_cold, load_cold, added), row("warm", verify_warm, load_warm, verify_warm)]
-    for printed in rows:
-        print(" | ".join(printed), flush=True)
+        print(" | ".join(rows[-1]), flush=True)
     return rows
 
 
@@ -163,7 +182,7 @@ def main() -> None:
             seconds = write_random(full, config)
             print(f"wrote the 7B-shape checkpoint ({size_of(full) / 1e9:.2f} GB) in {seconds:.0f} s")
             rows += compare(
-                "7B, every tensor read", full, lambda: timed(lambda: read_every_parameter(full, config))
+                "7B, every tensor read", full, lambda wrap: read_every_parameter(full, config, wrap)
             )
             if not args.keep:
                 shutil.rmtree(full)
@@ -172,12 +191,12 @@ def main() -> None:
         shutil.rmtree(small, ignore_errors=True)
         write_random(small, config)
         label = f"7B widths, {args.layers} layers + {args.vision_depth} vision blocks, loaded whole"
-        rows += compare(label, small, lambda: load_whole_model(small, config))
+        rows += compare(label, small, lambda wrap: load_whole_model(small, config, wrap))
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir / "whole-model", ignore_errors=True)
     print(f"\nverification: sizes, then {HASH} digests of every file, one process")
-    print("| checkpoint | GB | page cache | verify | load | verify / load | verify + load − load alone |")
+    print("| checkpoint | GB | page cache | verify alone | read alone | read, verified alongside | added |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -402,6 +402,53 @@ def test_manifest_digests_catch_a_changed_byte_and_shares_split_the_reading_even
     assert split == [["big", "tiny"], ["mid", "small"]]
 
 
+def _manifested_checkpoint(root: Path) -> Path:
+    """The files verification looks at, with a manifest of their bytes (no tensors needed)."""
+    root.mkdir()
+    for name, size in ((".metadata", 100), ("metadata.json", 20), ("__0_0.distcp", 3 << 20)):
+        (root / name).write_bytes(os.urandom(size))
+    write_manifest(root, describe(root, [".metadata", "metadata.json", "__0_0.distcp"]))
+    return root
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
+@pytest.mark.parametrize("read", ["completes", "fails"])
+def test_digests_are_taken_beside_the_read_and_judged_before_what_it_read_is_used(
+    tmp_path, monkeypatch, damaged: bool, read: str
+):
+    """A cold read of a checkpoint is paid once: its digests are taken by a thread while the caller
+    reads; the verdict comes on leaving the block, and damage explains a read that failed."""
+    import threading
+
+    from xr_nemo.conversion import dist_checkpoint
+
+    checkpoint = _manifested_checkpoint(tmp_path / "step_2")
+    if damaged:
+        overwrite_64k(checkpoint)
+    reading, seen = threading.Event(), {}
+    hash_files = dist_checkpoint.check_digests
+
+    def digests_while_reading(*args):
+        seen["thread"] = threading.current_thread() is not threading.main_thread()
+        seen["alongside"] = reading.wait(timeout=10)  # set by the block: both run at once
+        return hash_files(*args)
+
+    monkeypatch.setattr(dist_checkpoint, "check_digests", digests_while_reading)
+    used = False
+    expected = pytest.raises(DamagedError, match="holds other bytes") if damaged else contextlib.nullcontext()
+    if not damaged and read == "fails":
+        expected = pytest.raises(RuntimeError, match="the read's own error")
+    with expected:
+        with dist_checkpoint.verified_while_reading(checkpoint) as manifest:
+            assert set(manifest["files"]) == {".metadata", "metadata.json", "__0_0.distcp"}
+            reading.set()
+            if read == "fails":
+                raise RuntimeError("the read's own error")
+        used = True
+    assert seen == {"thread": True, "alongside": True}
+    assert used == (not damaged and read == "completes")
+
+
 def test_the_pointer_is_followed_first_then_the_highest_steps_and_never_outside_the_run(tmp_path):
     from xr_nemo.run_dir import checkpoint_candidates, latest_checkpoint, set_aside
 

@@ -10,6 +10,7 @@ and downloads no wheel in a dry run: about 90 MB per resolution instead of the G
 from __future__ import annotations
 
 import email.parser
+import functools
 import importlib.util
 import io
 import json
@@ -148,13 +149,26 @@ class Resolution:
         ]  # fmt: skip
         if no_deps:
             command.append("--no-deps")
-        self.result = subprocess.run(command, capture_output=True, text=True, env=_pip_env())
-        self.output = self.result.stdout + self.result.stderr
-        report = where / "report.json"
-        self.report = json.loads(report.read_text()) if self.result.returncode == 0 else {}
+        # started now, waited for when first asked: resolutions are network-bound and run side by side
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_pip_env()
+        )
+        self._report_file = where / "report.json"
+        self._output: str | None = None
+
+    @property
+    def output(self) -> str:
+        if self._output is None:
+            self._output = self._process.communicate()[0]
+        return self._output
+
+    @functools.cached_property
+    def report(self) -> dict:
+        return json.loads(self._report_file.read_text()) if self.ok() else {}
 
     def ok(self) -> bool:
-        return self.result.returncode == 0
+        _ = self.output
+        return self._process.returncode == 0
 
     def metadata(self, name: str) -> dict:
         for item in self.report["install"]:
@@ -215,13 +229,15 @@ def resolve(pypi, source_only_wheels, tmp_path_factory):
         "conflict": lambda: [f"torch=={TORCH}", "vllm==0.33.0"],
     }
 
-    def run(kind: str, python: str) -> Resolution:
+    def start(kind: str, python: str) -> Resolution:
         if (kind, python) not in done:
             where = tmp_path_factory.mktemp(f"{kind}-{python}")
             done[kind, python] = Resolution(sets[kind](), python, where, source_only_wheels)
         return done[kind, python]
 
-    return run
+    for kind, python in [("cpu", "3.12"), *(("gpu", python) for python in PYTHONS), ("conflict", "3.12")]:
+        start(kind, python)  # every resolution the tests ask for, at once
+    return start
 
 
 @pytest.mark.slow

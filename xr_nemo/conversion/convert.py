@@ -17,9 +17,10 @@ from transformers import AutoConfig, Qwen2_5_VLConfig
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.conversion.dist_checkpoint import (
     DistCheckpointReader,
+    check_files,
     checkpoint_layout,
     parameter_names,
-    verify_checkpoint,
+    verified_while_reading,
     write_dist_checkpoint,
 )
 from xr_nemo.conversion.hf_checkpoint import (
@@ -204,7 +205,7 @@ def export_hf(
             f"unknown key naming {key_naming!r}", where="--key-naming", fix=f"use {KEY_NAMINGS}"
         )
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    verify_checkpoint(checkpoint_dir)  # a damaged or half-written checkpoint is refused, with its file
+    check_files(checkpoint_dir)  # a half-written checkpoint is refused at once; its bytes as they are read
     side = Path(hf_files) if hf_files else checkpoint_dir / HF_FILES_DIR
     # the checkpoint's own hf/ may take the export: it keeps the side files, the weights join them
     own = [checkpoint_dir / HF_FILES_DIR] if side == checkpoint_dir / HF_FILES_DIR else []
@@ -223,7 +224,7 @@ def export_hf(
         _check_tensors(
             {name: expected[name] for name in produced & set(expected)}, expected, str(checkpoint_dir)
         )
-        with atomic_output_dir(out_dir, overwrite) as staging:
+        with atomic_output_dir(out_dir, overwrite) as staging, verified_while_reading(checkpoint_dir):
             writer = SafetensorsShardWriter(staging, max_shard_bytes)
             for name in tqdm(reader.names(), desc="export", unit="tensor", disable=not progress):
                 mapping, hf_names = sources[name]

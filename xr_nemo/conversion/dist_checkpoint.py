@@ -7,7 +7,8 @@ PyTorch Distributed Checkpoint with a planner that builds each chunk when the wr
 file per chunk); reading loads one parameter at a time through megatron-core's loader.
 
 Every checkpoint written here or by training carries a manifest (`xr_nemo/io/manifest.py`: each file's
-size and digest, the stored tensors' shapes); `verify_checkpoint` checks it before anything is read, and
+size and digest, the stored tensors' shapes); `verified_while_reading` checks it as the checkpoint is
+read (sizes before, digests alongside, the verdict before anything read is used), and
 `check_model_shapes` names the first tensor that a model built from another config would not fit.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -282,20 +284,21 @@ class _RegionLoadPlanner(DefaultLoadPlanner):
 
 def load_model_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
     """Load a model's weights from a torch_dist checkpoint (imported or written by training) at the
-    model's own parallel layout, once its files are verified and its shapes fit the model. Collective
-    when a process group runs (each rank verifies a share of the files)."""
+    model's own parallel layout, once its shapes fit the model, its files verified as they load
+    (`verified_while_reading`: nothing loaded is used unless every byte is as written). Collective when
+    a process group runs (each rank verifies a share of the files)."""
     checkpoint = Path(checkpoint_dir)
-    manifest = verify_collectively(checkpoint)
-    check_model_shapes(
-        model.sharded_state_dict(),
-        stored_shapes(checkpoint, manifest),
-        checkpoint,
-        fix="build the model the checkpoint was written for (model.hf_dir: its hf/config.json), or load "
-        "a checkpoint of this model",
-    )
     wanted = model.sharded_state_dict()
-    with load_errors(checkpoint):
-        state = dist_checkpointing.load(wanted, str(checkpoint))
+    with verified_while_reading(checkpoint) as manifest:
+        check_model_shapes(
+            model.sharded_state_dict(),
+            stored_shapes(checkpoint, manifest),
+            checkpoint,
+            fix="build the model the checkpoint was written for (model.hf_dir: its hf/config.json), or "
+            "load a checkpoint of this model",
+        )
+        with load_errors(checkpoint):
+            state = dist_checkpointing.load(wanted, str(checkpoint))
     # a training checkpoint also holds common state (optimizer, train_state): take the model's keys
     model.load_state_dict({key: value for key, value in state.items() if key in wanted})
 
@@ -325,12 +328,11 @@ def stored_shapes(checkpoint: Path, manifest: dict | None) -> dict[str, list[int
     return manifest["tensors"] if manifest and "tensors" in manifest else _shapes_in_metadata(checkpoint)
 
 
-def verify_checkpoint(checkpoint: Path, share: tuple[int, int] = (0, 1)) -> dict | None:
-    """Refuse (`DamagedError`, naming the file) a checkpoint that is half-written or whose files changed
-    since they were written: every listed file must have its size, and the files of `share` (this
-    process's part, of `parts`) their digest. Returns the manifest; None for a checkpoint written
-    before manifests, of which only the structure is checked (every file its metadata stores tensors
-    in exists and is long enough): its bytes cannot be."""
+def check_files(checkpoint: Path) -> dict | None:
+    """The cheap half of verification, no file read: refuse (`DamagedError`, naming the file) a
+    checkpoint that is half-written, or one of whose listed files is missing or has another size.
+    Returns the manifest; None for a checkpoint written before manifests, of which only the structure
+    is checked (every file its metadata stores tensors in exists and is long enough)."""
     for name, when in (
         (TORCH_DIST_METADATA, "once every rank has written its files"),
         (CHECKPOINT_CONFIG, "last"),
@@ -341,14 +343,25 @@ def verify_checkpoint(checkpoint: Path, share: tuple[int, int] = (0, 1)) -> dict
                 file=checkpoint / name,
             )
     manifest = read_manifest(checkpoint)
-    if manifest is not None:
+    if manifest is None:
+        _check_structure(checkpoint)
+    else:
         check_sizes(checkpoint, manifest)
-        part, parts = share
-        sizes = {name: entry["size"] for name, entry in manifest["files"].items()}
-        check_digests(checkpoint, manifest, shares(sizes, parts)[part])
-        return manifest
-    _check_structure(checkpoint)
-    return None
+    return manifest
+
+
+def _own_share(manifest: dict, share: tuple[int, int]) -> list[str]:
+    part, parts = share
+    return shares({name: entry["size"] for name, entry in manifest["files"].items()}, parts)[part]
+
+
+def verify_checkpoint(checkpoint: Path, share: tuple[int, int] = (0, 1)) -> dict | None:
+    """`check_files`, then the digests of the files of `share` (this process's part, of `parts`): every
+    byte as it was written. Returns the manifest (None without one: its bytes cannot be checked)."""
+    manifest = check_files(checkpoint)
+    if manifest is not None:
+        check_digests(checkpoint, manifest, _own_share(manifest, share))
+    return manifest
 
 
 def _check_structure(checkpoint: Path) -> None:
@@ -369,24 +382,50 @@ def _check_structure(checkpoint: Path) -> None:
         raise DamagedError(f"{COMMON_STATE_FILE} is missing", file=checkpoint / COMMON_STATE_FILE)
 
 
-def verify_collectively(checkpoint: Path) -> dict | None:
-    """`verify_checkpoint` with the reading shared among the ranks of a running process group (one
-    share each); every rank raises the same error, for the first damaged file, or returns the manifest."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return verify_checkpoint(checkpoint)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    manifest, failure = None, None
-    try:
-        manifest = verify_checkpoint(checkpoint, (rank, world))
-    except DamagedError as error:
-        failure = (str(error.file), error.what)
-    failures: list = [None] * world
-    torch.distributed.all_gather_object(failures, failure)
-    found = sorted(f for f in failures if f is not None)
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def agree_on_damage(failure: DamagedError | None) -> None:
+    """Every rank raises the same error, for the first damaged file any rank found. Collective."""
+    found = [(str(failure.file), failure.what)] if failure is not None else []
+    if _rank_and_world()[1] > 1:
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, found[0] if found else None)
+        found = sorted(entry for entry in gathered if entry is not None)
     if found:
         file, what = found[0]
         raise DamagedError(what, file=Path(file))
-    return manifest
+
+
+@contextmanager
+def verified_while_reading(checkpoint: Path) -> Iterator[dict | None]:
+    """Verification overlapped with the caller's read of the checkpoint (a load, an export). The cheap
+    half (`check_files`) runs first; the digests of this rank's share are taken by a thread while the
+    block reads, so a cold read of the files is not paid twice (each read finds the pages the other
+    brought in). On leaving the block every rank raises the same `DamagedError` if any file differs —
+    before whatever the block loaded is used. A block that failed is explained by the damage when a
+    file is damaged. Collective when a process group runs."""
+    manifest = check_files(checkpoint)
+    if manifest is None:
+        yield None
+        return
+    names = _own_share(manifest, _rank_and_world())
+    with ThreadPoolExecutor(1, thread_name_prefix="xr-nemo-verify") as pool:
+        digests = pool.submit(check_digests, checkpoint, manifest, names)
+        try:
+            yield manifest
+        except BaseException:
+            damage = digests.exception()
+            if isinstance(damage, DamagedError):
+                raise damage from None
+            raise
+        damage = digests.exception()
+    if damage is not None and not isinstance(damage, DamagedError):
+        raise damage
+    agree_on_damage(damage)
 
 
 def check_model_shapes(

@@ -285,7 +285,7 @@ def load_checkpoint(
     checkpoint: str | Path, model: torch.nn.Module, optimizer: MegatronOptimizer
 ) -> dict[str, Any]:
     """Collective. Restores model, optimizer and (at the same world size) RNG states; returns the
-    training state. Its files are verified first (`training.resume.resume_point`); here the model's
+    training state. Its bytes are verified as it loads (`training.resume.load_resume_point`); the model's
     shapes and the tensor/pipeline-parallel layout must match the checkpoint's, or the launch is
     refused before anything loads. Data- and context-parallel sizes may differ; RNG states then start
     fresh."""

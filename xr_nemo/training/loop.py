@@ -20,10 +20,11 @@ from tqdm import tqdm
 from xr_nemo.config.schema import PlateauConfig, TrainingConfig
 from xr_nemo.distributed.devices import all_reduce_host, broadcast_host
 from xr_nemo.errors import ConfigError
-from xr_nemo.training.checkpoint import load_checkpoint, save_checkpoint
+from xr_nemo.training.checkpoint import save_checkpoint
 from xr_nemo.training.fault_tolerance import FaultTolerance
 from xr_nemo.training.metrics import MetricsWriter
 from xr_nemo.training.optimizer import set_learning_rate
+from xr_nemo.training.resume import ResumePoint, load_resume_point
 from xr_nemo.training.schedule import learning_rate
 from xr_nemo.training.stragglers import StragglerMonitor, report_stragglers
 
@@ -40,7 +41,7 @@ class Policy:
     optimizer: MegatronOptimizer
     hf_dir: Path  # config.json and tokenizer: copied into every checkpoint
     initial_weights: Path  # the checkpoint it started from (GRPO's reference model loads it too)
-    resume_from: Path | None  # a training checkpoint to continue from instead
+    resume_from: ResumePoint | None  # a training checkpoint to continue from instead
 
 
 class StepHooks(Protocol):
@@ -125,10 +126,12 @@ def train(config: TrainingConfig, policy: Policy, stage: Stage) -> int:
 
     step, state = 0, None
     if policy.resume_from is not None:
-        state = load_checkpoint(policy.resume_from, policy.model, policy.optimizer)
+        resumed, state = load_resume_point(
+            config, policy.resume_from, policy.model, policy.optimizer, lambda line: say(stage.name, line)
+        )
         step = state["step"]
         stage.restore(state)
-        say(stage.name, f"resumed from {policy.resume_from} at step {step}")
+        say(stage.name, f"resumed from {resumed} at step {step}")
     fault_tolerance = FaultTolerance(config.fault_tolerance, state)
     plateau = _Plateau(trainer.stop_on_plateau, state)
     stragglers = StragglerMonitor(config.stragglers)
