@@ -333,6 +333,40 @@ def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind_and_says_what
     assert_unchanged(before, snapshot(run), replaced=under(run, (*LOCK, "metrics.jsonl", "tensorboard")))
 
 
+def full_disk_on_rank_0_worker(staging: str) -> str:
+    """Rank 0 cannot write the common state (its file-size limit below that state's size)."""
+    import torch
+    import torch.distributed as dist
+
+    from xr_nemo.config import ParallelConfig
+    from xr_nemo.distributed import initialize, shutdown
+    from xr_nemo.training import checkpoint
+
+    initialize(ParallelConfig())
+    try:
+        state = {"train_state": {"step": 6, "history": torch.zeros(100_000)}}  # ~400 KB common state
+        rank_0 = dist.get_rank() == 0
+        try:
+            with file_size_limit(64 << 10) if rank_0 else contextlib.nullcontext():
+                checkpoint._on_every_rank(
+                    lambda: checkpoint._try_common_write(Path(staging), state) if rank_0 else None
+                )
+        except checkpoint._WriteFailed as failed:
+            return failed.cause
+        return "written"
+    finally:
+        shutdown()
+
+
+def test_a_disk_full_before_megatron_writes_its_common_state_stops_every_rank(tmp_path):
+    """megatron-core writes its common state on rank 0 alone, before the collective writes: the same
+    bytes are tried first, so a full disk there stops every rank instead of leaving the others waiting
+    in the save."""
+    causes = run_distributed(full_disk_on_rank_0_worker, 2, str(tmp_path))
+    assert all(cause.startswith("rank 0: ") and "File too large" in cause for cause in causes), causes
+    assert list(tmp_path.iterdir()) == []  # the probe is removed
+
+
 # --- another parallel layout ----------------------------------------------------------------------------
 
 

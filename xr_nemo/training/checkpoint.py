@@ -10,7 +10,9 @@ tensors' shapes, the parallel layout and the model's sizes), which a resume chec
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import resource
 import shutil
 import warnings
@@ -23,10 +25,12 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
+from megatron.core.dist_checkpointing.utils import extract_sharded_base
 from megatron.core.optimizer import DistributedOptimizer, MegatronOptimizer
 from torch.distributed.checkpoint.api import CheckpointException
 
 from xr_nemo.conversion.dist_checkpoint import (
+    COMMON_STATE_FILE,
     UNLISTED,
     check_model_shapes,
     failure_cause,
@@ -127,6 +131,23 @@ def _on_every_rank(step: Callable[[], T]) -> list[T]:
     return [result for result, _ in outcomes]
 
 
+def _try_common_write(staging: Path, state: dict) -> None:
+    """Write, then remove, as many bytes as megatron-core's common state (what no rank shards) will
+    take. Its save writes that file on rank 0 alone before the collective writes start: failing there
+    (a disk already full), rank 0 would leave the save while the other ranks wait in it. Failing here,
+    every rank learns it (`_on_every_rank`)."""
+    buffer = io.BytesIO()
+    torch.save(extract_sharded_base(state)[1], buffer)
+    probe = staging / f".{COMMON_STATE_FILE}.probe"
+    try:
+        with probe.open("wb") as stream:
+            stream.write(buffer.getbuffer())
+            stream.flush()
+            os.fsync(stream.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def _side_files_and_sizes(staging: Path, hf_dir: Path) -> dict[str, int]:
     copy_side_files(hf_dir, side_files(staging))
     return {name: (staging / name).stat().st_size for name in listed_files(staging, skip=UNLISTED)}
@@ -136,6 +157,7 @@ def _write_checkpoint(staging: Path, state: dict, hf_dir: Path, facts: dict[str,
     """The checkpoint's files, then its manifest: each rank digests a share of the files (the ones it
     likely still has in its page cache), rank 0 writes the manifest. Collective."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    _on_every_rank(lambda: _try_common_write(staging, state) if rank == 0 else None)
     _on_every_rank(lambda: dist_checkpointing.save(state, str(staging)))
     sizes = _on_every_rank(lambda: _side_files_and_sizes(staging, hf_dir) if rank == 0 else None)[0]
     described = _on_every_rank(lambda: describe(staging, shares(sizes, world)[rank]))
