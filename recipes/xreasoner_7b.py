@@ -2,13 +2,16 @@
 Stage 2 (`grpo`): see its docstring.
 
 Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr × 0.8 after every epoch;
-4 sequences of at most 4,096 tokens per device; vision tower frozen (the data are text only).
+4 sequences per device on 32 GPUs, so 128 samples per optimizer step (`trainer.global_batch_samples`),
+whatever their lengths; samples of at most 4,096 tokens; vision tower frozen (the data are text only).
 
 Our defaults elsewhere: gradient clipping at norm 1.0 (the paper mentions none for SFT;
-`optim.clip_grad=null` turns it off); samples are packed into 16,384-token sequences (one per
-micro-batch, about four 4,096-token samples: the paper's per-device load without padding); the global
-batch is 32 packed sequences; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`); add
-nodes to grow DP. For a longer context set `data.max_length=16384 trainer.seq_length=16384`.
+`optim.clip_grad=null` turns it off); samples longer than 4,096 tokens are truncated, not split; each
+step's 128 samples are packed into as many 16,384-token sequences as they need (one per micro-batch,
+about four 4,096-token samples: the paper's per-device load without padding), shared over the
+data-parallel ranks; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`) and accumulates
+gradients to the same 128 samples; add nodes to grow DP. For a longer context set
+`data.max_length=16384 trainer.seq_length=16384`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def sft() -> SFTConfig:
     config.trainer.epochs = 4
     config.trainer.seq_length = 16384
     config.trainer.micro_batch_size = 1
-    config.trainer.global_batch_size = 32
+    config.trainer.global_batch_size = None
+    config.trainer.global_batch_samples = 128
     config.checkpoint.every_steps = 200
     config.checkpoint.keep_last = 3
     config.export.hf = True
@@ -57,10 +61,16 @@ def grpo() -> GRPOConfig:
     metric=reward_mean` does that (off here: the 3 epochs are the upper bound).
 
     Our defaults elsewhere: the upper clip is 0.28 (the paper does not publish it; 0.28 is DAPO's); the
-    k3 KL clamped as veRL's `low_var_kl`;
-    constant lr after warm-up; one optimizer step per rollout batch; truncated importance sampling
-    (cap 2) against vLLM's log-probabilities. `data.train` expects Orz's `orz_math_57k_collected.json`
-    (a list of [question, answer] turn pairs) downloaded next to the run.
+    k3 KL clamped as veRL's `low_var_kl`; constant lr after warm-up; truncated importance sampling
+    (cap 2) against vLLM's log-probabilities; no entropy bonus (the paper names none). `data.train`
+    expects Orz's `orz_math_57k_collected.json` (a list of [question, answer] turn pairs) downloaded
+    next to the run.
+
+    One optimizer step per rollout batch (ours): the paper gives one batch size and no mini-batch size,
+    so the 128 prompts are both the rollout batch and the update (veRL with `ppo_mini_batch_size` =
+    `data.train_batch_size`). The ratio is then 1 at the update and the clip ratios are inert; veRL's
+    other reading, several mini-batch updates per rollout batch (`grpo.updates_per_rollout` > 1), makes
+    them bind but needs a mini-batch size the paper does not give (`docs/grpo.md`, "One step").
     """
     config = GRPOConfig()
     config.run.dir = "runs/xreasoner_7b_grpo"
@@ -79,6 +89,8 @@ def grpo() -> GRPOConfig:
     config.grpo.clip_high = 0.28
     config.grpo.kl_coef = 0.01
     config.grpo.loss_aggregation = "token"
+    config.grpo.updates_per_rollout = 1
+    config.grpo.entropy_coef = 0.0
     config.reward.correctness = "math"
     config.reward.workers = 8
     config.optim.lr = 3e-6
@@ -98,9 +110,10 @@ def grpo() -> GRPOConfig:
 
 def eval() -> EvalConfig:
     """The paper's evaluation of the final model: greedy, 4,096 output tokens with forced exiting, on the
-    headline benchmarks (`--suite paper` for all of them). Sampled @k metrics: `samples=5
-    generation.temperature=0.3`."""
-    config = EvalConfig(model="runs/xreasoner_7b_grpo", benchmarks=["mmmu", "mmmu_pro", "mathvista"])
+    headline benchmarks, Table 5's columns (`--suite paper` for all of them). Sampled @k metrics:
+    `samples=5 generation.temperature=0.3`."""
+    benchmarks = ["mmmu", "mmmu_pro", "mathvista", "mathvision"]
+    config = EvalConfig(model="runs/xreasoner_7b_grpo", benchmarks=benchmarks)
     config.generation.temperature = 0.0
     config.generation.max_new_tokens = 4096
     config.generation.thinking_budget = 3840

@@ -1,5 +1,5 @@
-"""GRPO arithmetic against values computed by hand, forced exiting on a scripted engine, the layout of
-training micro-batches, and the prompt readers."""
+"""GRPO arithmetic against values computed by hand (the entropy against torch's Categorical), forced
+exiting on a scripted engine, the layout of training micro-batches, and the prompt readers."""
 
 import json
 import math
@@ -342,3 +342,194 @@ def test_updates_take_the_same_samples_whatever_the_data_parallel_size():
     rank1 = minibatches(samples(8), 2, 4, 0, positions=(list(range(16, 24)), 24))
     assert sizes(single) == [12, 12]
     assert sizes(rank0) == [12, 4] and sizes(rank1) == [1, 8]  # rank 1's first update: a placeholder
+
+
+def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) from the whole vocabulary, without megatron-core."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _loss_batch(old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> dict:
+    weights, counts = loss_weights(mask, "token")
+    return {
+        "old_logprobs": old_logprobs,
+        "rollout_logprobs": old_logprobs,
+        "advantages": advantages,
+        "loss_weights": weights,
+        "loss_counts": counts,
+    }
+
+
+ENTROPY_LOGITS = torch.tensor(
+    [
+        [[0.3, -1.2, 2.0, 0.0, 0.7, -0.4], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]],  # any row; uniform: log 6
+        [[40.0, 0.0, -3.0, 1.0, 0.5, 2.5], [-1.0, 3.0, 3.0, -2.0, 0.1, -0.6]],  # almost one-hot; two peaks
+    ],
+    dtype=torch.float64,
+)
+
+
+def test_entropy_and_its_gradient_equal_torch_categorical():
+    from xr_nemo.grpo.step import vocab_parallel_entropy
+
+    weights = torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64)
+    logits = ENTROPY_LOGITS.clone().requires_grad_()
+    (vocab_parallel_entropy(logits, None) * weights).sum().backward()
+    reference = ENTROPY_LOGITS.clone().requires_grad_()
+    expected = torch.distributions.Categorical(logits=reference).entropy()
+    (expected * weights).sum().backward()
+    assert torch.allclose(vocab_parallel_entropy(ENTROPY_LOGITS, None), expected, atol=1e-12)
+    assert expected[0, 1].item() == pytest.approx(math.log(6))
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-12)
+
+
+class ThreadGroup:
+    """A stand-in for a process group whose ranks are threads: `all_reduce` sums (or takes the maximum
+    of) the tensors every rank passes, in place, as torch.distributed does."""
+
+    def __init__(self, size: int) -> None:
+        import threading
+
+        self.size, self.rank = size, threading.local()
+        self.barrier = threading.Barrier(size, timeout=30)
+        self.slots: list = [None] * size
+
+    def all_reduce(self, tensor, op=torch.distributed.ReduceOp.SUM, group=None):
+        assert group is self
+        self.slots[self.rank.value] = tensor.clone()
+        self.barrier.wait()
+        stacked = torch.stack(self.slots)
+        result = stacked.amax(0) if op == torch.distributed.ReduceOp.MAX else stacked.sum(0)
+        self.barrier.wait()  # every rank has read the slots before the next call writes them
+        tensor.copy_(result)
+
+    def run(self, fn, inputs: list) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def as_rank(rank):
+            self.rank.value = rank
+            return fn(inputs[rank])
+
+        with ThreadPoolExecutor(self.size) as pool:
+            return list(pool.map(as_rank, range(self.size)))
+
+
+def test_entropy_from_two_vocabulary_shards_equals_the_whole_vocabulary(monkeypatch):
+    """At TP=2 each rank holds half of the vocabulary: entropy and gradient equal TP=1's."""
+    from xr_nemo.grpo.step import vocab_parallel_entropy
+
+    group = ThreadGroup(2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", group.all_reduce)
+    weights = torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64)
+
+    def entropy_and_gradient(shard):
+        shard = shard.clone().requires_grad_()
+        entropy = vocab_parallel_entropy(shard, group)
+        (entropy * weights).sum().backward()
+        return entropy.detach(), shard.grad
+
+    whole = ENTROPY_LOGITS.clone().requires_grad_()
+    (vocab_parallel_entropy(whole, None) * weights).sum().backward()
+    (first, first_grad), (second, second_grad) = group.run(
+        entropy_and_gradient, list(ENTROPY_LOGITS.chunk(2, dim=-1))
+    )
+    assert torch.equal(first, second)
+    assert torch.allclose(first, vocab_parallel_entropy(ENTROPY_LOGITS, None), atol=1e-12)
+    assert torch.allclose(torch.cat([first_grad, second_grad], dim=-1), whole.grad, atol=1e-12)
+
+
+def test_entropy_bonus_subtracts_the_token_mean_entropy_and_zero_leaves_the_loss_as_it_was():
+    from xr_nemo.config.schema import GRPOAlgorithmConfig
+    from xr_nemo.grpo.step import per_token_loss, vocab_parallel_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 5), generator=generator)
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    old = _label_logprobs(logits, labels) + 0.1 * torch.randn(2, 5, generator=generator, dtype=torch.float64)
+    batch = _loss_batch(old, torch.randn(2, 5, generator=generator, dtype=torch.float64), mask)
+    batch["ref_logprobs"] = old - 0.2
+    plain = GRPOAlgorithmConfig(kl_coef=0.05)
+
+    def loss(config, entropy_of):
+        weights = logits.clone().requires_grad_()
+        per_token, _, _ = per_token_loss(config, batch, _label_logprobs(weights, labels), entropy_of(weights))
+        value = (per_token * batch["loss_weights"]).sum() / batch["loss_counts"].sum()
+        value.backward()
+        return per_token.detach(), value.detach(), weights.grad
+
+    # the loss as it was before the bonus existed: surrogate × importance weight + kl_coef × k3
+    logprobs = _label_logprobs(logits, labels)
+    surrogate, _ = clipped_surrogate(logprobs, old, batch["advantages"], plain.clip_low, plain.clip_high)
+    before = surrogate * truncated_importance_weights(old, old, plain.importance_cap) + 0.05 * kl_k3(
+        logprobs, batch["ref_logprobs"]
+    )
+    unused, plain_loss, plain_grad = loss(plain, lambda w: torch.full(w.shape[:-1], math.nan))
+    assert torch.equal(unused, before)  # bit for bit: the entropy is not even read
+
+    coef = 0.3
+    bonus = GRPOAlgorithmConfig(kl_coef=0.05, entropy_coef=coef)
+    _, bonus_loss, bonus_grad = loss(bonus, lambda w: vocab_parallel_entropy(w, None))
+    reference = logits.clone().requires_grad_()
+    token_mean = (torch.distributions.Categorical(logits=reference).entropy() * mask).sum() / mask.sum()
+    token_mean.backward()
+    assert bonus_loss.item() == pytest.approx((plain_loss - coef * token_mean).item(), abs=1e-12)
+    assert torch.allclose(bonus_grad, plain_grad - coef * reference.grad, atol=1e-12)
+
+
+def test_one_update_per_rollout_batch_is_the_policy_gradient_and_later_updates_clip():
+    """Old log-probabilities are taken once per rollout batch. At the first update the ratio is exactly
+    1, nothing is clipped and the gradient is the policy gradient −Σ A·∇log π / N; after an optimizer
+    step, the next update of the same rollout batch sees ratios ≠ 1, and a token whose ratio left
+    [1 − clip_low, 1 + clip_high] in the direction its advantage pushes gets no gradient."""
+    from xr_nemo.config.schema import GRPOAlgorithmConfig
+    from xr_nemo.grpo.step import per_token_loss
+
+    config = GRPOAlgorithmConfig(kl_coef=0.0, importance_cap=None)
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.randn(1, 8, 6, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(0, 6, (1, 8), generator=generator)
+    advantages = torch.tensor([[1.0, -1.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0]], dtype=torch.float64)
+    mask = torch.ones(1, 8, dtype=torch.float64)
+    batch = _loss_batch(_label_logprobs(weights, labels).detach(), advantages, mask)
+    optimizer = torch.optim.SGD([weights], lr=2.0)
+
+    def update():
+        optimizer.zero_grad()
+        logprobs = _label_logprobs(weights, labels)
+        per_token, clipped, _ = per_token_loss(config, batch, logprobs, torch.zeros_like(logprobs))
+        ((per_token * batch["loss_weights"]).sum() / batch["loss_counts"].sum()).backward()
+        return torch.exp(logprobs - batch["old_logprobs"]).detach(), clipped, weights.grad.clone()
+
+    def policy_gradient(keep):
+        """−Σ A·ρ·∇log π / N over the tokens `keep` (ρ = 1 on the first update)."""
+        probe = weights.detach().clone().requires_grad_()
+        logprobs = _label_logprobs(probe, labels)
+        ratio = torch.exp(logprobs - batch["old_logprobs"])
+        (-(advantages * ratio * keep).sum() / mask.sum()).backward()
+        return probe.grad
+
+    ratio, clipped, gradient = update()
+    assert torch.equal(ratio, torch.ones_like(ratio)) and clipped.sum() == 0
+    assert torch.allclose(gradient, policy_gradient(mask), atol=1e-12)
+    optimizer.step()
+
+    ratio, clipped, gradient = update()
+    beyond = ((advantages > 0) & (ratio > 1 + config.clip_high)) | (
+        (advantages < 0) & (ratio < 1 - config.clip_low)
+    )
+    assert clipped.bool().equal(beyond) and 0 < beyond.sum() < beyond.numel()
+    assert torch.allclose(gradient, policy_gradient((~beyond).double()), atol=1e-12)
+
+
+def test_entropy_coef_is_off_by_default_and_cannot_be_negative():
+    from xr_nemo.config.overrides import apply_overrides
+    from xr_nemo.config.schema import GRPOConfig
+    from xr_nemo.errors import ConfigError
+
+    assert GRPOConfig().grpo.entropy_coef == 0.0
+    assert (
+        apply_overrides(GRPOConfig(), ["data.train=/d", "grpo.entropy_coef=0.001"]).grpo.entropy_coef == 0.001
+    )
+    with pytest.raises(ConfigError, match=r"grpo\.entropy_coef=-0\.001 is out of range"):
+        apply_overrides(GRPOConfig(), ["data.train=/d", "grpo.entropy_coef=-0.001"])

@@ -108,6 +108,8 @@ def test_vllm_grpo_raises_the_reward_and_refit_matches_megatron(sft_run):
     # tokens equal the training model's (the weights changed every step)
     assert max(row["logprob_mismatch"] for row in rows) < 1e-4
     assert all(row["time_refit_s"] > 0 for row in rows)
+    # one update per rollout batch: the ratio is 1 at the update, so the clip never binds
+    assert all(row["clip_fraction"] == 0 for row in rows)
 
 
 def test_reference_engine_at_tp2_raises_the_reward(sft_run):
@@ -118,6 +120,7 @@ def test_reference_engine_at_tp2_raises_the_reward(sft_run):
     first, last = _rises(rows)
     assert last > first + 0.15, [row["reward_mean"] for row in rows]
     assert max(row["logprob_mismatch"] for row in rows) < 1e-4
+    assert all(row["clip_fraction"] == 0 for row in rows)  # one update per rollout batch
 
 
 def _cli(root, name, engine, *overrides):
@@ -186,13 +189,16 @@ def test_two_data_parallel_ranks_reproduce_the_single_process_step(sft_run):
     for key in ("loss", "kl", "entropy", "grad_norm", "clip_fraction"):
         assert split[0][key] == pytest.approx(single[0][key], abs=1e-5), key
     assert single[0]["kl"] > 0  # the second update of the step already moved away from the reference
+    # the second update sees the first one's weights against the same old log-probabilities: the clip binds
+    assert single[0]["clip_fraction"] > 0
     # each step compared the two ranks' generation and policy forward times
     assert all(
         row["straggler_slowest_ratio"] >= 1 and row["straggler_slowest_rank"] in (0, 1) for row in split
     )
 
 
-PARITY_STEPS = ["trainer.max_steps=2"]
+# the entropy bonus on: its vocabulary-parallel gradient must match the single process's too
+PARITY_STEPS = ["trainer.max_steps=2", "grpo.entropy_coef=0.01"]
 
 
 @pytest.fixture(scope="module")

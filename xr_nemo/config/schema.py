@@ -316,7 +316,10 @@ class DataConfig:
 @dataclass
 class SFTTrainerConfig(TrainerConfig):
     seq_length: int = positive(4096)  # length of a packed sequence (packing), or the padding cap
-    global_batch_size: int = positive(8)  # sequences per optimizer step, over all data-parallel ranks
+    # Exactly one of the two sizes a step (docs/sft.md, "Batches"): sequences (packed bins) per optimizer
+    # step over all data-parallel ranks, or samples per step, packed into as many sequences as they need
+    global_batch_size: int | None = positive(8)
+    global_batch_samples: int | None = positive(None)
     val_every: int | None = positive(None)
     val_batches: int = positive(4)
 
@@ -358,6 +361,7 @@ class GRPOAlgorithmConfig:
     clip_low: float = at_least(0.0, 0.2)
     clip_high: float = at_least(0.0, 0.28)  # > clip_low: "clip-higher"
     kl_coef: float = at_least(0.0, 0.01)  # k3 estimator against the initial policy; 0 skips the reference
+    entropy_coef: float = at_least(0.0, 0.0)  # bonus: loss − coef × entropy; veRL before 0.3: 0.001
     loss_aggregation: LossAggregation = LossAggregation.token
     normalize_std: bool = True  # divide advantages by the group's reward std
     updates_per_rollout: int = positive(1)  # optimizer steps (mini-batches) per rollout batch

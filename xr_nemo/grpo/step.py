@@ -27,19 +27,40 @@ def label_logprobs(vocab_parallel_logits: torch.Tensor, labels: torch.Tensor) ->
     return -tensor_parallel.vocab_parallel_cross_entropy(vocab_parallel_logits.clone(), labels)
 
 
-@torch.no_grad()
-def entropy(vocab_parallel_logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the full softmax per position, [batch, seq], from vocabulary shards."""
-    group = parallel_state.get_tensor_model_parallel_group()
-    peak = vocab_parallel_logits.max(dim=-1, keepdim=True).values
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    shifted = vocab_parallel_logits - peak
-    exp = shifted.exp()
-    total = exp.sum(-1)
-    weighted = (exp * shifted).sum(-1)
-    dist.all_reduce(total, group=group)
-    dist.all_reduce(weighted, group=group)
-    return total.log() - weighted / total
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None) -> None:
+    if group is not None:
+        dist.all_reduce(tensor, op=op, group=group)
+
+
+class _VocabParallelEntropy(torch.autograd.Function):
+    """H = log Σ e^s − Σ p·s over the whole vocabulary, s the logits less their peak, from this rank's
+    shard and two all-reduces. Only per-position sums are saved: the backward recomputes p from the
+    logits, and its gradient, p·(Σ p·s − s), needs no communication."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        peak = logits.max(dim=-1, keepdim=True).values
+        _all_reduce(peak, dist.ReduceOp.MAX, group)
+        shifted = logits - peak
+        exp = shifted.exp()
+        sums = torch.cat([exp.sum(-1, keepdim=True), (exp * shifted).sum(-1, keepdim=True)], dim=-1)
+        _all_reduce(sums, dist.ReduceOp.SUM, group)
+        total, mean_shifted = sums[..., :1], sums[..., 1:] / sums[..., :1]
+        ctx.save_for_backward(logits, peak, total, mean_shifted)
+        return (total.log() - mean_shifted).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, peak, total, mean_shifted = ctx.saved_tensors
+        shifted = logits - peak
+        probs = shifted.exp() / total
+        return probs * (mean_shifted - shifted) * grad.unsqueeze(-1), None
+
+
+def vocab_parallel_entropy(logits: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Entropy of the full softmax per position, [batch, seq], from the vocabulary shards of `group`
+    (None: `logits` hold the whole vocabulary); differentiable."""
+    return _VocabParallelEntropy.apply(logits, group)
 
 
 def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -64,11 +85,12 @@ def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torc
     return output, partial(_logprob_loss, label_logprobs(logits, batch["labels"]))
 
 
-def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, output: torch.Tensor):
-    mask = batch["loss_mask"]
-    logits = output.float() / temperature if temperature != 1.0 else output.float()
-    token_entropy = entropy(logits.detach())
-    logprobs = label_logprobs(logits, batch["labels"])
+def per_token_loss(
+    config: GRPOAlgorithmConfig, batch: Batch, logprobs: torch.Tensor, token_entropy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, clip active, k3 KL) per token, before aggregation: the clipped surrogate weighted by
+    truncated importance sampling, + kl_coef × KL, − entropy_coef × entropy. Each term goes through the
+    same loss weights, so each is aggregated as the policy loss is."""
     per_token, clipped = clipped_surrogate(
         logprobs, batch["old_logprobs"], batch["advantages"], config.clip_low, config.clip_high
     )
@@ -80,6 +102,19 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
     if config.kl_coef:
         kl = kl_k3(logprobs, batch["ref_logprobs"])
         per_token = per_token + config.kl_coef * kl
+    if config.entropy_coef:
+        per_token = per_token - config.entropy_coef * token_entropy
+    return per_token, clipped, kl
+
+
+def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, output: torch.Tensor):
+    mask = batch["loss_mask"]
+    logits = output.float() / temperature if temperature != 1.0 else output.float()
+    # without the bonus, no graph: the entropy is only reported
+    source = logits if config.entropy_coef else logits.detach()
+    token_entropy = vocab_parallel_entropy(source, parallel_state.get_tensor_model_parallel_group())
+    logprobs = label_logprobs(logits, batch["labels"])
+    per_token, clipped, kl = per_token_loss(config, batch, logprobs, token_entropy)
     loss_sum = (per_token * batch["loss_weights"]).sum()
     count = batch["loss_counts"].sum()
     mismatch = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()
@@ -89,7 +124,7 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
             count.float(),
             (clipped * mask).sum(),
             (kl.detach() * mask).sum(),
-            (token_entropy * mask).sum(),
+            (token_entropy.detach() * mask).sum(),
             (mismatch * mask).sum(),
             mask.sum(),
         ]
