@@ -25,6 +25,7 @@ def sft() -> SFTConfig:
     config.trainer.epochs = 4
     config.trainer.seq_length = 1024
     config.trainer.micro_batch_size = 1
+    # two packed sequences per step (the 7B recipes count samples instead: trainer.global_batch_samples)
     config.trainer.global_batch_size = 2
     config.checkpoint.every_steps = 10
     config.checkpoint.keep_last = 2

@@ -3,9 +3,10 @@ stages — SFT on MedQA questions with chains of thought distilled from a strong
 kept by rejection sampling (`xr-nemo distill`), then GRPO with the multiple-choice reward on the same
 MedQA questions. Evaluate with `xr-nemo eval --suite medical`.
 
-Paper values: the teacher is QwQ-32B; only correct traces are kept; both stages start from X-Reasoner.
-The paper publishes no other hyperparameters for the medical stages; ours are X-Reasoner's stage values
-(`recipes/xreasoner_7b.py`) except where a docstring says otherwise.
+Paper values: the teacher is QwQ-32B; only correct traces are kept; both stages start from X-Reasoner;
+SFT trains 4 epochs, as on every dataset (Appendix B.1). The paper publishes no other hyperparameters
+for the medical stages; ours are X-Reasoner's stage values (`recipes/xreasoner_7b.py`) except where a
+docstring says otherwise.
 
 The data, as `xr-nemo distill` and the MedQA release give them:
 
@@ -19,8 +20,8 @@ from xr_nemo.recipes import xreasoner_7b
 
 
 def sft() -> SFTConfig:
-    """Stage 1 on distilled MedQA traces, from the X-Reasoner GRPO run. Ours: 2 epochs (the paper does
-    not publish the medical stage's epochs; MedQA's ~10k questions are a tenth of OpenThoughts)."""
+    """Stage 1 on distilled MedQA traces, from the X-Reasoner GRPO run: X-Reasoner's SFT values, so 4
+    epochs (Appendix B.1 trains each dataset for 4) of 128 samples per step."""
     config = xreasoner_7b.sft()
     config.run.dir = "runs/xreasoner_med_7b_sft"
     config.model.hf_dir = None  # the side files of the X-Reasoner checkpoint
@@ -28,7 +29,7 @@ def sft() -> SFTConfig:
     config.data.train = "runs/medqa_traces/traces.jsonl"
     config.data.schema = "messages"
     config.data.num_workers = 8
-    config.trainer.epochs = 2
+    config.trainer.epochs = 4
     return config
 
 
@@ -58,8 +59,10 @@ def distill() -> DistillConfig:
 
 
 def eval() -> EvalConfig:
-    """The medical suite, greedy with forced exiting, as the paper reports it."""
+    """The medical suite, greedy with forced exiting, as the paper reports it (Fig. 1 and 4; NEJM from
+    a local download, `+data.nejm=`; `--suite medical` for every medical benchmark)."""
     config = xreasoner_7b.eval()
     config.model = "runs/xreasoner_med_7b_grpo"
-    config.benchmarks = ["medqa", "mmlu_pro_health", "medxpertqa_mm", "nejm"]
+    config.benchmarks = ["medqa", "mmlu_pro_health", "mmmu_health", "mmmu_pro_health", "medxpertqa_mm"]
+    config.benchmarks.append("nejm")  # local files only
     return config

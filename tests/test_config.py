@@ -39,12 +39,32 @@ REQUIRED = ["model.hf_dir=/m", "data.train=/d"]
         ("checkpoint.keep_last=0", r"checkpoint\.keep_last=0 is out of range"),
         ("optim.lr=-1e-5", r"optim\.lr=-1e-05 is out of range"),
         ("trainer.global_batch_size=0", r"trainer\.global_batch_size=0 is out of range"),
+        ("trainer.global_batch_samples=0", r"trainer\.global_batch_samples=0 is out of range"),
         ("optim.beta2=1.0", r"optim\.beta2=1\.0 is out of range: it must lie in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(SFTConfig(), [*REQUIRED, override])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "state"),
+    [(["trainer.global_batch_samples=128"], "set"), (["trainer.global_batch_size=null"], "null")],
+)
+def test_exactly_one_of_the_global_batch_sizes_is_set(tmp_path, sizes, state):
+    from xr_nemo.sft.run import check_config
+
+    config = apply_overrides(SFTConfig(), [*REQUIRED, f"run.dir={tmp_path}", *sizes])
+    with pytest.raises(ConfigError, match=f"are both {state}; exactly one sizes an optimizer step") as error:
+        check_config(config)
+    assert "trainer.global_batch_size=null" in error.value.fix
+    samples = [  # no multiple of the micro-batch needed: a step is made up with empty sequences
+        "trainer.global_batch_size=null",
+        "trainer.global_batch_samples=3",
+        "trainer.micro_batch_size=2",
+    ]
+    check_config(apply_overrides(SFTConfig(), [*REQUIRED, f"run.dir={tmp_path}", *samples]))
 
 
 def test_choices_are_enums_that_read_as_their_names():

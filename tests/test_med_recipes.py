@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from xr_nemo.recipes import xreasoner_med_7b
+from xr_nemo.recipes import xreasoner_7b, xreasoner_med_7b
 
 
 def _cli(*args):
@@ -28,6 +28,14 @@ def test_the_7b_recipes_continue_x_reasoner_on_medqa():
     assert sft.model.checkpoint == "runs/xreasoner_7b_grpo" and sft.data.schema == "messages"
     assert grpo.model.checkpoint == sft.run.dir and grpo.data.schema == "medqa"
     assert grpo.reward.correctness == "choice"
+
+
+def test_both_7b_sft_recipes_have_the_papers_counts():
+    """Appendix B.1: every dataset 4 epochs; 4 sequences per device on 32 GPUs, 128 samples per step."""
+    for sft in (xreasoner_7b.sft(), xreasoner_med_7b.sft()):
+        trainer = sft.trainer
+        assert (trainer.epochs, trainer.global_batch_samples, trainer.global_batch_size) == (4, 128, None)
+        assert sft.data.max_length == 4096
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
-"""SFT data path: schemas, bad input with file:line, loss masks through the chat template, packing,
-the per-step batch plan, config overrides and learning-rate schedules."""
+"""SFT data path: schemas, targets that end in a short final answer, bad input with file:line, loss masks
+through the chat template, packing, the per-step batch plans (sequences or samples per step, dealt to
+data-parallel ranks), config overrides and learning-rate schedules."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 from xr_nemo.config.overrides import apply_overrides
 from xr_nemo.config.schema import DataConfig, SchedulerConfig, SFTConfig
-from xr_nemo.data.batches import BatchPlan
+from xr_nemo.data.batches import SampleBatches, build_plan, deal
 from xr_nemo.data.conversation import prepare, reasoning_format
 from xr_nemo.data.packing import best_fit_decreasing, collate
 from xr_nemo.data.prompt_format import training_prompt
@@ -70,6 +72,65 @@ def test_three_schemas_become_the_papers_training_format():
     replaced = prepare(Record("f:3", PROMPT_RESPONSE), "auto", system_prompt="Be brief.")
     assert replaced[0] == {"role": "system", "content": "Be brief."}
     assert reasoning_format("<think>a</think> b", answer_tags=False) == "<think>\na\n</think>\n\nb"
+
+
+THOUGHT = "<|begin_of_thought|>\nAdd them.\n<|end_of_thought|>\n\n"
+
+
+def _solution(text: str) -> str:
+    return f"{THOUGHT}<|begin_of_solution|>\n{text}\n<|end_of_solution|>"
+
+
+@pytest.mark.parametrize(
+    ("response", "target"),
+    [
+        (  # the solution stays; its boxed value is the answer
+            _solution("2 + 3 = 5, so the answer is \\boxed{5}."),
+            "<think>\nAdd them.\n</think>\n\n2 + 3 = 5, so the answer is \\boxed{5}.\n\n<answer>5</answer>",
+        ),
+        (  # the last box, nested braces kept
+            _solution("First \\boxed{3}; in fact $x = \\boxed{\\frac{1}{2}}$"),
+            "<think>\nAdd them.\n</think>\n\nFirst \\boxed{3}; in fact $x = \\boxed{\\frac{1}{2}}$"
+            "\n\n<answer>\\frac{1}{2}</answer>",
+        ),
+        (  # a last box never closed, or empty, is passed over
+            _solution("\\boxed{7} then \\boxed{} then \\boxed{8"),
+            "<think>\nAdd them.\n</think>\n\n\\boxed{7} then \\boxed{} then \\boxed{8\n\n<answer>7</answer>",
+        ),
+        (  # no box (code): the solution is the answer
+            _solution("```python\nprint(5)\n```"),
+            "<think>\nAdd them.\n</think>\n\n<answer>```python\nprint(5)\n```</answer>",
+        ),
+        (  # tagged (distilled traces): the last tagged answer alone, as before
+            "<think>\nt\n</think>\nSo C, \\boxed{C}.\n<answer>C</answer>",
+            "<think>\nt\n</think>\n\n<answer>C</answer>",
+        ),
+        (  # no thoughts (direct-answer data): the same rule
+            "The sum is \\boxed{12}.",
+            "The sum is \\boxed{12}.\n\n<answer>12</answer>",
+        ),
+    ],
+    ids=["boxed", "last-box-nested", "unclosed-and-empty-boxes", "code", "tagged", "direct"],
+)
+def test_targets_end_in_the_final_answer(response, target):
+    """Hand-checked targets: `<answer>` holds the final answer only, so that it fits the few tokens left
+    after a forced exit."""
+    record = Record("f:1", {"prompt": "What is 2+3?", "response": response})
+    assert prepare(record, "auto")[-1]["content"] == target
+
+
+def test_every_bundled_openthoughts_target_answers_with_its_boxed_value():
+    """docs/sft.md: all 48 records of the bundled OpenThoughts sample end in a boxed answer, which becomes
+    the `<answer>`; evaluation's reader reads it from the target."""
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
+    from xr_nemo.rewards.extract import final_answer
+
+    records = list(read_records(str(SAMPLE_DATA)))
+    boxed = [re.findall(r"\\boxed\{(-?\d+)\}", r.fields["conversations"][-1]["value"]) for r in records]
+    targets = [prepare(record, "auto")[-1]["content"] for record in records]
+    assert len(records) == 48 and all(len(values) == 1 for values in boxed)
+    assert all(t.endswith(f"}}.\n\n<answer>{v[0]}</answer>") for t, v in zip(targets, boxed, strict=True))
+    assert [final_answer(t) for t in targets] == [v[0] for v in boxed]
 
 
 @pytest.mark.parametrize(
@@ -174,16 +235,78 @@ def test_packed_rows_are_bounded_over_the_flattened_batch_and_no_tensor_is_seq_b
     assert all(width not in t.shape or t.shape.count(width) == 1 for t in tensors)
 
 
-def test_batch_plan_is_a_function_of_the_step():
+def test_a_row_without_samples_is_padding_that_trains_nothing():
+    sample = (np.array([5, 6, 7]), np.array([0, 1, 1], bool))
+    batch = collate([[sample], []], pad_id=0)
+    assert batch["tokens"].tolist() == [[5, 6], [0, 0]]
+    assert batch["loss_mask"].tolist() == [[1, 1], [0, 0]]
+    assert batch["packed_seq_params"].cu_seqlens_q.tolist() == [0, 2, 4]
+    assert (int(batch["num_samples"]), int(batch["real_tokens"])) == (1, 2)
+    empty = collate([[], []], pad_id=0, multiple_of=4)  # a rank's made-up micro-batch
+    assert empty["tokens"].shape == (2, 4) and empty["loss_mask"].sum() == 0
+    assert empty["packed_seq_params"].cu_seqlens_q.tolist() == [0, 4, 8]
+
+
+@pytest.mark.parametrize("samples", [None, 3])
+def test_batch_plans_are_a_function_of_the_step(samples):
     lengths = np.array([30, 20, 50, 10, 40, 60, 25, 35])
-    plan = BatchPlan.build(lengths, packing=True, seq_length=64, global_batch_size=2, seed=3)
-    again = BatchPlan.build(lengths, packing=True, seq_length=64, global_batch_size=2, seed=3)
+    sizes = {"global_batch_size": None if samples else 2, "global_batch_samples": samples}
+    plan = build_plan(lengths, packing=True, seq_length=64, seed=3, **sizes)
+    again = build_plan(lengths, packing=True, seq_length=64, seed=3, **sizes)
     assert [plan.global_batch(s) for s in range(6)] == [again.global_batch(s) for s in range(6)]
     epoch = [i for s in range(plan.steps_per_epoch) for seq in plan.global_batch(s) for i in seq]
     assert len(set(epoch)) == len(epoch)
     assert plan.global_batch(0) != plan.global_batch(plan.steps_per_epoch)  # reshuffled per epoch
     ranks = [plan.microbatches(1, r, 2, 1) for r in range(2)]
-    assert [seq for r in ranks for micro in r for seq in micro] == plan.global_batch(1)
+    assert [seq for r in ranks for micro in r for seq in micro if seq] == plan.global_batch(1)
+
+
+@pytest.mark.parametrize(("samples", "per_step", "steps"), [(6, 6, 1), (8, 4, 2), (9, 4, 3), (9, 8, 2)])
+def test_steps_hold_global_batch_samples_and_an_epoch_ends_with_the_rest(samples, per_step, steps):
+    lengths = 3 + 4 * (np.arange(samples) % 5)  # 3 to 19 tokens: 1 to 5 samples per sequence
+    plan = build_plan(lengths, packing=True, seq_length=20, seed=0, global_batch_samples=per_step)
+    assert plan.steps_per_epoch == steps
+    counts = [sum(len(seq) for seq in plan.global_batch(s)) for s in range(2 * steps)]
+    assert counts == 2 * [*[per_step] * (steps - 1), samples - per_step * (steps - 1)]
+    epoch = sorted(i for s in range(steps) for seq in plan.global_batch(s) for i in seq)
+    assert epoch == list(range(samples))
+
+
+def test_a_steps_samples_are_packed_into_as_many_sequences_as_they_need():
+    """One step of all six samples, spans 9, 7, 5, 4, 3, 2 into 10 positions, packed by hand with best fit
+    decreasing: {9}, {7, 3}, {5, 4}, {2} — whatever the shuffle."""
+    lengths = np.array([4, 8, 3, 10, 6, 5])  # spans 3, 7, 2, 9, 5, 4
+    for seed in range(3):
+        plan = build_plan(lengths, packing=True, seq_length=10, seed=seed, global_batch_samples=6)
+        assert isinstance(plan, SampleBatches)
+        packed = sorted(sorted(seq) for seq in plan.global_batch(0))
+        assert packed == [[0, 1], [2], [3], [4, 5]]
+    unpacked = build_plan(lengths, packing=False, seq_length=10, seed=0, global_batch_samples=6)
+    assert sorted(unpacked.global_batch(0)) == [[0], [1], [2], [3], [4], [5]]
+
+
+@pytest.mark.parametrize(
+    ("dp_size", "micro", "expected"),
+    [
+        (1, 1, [[[[0]], [[1, 2]], [[3]]]]),
+        (2, 1, [[[[0]], [[1, 2]]], [[[3]], [[]]]]),  # rank 1 makes up its second micro-batch
+        (2, 2, [[[[0], [1, 2]]], [[[3], []]]]),
+        (4, 1, [[[[0]]], [[[1, 2]]], [[[3]]], [[[]]]]),
+        (3, 2, [[[[0], [1, 2]]], [[[3], []]], [[[], []]]]),
+    ],
+)
+def test_every_rank_gets_the_same_number_of_full_micro_batches(dp_size, micro, expected):
+    sequences = [[0], [1, 2], [3]]
+    assert [deal(sequences, rank, dp_size, micro) for rank in range(dp_size)] == expected
+
+
+def test_too_little_data_for_one_global_batch_names_the_key():
+    with pytest.raises(ConfigError, match=r"3 sample\(s\), fewer than one global batch") as error:
+        build_plan([5, 5, 5], packing=True, seq_length=8, seed=0, global_batch_samples=4)
+    assert error.value.where == "data.train / trainer.global_batch_samples"
+    with pytest.raises(ConfigError, match=r"2 sequence\(s\) after packing") as error:
+        build_plan([5, 5, 5], packing=True, seq_length=8, seed=0, global_batch_size=3)
+    assert "data.packing=false" in error.value.fix
 
 
 def test_overrides_follow_hydra_grammar_and_reject_unknown_keys():

@@ -1,6 +1,8 @@
-"""SFT end to end on the tiny model: the loss falls and the export carries the training; TP=2, PP=2, CP=2
-and DP=2 follow the single-process loss curve; kill -9 then resume gives the uninterrupted run's losses
-exactly; packed and unpacked training give the same losses on the same samples."""
+"""SFT end to end on the tiny model: the loss falls and the export carries the training; with a fixed
+number of samples per step, TP=2, PP=2, CP=2 and DP=2 (a rank making up a step with an empty sequence)
+follow the single-process loss curve, and a resumed run continues it exactly; kill -9 then resume gives
+the uninterrupted run's losses exactly; packed and unpacked training give the same losses on the same
+samples."""
 
 import os
 import subprocess
@@ -85,13 +87,37 @@ def test_loss_falls_and_the_export_carries_the_training(base):
     assert lm_loss(root / "overfit" / "hf") < 0.5 * lm_loss(root / "hf")
 
 
-PARITY_STEPS = ["data.max_samples=16", "trainer.max_steps=4", "checkpoint.every_steps=null"]
+# 16 samples, 5 per step: steps of 5, 5, 5 and 1 (one sequence: under DP=2, rank 1 gets an empty one)
+PARITY_STEPS = [
+    "data.max_samples=16",
+    "trainer.global_batch_size=null",
+    "trainer.global_batch_samples=5",
+    "trainer.max_steps=4",
+    "checkpoint.every_steps=null",
+]
 SLOW_RANK_1 = ["fault_tolerance.inject_fault=slow", "fault_tolerance.inject_on_rank=1"]
 
 
 @pytest.fixture(scope="module")
 def single_process(base):
     return run(base, 1, "single", *PARITY_STEPS)
+
+
+def test_every_step_holds_the_global_batch_samples_whatever_their_lengths(base, single_process):
+    """ceil(16 / 5) = 4 steps make the epoch, the last holding the rest; the tokens reported are those of
+    the 16 samples, each once."""
+    from xr_nemo.config.schema import DataConfig
+    from xr_nemo.data.tokenize import tokenize_dataset
+    from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
+    from xr_nemo.training.metrics import read_metrics
+
+    root, _ = base
+    rows = read_metrics(root / "single")
+    assert [(row["samples"], row["epoch"]) for row in rows] == [(5, 0), (5, 0), (5, 0), (1, 0)]
+    data = DataConfig(train=str(SAMPLE_DATA), max_samples=16, max_length=1024, num_workers=1)
+    dataset = tokenize_dataset(str(SAMPLE_DATA), "train", root / "hf", data, root / "cache", progress=False)
+    assert sum(row["tokens"] for row in rows) == int((dataset.lengths - 1).sum())
+    assert all(0 < row["loss_tokens"] < row["tokens"] for row in rows)
 
 
 TP2_SP_CP2 = ["parallel.tp=2", "parallel.sp=true", "parallel.cp=2"]
@@ -123,8 +149,10 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
     # the gradients too (Adam hides a uniformly scaled gradient from the losses; clipping does not)
     root, _ = base
     rows = read_metrics(root / f"parallel-{name}")
-    norms = [row["grad_norm"] for row in read_metrics(root / "single")]
-    assert [row["grad_norm"] for row in rows] == pytest.approx(norms, rel=1e-4)
+    single = read_metrics(root / "single")
+    assert [row["grad_norm"] for row in rows] == pytest.approx([row["grad_norm"] for row in single], rel=1e-4)
+    counts = ("samples", "tokens", "loss_tokens", "consumed_samples")
+    assert [[row[key] for key in counts] for row in rows] == [[row[key] for key in counts] for row in single]
 
     reports = [row for row in rows if "straggler_slow_ranks" in row]
     assert [row["step"] for row in reports] == [2, 4]
@@ -138,15 +166,20 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
 
 
 def test_a_context_parallel_checkpoint_resumes_exactly_and_in_one_process(base, single_process):
-    """The CP=2 checkpoint of step 2 holds the whole model, optimizer and RNG state: CP=2 resumed from it
-    gives the uninterrupted CP=2 run's losses exactly, and one process resumed from it continues the
-    single-process loss curve."""
+    """The CP=2 checkpoint of step 2 (mid-epoch, 10 of 16 samples consumed) holds the whole model,
+    optimizer and RNG state and the data position: CP=2 resumed from it gives the uninterrupted CP=2 run's
+    losses and samples exactly, and one process resumed from it continues the single-process loss
+    curve."""
+    from xr_nemo.training.metrics import read_metrics
+
     root, _ = base
     cp2 = [*PARITY_STEPS, "parallel.cp=2"]
     whole = run(base, 2, "cp2-whole", *cp2)
     run(base, 2, "cp2-until-step-2", *cp2, "trainer.max_steps=2", "checkpoint.every_steps=2")
     checkpoint = root / "cp2-until-step-2" / "checkpoints" / "step_2"
     assert run(base, 2, "cp2-resumed", *cp2, f"trainer.resume={checkpoint}") == whole[2:]
+    consumed = [[row["samples"], row["consumed_samples"]] for row in read_metrics(root / "cp2-resumed")]
+    assert consumed == [[5, 15], [1, 16]]
     resumed = run(base, 1, "resumed-from-cp2", *PARITY_STEPS, f"trainer.resume={checkpoint}")
     assert resumed == pytest.approx(single_process[2:], abs=2e-5, rel=0)
 
@@ -196,14 +229,14 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(base, tmp_path):
 
 def test_packed_and_unpacked_training_give_the_same_losses(base):
     from xr_nemo.config.schema import DataConfig
-    from xr_nemo.data.batches import BatchPlan
+    from xr_nemo.data.batches import build_plan
     from xr_nemo.data.tokenize import tokenize_dataset
     from xr_nemo.recipes.tiny_cpu import SAMPLE_DATA
 
     root, _ = base
     data = DataConfig(train=str(SAMPLE_DATA), max_samples=6, max_length=1024, num_workers=1)
     dataset = tokenize_dataset(str(SAMPLE_DATA), "train", root / "hf", data, root / "cache", progress=False)
-    packed_sequences = len(BatchPlan.build(dataset.lengths, True, 1024, 1, 0).sequences)
+    packed_sequences = len(build_plan(dataset.lengths, True, 1024, 0, global_batch_size=1).sequences)
     assert packed_sequences < 6
     # One global batch holds all six samples either way, so every step sees the same data.
     common = ["data.max_samples=6", "trainer.max_steps=3", "checkpoint.every_steps=null"]

@@ -4,12 +4,17 @@ Schemas: OpenThoughts (`system` + `conversations` of `{from, value}`), `messages
 and `{prompt, response}`. With `data.template=paper` (the default) the first user turn becomes the
 paper's training template around the question, system turns are dropped (the paper has none; a
 `data.system_prompt` is still honoured), and every assistant turn becomes
-`<think>\n{thought}\n</think>\n\n<answer>{solution}</answer>`: OpenThoughts' `<|begin_of_thought|> …
-<|end_of_thought|> <|begin_of_solution|> … <|end_of_solution|>` sections (or `<think> … </think>` and
-what follows) give the thought and the solution. Ours: the whole solution section goes inside
-`<answer>` (for OpenThoughts a worked solution ending in its boxed answer, or code), and a response
-without thoughts is trained as `<answer>{response}</answer>` alone (direct-answer data). With
-`data.template=none` turns stay as they are and only the reasoning moves into `<think>` tags.
+`<think>\n{thought}\n</think>\n\n{solution}\n\n<answer>{final answer}</answer>`: OpenThoughts'
+`<|begin_of_thought|> … <|end_of_thought|> <|begin_of_solution|> … <|end_of_solution|>` sections (or
+`<think> … </think>` and what follows) give the thought and the solution.
+
+The answer tags hold the final answer only, as the paper's templates ask, so that a model answers in a
+few tokens — what is left after a forced exit. Ours: the final answer is the solution's last complete
+`\boxed{…}` value, and the solution text stays before it (its box included); a solution without a box
+(code, prose) is the answer itself, `<answer>{solution}</answer>`; a solution that already has answer
+tags keeps its last tagged answer alone (distilled traces). A response without thoughts is trained the
+same way without the thinking (direct-answer data). With `data.template=none` turns stay as they are and
+only the reasoning moves into `<think>` tags.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _OPEN_THOUGHTS = re.compile(
 )
 _THINK = re.compile(r"<think>(?P<thought>.*?)</think>(?P<solution>.*)", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+BOX = "\\boxed{"
+_DEPTH = {"{": 1, "}": -1}
 
 Message = dict[str, str]
 
@@ -118,22 +125,42 @@ def _check_order(messages: list[Message], where: str) -> None:
         raise DataError("a user or assistant turn is empty", where=where)
 
 
-def _in_answer_tags(solution: str) -> str:
-    """The solution inside `<answer>` tags; one that already has them keeps its last tagged answer."""
+def final_box(text: str) -> str | None:
+    """The content of the last complete `\\boxed{…}` of `text` (nested braces kept), or None when it has
+    none or only empty ones."""
+    start = len(text)
+    while (start := text.rfind(BOX, 0, start)) >= 0:
+        depth = 0
+        for position in range(start + len(BOX) - 1, len(text)):
+            depth += _DEPTH.get(text[position], 0)
+            if depth == 0:
+                content = text[start + len(BOX) : position].strip()
+                if content:
+                    return content
+                break
+    return None
+
+
+def answer_part(solution: str) -> str:
+    """The solution as it ends a target: the final answer in `<answer>` tags (see the module docstring)."""
     tagged = _ANSWER.findall(solution)
-    return f"<answer>{tagged[-1].strip() if tagged else solution}</answer>"
+    if tagged:
+        return f"<answer>{tagged[-1].strip()}</answer>"
+    boxed = final_box(solution)
+    return f"<answer>{solution}</answer>" if boxed is None else f"{solution}\n\n<answer>{boxed}</answer>"
 
 
 def reasoning_format(response: str, answer_tags: bool) -> str:
-    """Thoughts in `<think>\n…\n</think>\n\n`, then the solution (inside `<answer>…</answer>` if asked)."""
+    """Thoughts in `<think>\n…\n</think>\n\n`, then the solution (ending in its final answer in
+    `<answer>…</answer>` if asked)."""
     match = _OPEN_THOUGHTS.search(response) or _THINK.search(response)
     if match is None:
-        return _in_answer_tags(response.strip()) if answer_tags else response
+        return answer_part(response.strip()) if answer_tags else response
     thought, solution = match["thought"].strip(), match["solution"].strip()
     if not thought and not solution:
         raise ValueError("the response's thought and solution are both empty")
     if answer_tags:
-        solution = _in_answer_tags(solution)
+        solution = answer_part(solution)
     return f"<think>\n{thought}\n</think>\n\n{solution}"
 
 

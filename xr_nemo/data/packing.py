@@ -81,9 +81,10 @@ def collate(
 ) -> dict[str, torch.Tensor | PackedSeqParams]:
     """One micro-batch. `rows[r]` lists the (token ids, assistant mask) samples of sequence r. Each
     sample of L tokens gives L-1 positions (inputs and next-token labels). Sequences are padded to
-    `length` (default: the longest row, rounded up to a multiple of `multiple_of`)."""
+    `length` (default: the longest row, rounded up to a multiple of `multiple_of`). A row without
+    samples is all padding, trained on nowhere (`xr_nemo.data.batches.deal` makes such rows up)."""
     spans = [[len(ids) - 1 for ids, _ in row] for row in rows]
-    longest = max(sum(s) for s in spans)
+    longest = max(1, *(sum(s) for s in spans))
     width = -(-longest // multiple_of) * multiple_of if length is None else length
     if longest > width:
         raise ValueError(f"a sequence of {longest} tokens exceeds the length {width}")

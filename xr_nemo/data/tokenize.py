@@ -21,7 +21,7 @@ from xr_nemo.data.conversation import Message, prepare
 from xr_nemo.data.records import DataError, read_records
 
 CHUNK_RECORDS = 512
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # part of the cache's name: raise it when the same records tokenise otherwise (2: answers)
 
 
 def tokenize_messages(

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from xr_nemo.config.bounds import check_writable_directory, validate
 from xr_nemo.config.schema import SFTConfig
-from xr_nemo.data.batches import BatchPlan
+from xr_nemo.data.batches import BatchPlan, build_plan
 from xr_nemo.data.packing import collate
 from xr_nemo.data.tokenize import TokenizedDataset, tokenize_dataset
 from xr_nemo.distributed import context_parallel, initialize, shutdown
@@ -33,9 +33,25 @@ from xr_nemo.training.setup import build_policy, export_final, on_rank_zero_firs
 Microbatches = Callable[[int], list[Batch]]  # step → this rank's micro-batches
 
 
-def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
+def _check_batch_size(config: SFTConfig) -> None:
+    """Exactly one of the two ways to size a step (`xr_nemo.data.batches`)."""
     trainer = config.trainer
-    if trainer.global_batch_size % (trainer.micro_batch_size * dp_size):
+    by_samples = trainer.global_batch_samples is not None
+    if by_samples == (trainer.global_batch_size is not None):
+        raise ConfigError(
+            "trainer.global_batch_size and trainer.global_batch_samples are both "
+            f"{'set' if by_samples else 'null'}; "
+            "exactly one sizes an optimizer step (packed sequences or samples)",
+            where="trainer.global_batch_samples",
+            fix="set trainer.global_batch_size=null to count samples per step, or "
+            "trainer.global_batch_samples=null to count packed sequences",
+        )
+
+
+def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
+    """Sequence-sized steps split evenly; sample-sized ones are made up with empty sequences."""
+    trainer = config.trainer
+    if trainer.global_batch_size and trainer.global_batch_size % (trainer.micro_batch_size * dp_size):
         raise ConfigError(
             f"global batch {trainer.global_batch_size} is not a multiple of micro batch × data parallel = "
             f"{trainer.micro_batch_size} × {dp_size}",
@@ -58,6 +74,7 @@ def check_config(config: SFTConfig) -> None:
             where="trainer.seq_length",
             fix=f"set trainer.seq_length to a multiple of {multiple}",
         )
+    _check_batch_size(config)
     _check_batch_layout(config, config.parallel.data_parallel_size(read_launch_env().world_size))
     if config.data.max_length - 1 > trainer.seq_length:
         raise ConfigError(
@@ -82,6 +99,19 @@ def _datasets(config: SFTConfig, hf_dir: Path) -> tuple[TokenizedDataset, Tokeni
     train_set = tokenized(data.train, data.split, "train")
     validation = tokenized(data.validation, data.validation_split, "validation") if data.validation else None
     return train_set, validation
+
+
+def _plan(config: SFTConfig, dataset: TokenizedDataset, source: str) -> BatchPlan:
+    trainer = config.trainer
+    return build_plan(
+        dataset.lengths,
+        config.data.packing,
+        trainer.seq_length,
+        trainer.seed,
+        global_batch_size=trainer.global_batch_size,
+        global_batch_samples=trainer.global_batch_samples,
+        source=source,
+    )
 
 
 def _microbatch_source(
@@ -168,6 +198,9 @@ class SFTStage:
         values = {
             "loss": (loss_sum / loss_tokens.clamp(min=1)).item(),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples": samples,
+            "tokens": real,
+            "loss_tokens": loss_tokens.item(),
             "tokens_per_s": real / elapsed,
             "padding_fraction": 1 - real / computed,
             "consumed_samples": self.consumed,
@@ -205,28 +238,15 @@ def run_sft(config: SFTConfig) -> Path:
             spatial_merge_size=hf_config.vision_config.spatial_merge_size,
         )
         trainer = config.trainer
-        plan = BatchPlan.build(
-            train_set.lengths,
-            config.data.packing,
-            trainer.seq_length,
-            trainer.global_batch_size,
-            trainer.seed,
-        )
+        plan = _plan(config, train_set, "data.train")
         say(
             "sft",
-            f"{len(train_set)} samples → {len(plan.sequences)} sequences of ≤ {trainer.seq_length} tokens; "
+            f"{len(train_set)} samples (≤ {config.data.max_length} tokens) → {plan.summary()}; "
             f"{plan.steps_per_epoch} steps per epoch × {trainer.epochs} epochs",
         )
         validation_source = None
         if validation is not None:
-            val_plan = BatchPlan.build(
-                validation.lengths,
-                config.data.packing,
-                trainer.seq_length,
-                trainer.global_batch_size,
-                trainer.seed,
-                source="data.validation",
-            )
+            val_plan = _plan(config, validation, "data.validation")
             val_microbatches = _microbatch_source(config, validation, val_plan, pad_id, positions)
             val_steps = min(trainer.val_batches, val_plan.steps_per_epoch)
             validation_source = lambda: [val_microbatches(i) for i in range(val_steps)]  # noqa: E731
