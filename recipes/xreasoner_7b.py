@@ -3,10 +3,11 @@ Stage 2 (`grpo`): see its docstring.
 
 Paper values: 4 epochs; AdamW lr 1e-5, weight decay 0, betas (0.9, 0.999); lr × 0.8 after every epoch;
 4 sequences per device on 32 GPUs, so 128 samples per optimizer step (`trainer.global_batch_samples`),
-whatever their lengths; samples of at most 4,096 tokens; vision tower frozen (the data are text only).
+whatever their lengths; sequences truncated at 4,096 tokens; vision tower frozen (the data are text only).
 
 Our defaults elsewhere: gradient clipping at norm 1.0 (the paper mentions none for SFT;
-`optim.clip_grad=null` turns it off); samples longer than 4,096 tokens are truncated, not split; each
+`optim.clip_grad=null` turns it off); the truncation is per sample (a longer one keeps its first 4,096
+tokens; llama-recipes' packing would cut a stream of samples into 4,096-token chunks, docs/sft.md); each
 step's 128 samples are packed into as many 16,384-token sequences as they need (one per micro-batch,
 about four 4,096-token samples: the paper's per-device load without padding), shared over the
 data-parallel ranks; one 8×H100 node runs TP=4 × DP=2 (`parallel.tensor_parallel=4`) and accumulates

@@ -14,6 +14,11 @@ from xr_nemo.tasks.benchmarks import REGISTRY
 
 from helpers.eval_fixtures import SKIPPED, VALID, WRITERS, image_key, write_fixtures
 
+# The paper's medical benchmarks (Fig. 4): MedQA 4-op and 5-op, MMLU-Pro-Health, MMMU-Pro-Health,
+# MMMU-Health, OmniMedVQA, NEJM, MedXpertQA-MM.
+FIG4 = {"medqa", "medqa_5op", "mmlu_pro_health", "mmmu_pro_health", "mmmu_health", "omnimedvqa", "nejm"}
+FIG4 |= {"medxpertqa_mm"}
+
 
 def test_every_registered_benchmark_has_a_fixture():
     assert set(REGISTRY) == set(WRITERS) == set(VALID)
@@ -107,7 +112,9 @@ def test_scores_bad_records_reports_and_resume(tmp_path, fixtures):
     assert all(row["correct"][0] == (row["answers"][0] == row["gold"]) for row in rows)
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| medqa | 50.0 |" in report and "| mmlu_pro_health |" in report
-    assert "| mmmu | 50.0 | " in report and "| 53.0 | 56.4 | 55.0 |" in report  # the paper's Table 5 and 8
+    assert "| mmmu | 50.0 | " in report  # the paper's Tables 5 and 8, Fig. 1 for X-Reasoner-Med, each named
+    assert "| 53.0 | 56.4 | – | 55.0 | Table 5: Qwen2.5-VL-7B, X-Reasoner-7B; Table 8: prior SOTA |" in report
+    assert "| 56.3 | 62.3 | 72.4 | 71.6 | Fig. 1: Qwen2.5-VL-7B, X-Reasoner-7B, X-Reasoner-Med-7B; " in report
     assert "1 undecodable image" in report
     assert (tmp_path / "eval" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
 
@@ -242,6 +249,7 @@ def test_named_suites_hold_registered_benchmarks_and_unknown_suites_are_refused(
     assert {"medqa", "medmcqa", "pubmedqa", "vqa_rad", "slake", "pmc_vqa", "omnimedvqa"} <= set(
         suite("medical")
     )
+    assert set(suite("medical")) >= FIG4
     model = build_tiny_qwen25_vl(tmp_path / "model")
     result = subprocess.run(
         [sys.executable, "-m", "xr_nemo.cli", "eval", "--model", str(model), "--suite", "medicine"],
@@ -251,3 +259,56 @@ def test_named_suites_hold_registered_benchmarks_and_unknown_suites_are_refused(
     )
     assert result.returncode == 2
     assert "unknown suite 'medicine'" in result.stderr and "medical" in result.stderr
+
+
+def test_the_eval_recipes_hold_table_5_and_the_medical_health_subsets():
+    from xr_nemo.recipes import xreasoner_7b, xreasoner_med_7b
+
+    assert xreasoner_7b.eval().benchmarks == ["mmmu", "mmmu_pro", "mathvista", "mathvision"]  # Table 5
+    assert {"mmmu_health", "mmmu_pro_health"} <= set(xreasoner_med_7b.eval().benchmarks) <= FIG4
+
+
+def test_mmmu_health_is_mmmus_health_and_medicine_discipline():
+    """150 validation questions, the paper's MMMU-Health size: 30 in each of the five subjects."""
+    from xr_nemo.tasks.image_benchmarks import MMMUHealth
+
+    assert MMMUHealth.hub_configs == (
+        "Basic_Medical_Science",
+        "Clinical_Medicine",
+        "Diagnostics_and_Laboratory_Medicine",
+        "Pharmacy",
+        "Public_Health",
+    )
+
+
+# MATH-V's official evaluation (evaluation/evaluate.py, utils.is_equal): a choice is right as its letter
+# or its text; a free-form answer as the same text ignoring case, or the same value at two decimals.
+MATHVISION_CASES = [  # options, gold, the model's answer, right?
+    (["1", "2", "3", "4", "5"], "C", "C", True),
+    (["1", "2", "3", "4", "5"], "C", "3", True),  # the option's text
+    (["1", "2", "3", "4", "5"], "C", "D", False),
+    ([], "3.14", "3.1416", True),  # round(x, 2) agrees
+    ([], "3.14", "3.146", False),  # 3.15
+    ([], "45", "45^\\circ", True),  # degrees cleaned up
+    ([], "C", "c", True),  # free-form golds that are letters: compared ignoring case
+    ([], "\\frac{1}{2}", "0.5", True),  # math-verify
+    ([], "2\\sqrt{3}", "\\sqrt{12}", True),  # math-verify (ours: the official evaluates latex2sympy)
+    ([], "7", "8", False),
+]
+
+
+def test_mathvision_is_judged_as_its_official_evaluation(tiny_tokenizer):
+    from xr_nemo.config.schema import EvalConfig
+    from xr_nemo.eval.run import Evaluator, _extract
+    from xr_nemo.rewards.pool import RewardPool
+    from xr_nemo.tasks.benchmarks import EvalItem, get_benchmark
+    from xr_nemo.tasks.prompts import PromptBuilder
+
+    benchmark = get_benchmark("mathvision")
+    with RewardPool(workers=1) as pool:
+        evaluator = Evaluator(EvalConfig(model="m"), PromptBuilder(tiny_tokenizer), pool)
+        for options, gold, said, right in MATHVISION_CASES:
+            lettered = dict(zip("ABCDE", options, strict=False)) or None
+            item = EvalItem("mathvision-1", "How many?", gold, lettered)
+            answer = _extract(benchmark, item, f"<think>t</think><answer>{said}</answer>")
+            assert evaluator._correct(benchmark, item, [answer]) == [right], (gold, said)

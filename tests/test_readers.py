@@ -184,13 +184,11 @@ COP_CASES = [  # benchmark, cop, the gold letter (None: an error naming file:lin
     ("medmcqa", 0, "A"),
     ("medmcqa", 3, "D"),
     ("medmcqa", "2", "C"),  # a CSV copy
-    ("medmcqa", 4, None),  # the original release's D read as the hub layout: refused, not shifted
     ("medmcqa", -1, None),  # the hub's test split
     ("medmcqa", None, None),
     ("medmcqa", True, None),
     ("medmcqa_release", 1, "A"),
     ("medmcqa_release", 4, "D"),
-    ("medmcqa_release", 0, None),  # the hub's A read as the original release: refused, not shifted
     ("medmcqa_release", 5, None),
     ("medmcqa_release", 2.0, None),
 ]
@@ -214,6 +212,26 @@ def test_medmcqa_cop_is_mapped_by_the_layout_and_out_of_range_is_an_error(tmp_pa
         assert other in error.fix
     else:
         assert [item.gold for item in items] == [gold] and not errors
+
+
+@pytest.mark.parametrize(
+    ("name", "foreign", "other"),
+    [
+        ("medmcqa", 4, "medmcqa_release"),  # the release's D: the file counts from 1
+        ("medmcqa", "4", "medmcqa_release"),  # a CSV copy of it
+        ("medmcqa_release", 0, "medmcqa"),  # the hub's A: the file counts from 0
+    ],
+)
+def test_a_medmcqa_file_of_the_other_layout_is_refused_as_a_whole(tmp_path, name, foreign, other):
+    """Read under the wrong name, a 1-based file's 1–3 would be taken one letter off: the one value
+    only the other layout has refuses the whole file, before any item, naming the other layout."""
+    cops = [1, 2, foreign, 3, 7]  # 7: out of range for both, an error of its own record
+    rows = [{"id": f"q{k}", "question": "Nerve?", **OPTIONS, "cop": cop} for k, cop in enumerate(cops)]
+    path = _write(tmp_path / "dev.json", rows)
+    with pytest.raises(ConfigError) as refused:
+        _items(name, path)
+    assert refused.value.where == f"{path}:3" and "1 of 5 records have cop" in refused.value.what
+    assert other in refused.value.fix
 
 
 def test_medmcqa_release_reads_dev_json_from_the_release_folder(tmp_path):
@@ -260,14 +278,42 @@ def test_vqa_rad_original_release_reads_image_name_answer_type_and_its_test_phra
     assert all(i.meta == {"answer_type": "closed", "answer_type_from": "release"} for i in items)
 
 
-def test_vqa_rad_hub_rows_without_answer_type_fall_back_to_yes_no(tmp_path):
-    rows = [
-        {"image": {"bytes": _png(), "path": None}, "question": f"q{a}", "answer": a} for a in ("Yes", "CT")
-    ]
+# Questions of VQA-RAD's test set with the release's own answer_type: the closed-question rule, which
+# sees only the question and the answer, must agree (it misses one of the 451: docs/eval.md).
+CLOSED_RULE_CASES = [  # question, answer, the release's answer_type
+    ("Is there evidence of an aortic aneurysm?", "yes", "CLOSED"),
+    ("Is the lesion on the left or right?", "Right", "CLOSED"),
+    ("Is this an MRI or a CT scan?", "MRI", "CLOSED"),
+    ("Are the structures in the pancreas cystic or solid?", "Cystic", "CLOSED"),
+    ("Is the gastric bubble shown on the left or right side of the patient?", "Right side", "CLOSED"),
+    ("Are pleural opacities located on the left, right, or both sides of the lung?", "Both", "CLOSED"),
+    ("Where is the spleen located?", "On the left", "OPEN"),
+    ("Which side is more clearly visualized?", "Left", "OPEN"),  # no alternatives offered
+    ("What kind of image is this?", "Chest x-ray", "OPEN"),
+    pytest.param(
+        "Are there multiple or just 1 metastatic focus?",
+        "one",
+        "CLOSED",
+        marks=pytest.mark.xfail(strict=True, reason="'one' for '1': the test question the rule misses"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("question", "answer", "released"), CLOSED_RULE_CASES)
+def test_the_closed_question_rule_agrees_with_the_release_on_its_questions(question, answer, released):
+    from xr_nemo.tasks.image_benchmarks import closed_question
+
+    assert closed_question(question, answer) == (released == "CLOSED")
+
+
+def test_vqa_rad_hub_rows_without_answer_type_use_the_closed_question_rule(tmp_path):
+    pairs = [("Is it normal?", "Yes"), ("What modality?", "CT"), ("Is this a CT or an MRI?", "CT")]
+    rows = [{"image": {"bytes": _png(), "path": None}, "question": q, "answer": a} for q, a in pairs]
     path = _write(tmp_path / "test-00000-of-00001.parquet", rows)
     items, _ = _items("vqa_rad", path)
-    assert [(i.gold, i.meta["answer_type"], i.meta["answer_type_from"]) for i in items] == [
-        ("Yes", "closed", "yes/no guess")
+    assert [(i.question, i.meta["answer_type"], i.meta["answer_type_from"]) for i in items] == [
+        ("Is it normal?", "closed", "closed-question rule"),
+        ("Is this a CT or an MRI?", "closed", "closed-question rule"),
     ]
 
 

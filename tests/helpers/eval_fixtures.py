@@ -142,7 +142,7 @@ def _medmcqa_release(root: Path, truth: Truth) -> Path:
             {"id": f"r{i}", "question": question, **options, "cop": i % 4 + 1, "subject_name": "Anatomy"}
         )
         truth[question] = ("ABCD"[i % 4], "ABCD"[(i + 1) % 4])
-    dev.append({"id": "r-zero", "question": "[medmcqa_release zero] 0-based?", **options, "cop": 0})
+    dev.append({"id": "r-five", "question": "[medmcqa_release five] out of range", **options, "cop": 5})
     train = [{"id": "t0", "question": "[medmcqa_release train] never asked", **options, "cop": 2}]
     test = [{"id": "x0", "question": "[medmcqa_release test] never asked", **options}]
     for name, rows in (("dev", dev), ("train", train), ("test", test)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xr_nemo.eval.paper import COLUMNS, PAPER
+from xr_nemo.eval.paper import COLUMNS, PAPER, sources
 
 
 def _percent(value: float | None) -> str:
@@ -17,11 +17,13 @@ def report_markdown(summary: dict) -> str:
     lines = [
         f"# Evaluation of `{summary['model']}`" + (f", the export of `{source}`" if source else ""),
         "",
-        "Accuracy in %, greedy unless `temperature` says otherwise; the paper's numbers are its Tables 4, 5 "
-        "and 8 (see docs/eval.md).",
+        "Accuracy in %, greedy unless `temperature` says otherwise; the paper's numbers are greedy, from "
+        "the table or figure named in the last column (see docs/eval.md).",
         "",
-        "| benchmark | ours | 95 % interval | n | no answer | skipped | " + " | ".join(COLUMNS) + " |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(COLUMNS),
+        "| benchmark | ours | 95 % interval | n | no answer | skipped | "
+        + " | ".join(COLUMNS)
+        + " | paper's source |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(COLUMNS) + "---|",
     ]
     for name, result in summary["benchmarks"].items():
         low, high = result["ci95"]
@@ -34,6 +36,7 @@ def report_markdown(summary: dict) -> str:
             str(result["no_answer"]),
             str(result["skipped"]),
             *(_percent(paper.get(column)) for column in COLUMNS),
+            sources(name) or "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     guessed = {n: r for n, r in summary["benchmarks"].items() if "official_compatible_accuracy" in r}

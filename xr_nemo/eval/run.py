@@ -31,12 +31,14 @@ from xr_nemo.eval.provenance import RECORD, Producer
 from xr_nemo.eval.report import accuracy_chart, report_markdown
 from xr_nemo.eval.reuse import announce_plans, current_rows, first_seeds, plan_benchmark, producers
 from xr_nemo.eval.scoring import avg_at_k, majority_at_k, pass_at_k, wilson_interval
-from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids, generate_from_seeds
+from xr_nemo.generation.engine import Engine, Sampling, generate_from_seeds
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.run_dir import export_source, resolve_hf_model
+from xr_nemo.tasks.benchmark import MATH_VERIFIED, UnreadableGold
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
 from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
+from xr_nemo.tasks.image_benchmarks import mathvision_same
 from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
 from xr_nemo.tasks.judges import (
     mathvista_free_form_correct,
@@ -114,16 +116,9 @@ def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
 class Evaluator:
     def __init__(self, config: EvalConfig, builder: PromptBuilder, pool: RewardPool) -> None:
         self.config, self.builder, self.pool = config, builder, pool
-        tokenizer = builder.tokenizer
-        self.decode = tokenizer.decode
-        self.stop_ids = chat_stop_ids(tokenizer)
-        self.sampling = Sampling(
-            max_new_tokens=config.generation.max_new_tokens,
-            temperature=config.generation.temperature,
-            top_p=config.generation.top_p,
-            stop_token_ids=self.stop_ids,
-            forced_exit=ForcedExit.of(tokenizer, config.generation.thinking_budget),
-        )
+        self.decode = builder.tokenizer.decode
+        self.sampling = Sampling.of(config.generation, builder.tokenizer)
+        self.stop_ids = self.sampling.stop_token_ids
 
     def _correct(self, benchmark: Benchmark, item: EvalItem, answers: list[Extraction]) -> list[bool]:
         """Each answer judged as the benchmark's official scorer judges a final answer."""
@@ -142,7 +137,11 @@ class Evaluator:
             return [
                 a is not None and mathvista_free_form_correct(a, item.gold, kind, precision) for a in said
             ]
-        return [same is True for same in self._equivalent_to([item.gold], said)[0]]
+        verified = self._equivalent_to([item.gold], said)[0]
+        if benchmark.free_form == "mathvision":
+            same = [a is not None and mathvision_same(a, item.gold) for a in said]
+            return [text_or_value or math is True for text_or_value, math in zip(same, verified, strict=True)]
+        return [math is True for math in verified]
 
     def _equivalent_to(self, references: list[str], answers: list[str | None]) -> list[list[bool | None]]:
         """math-verify equivalence of every answer to every reference, in the reward workers; None for a
@@ -157,7 +156,7 @@ class Evaluator:
     def _votes(self, benchmark: Benchmark, item: EvalItem, answers: list[str | None]) -> list[int | None]:
         """For majority@k: each sample's vote, the index of the first sample whose answer is the same
         answer — the same letter, the same normalised short answer, or a math-verify equivalent."""
-        if item.options is not None or benchmark.free_form != "math":
+        if item.options is not None or benchmark.free_form not in MATH_VERIFIED:
             key = normalise_short_answer if benchmark.free_form == "short" and item.options is None else str
             keys = [None if a is None else key(a) for a in answers]
             return [None if k is None else keys.index(k) for k in keys]
@@ -257,6 +256,7 @@ def generate(
 
 
 _REASONS = {
+    UnreadableGold: "unreadable math gold",
     MissingImage: "missing image",
     UndecodableImage: "undecodable image",
     UnusableImage: "unusable image",

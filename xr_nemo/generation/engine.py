@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from xr_nemo.config.schema import GenerationConfig
 
 END_THINKING = "</think>"
 FORCED_EXIT_TEXT = f"\n{END_THINKING}\n\n"
@@ -54,6 +57,18 @@ class Sampling:
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
     forced_exit: ForcedExit | None = None  # None: never
+
+    @classmethod
+    def of(cls, generation: GenerationConfig, tokenizer) -> Sampling:
+        """The one way from settings to sampling (GRPO, evaluation, distillation, the demo), so a
+        generation setting cannot reach one engine and not another; the turn ends at the chat's stops."""
+        return cls(
+            max_new_tokens=generation.max_new_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            stop_token_ids=chat_stop_ids(tokenizer),
+            forced_exit=ForcedExit.of(tokenizer, generation.thinking_budget),
+        )
 
 
 @dataclass(frozen=True)

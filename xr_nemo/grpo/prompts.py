@@ -1,19 +1,23 @@
 """RL prompts with verifiable answers: Orz-Math-57k pairs and generic `{prompt, answer}` records
 (optionally multiple choice, with `options`), rendered through the chat template once, up front.
 
-Bad records stop the run with file:line (or are skipped and counted with `data.on_error=skip`), as in SFT.
+Bad records stop the run with file:line (or are skipped and counted with `data.on_error=skip`), as in SFT;
+a multiple-choice question with fewer than two options is one (its reward would be free). A math gold
+math-verify cannot read is always skipped and counted with its place: its reward could only come from
+matching it as a string, so it would teach nothing.
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from xr_nemo.data.prompt_format import training_prompt, with_options
 from xr_nemo.data.records import TURN_PAIR, DataError, Record, read_records
 from xr_nemo.errors import ConfigError
-from xr_nemo.tasks.benchmark import gold_letter, lettered, text
+from xr_nemo.tasks.benchmark import UnreadableGold, check_question, gold_letter, lettered, text
 
 SCHEMAS = ("orz", "prompt_answer")
 _QUESTION_KEYS = ("prompt", "question", "problem")
@@ -126,14 +130,11 @@ def _benchmark_item(record: Record, schema: str, index: int) -> PromptItem | Non
     from xr_nemo.tasks.benchmarks import REGISTRY
 
     check_schema(schema)
-    benchmark = REGISTRY[schema]()
     try:
-        item = benchmark.item(record, index)
+        item = REGISTRY[schema]().read(record, index)
     except (KeyError, TypeError, ValueError, AttributeError, SyntaxError) as error:
         raise DataError(f"malformed {schema} record ({error!r})", where=record.where) from error
-    if not benchmark.keep(item):
-        return None
-    return PromptItem(record.where, item.question, item.gold, item.options)
+    return None if item is None else PromptItem(record.where, item.question, item.gold, item.options)
 
 
 def to_item(record: Record, schema: str, index: int = 0) -> PromptItem | None:
@@ -148,7 +149,18 @@ def to_item(record: Record, schema: str, index: int = 0) -> PromptItem | None:
             fix="use Orz-Math pairs or {prompt|question|problem, answer[, options]}, or set data.schema "
             "(orz, prompt_answer, or a text benchmark's name such as medqa or medmcqa)",
         )
-    return _orz(record) if found == "orz" else _prompt_answer(record)
+    item = _orz(record) if found == "orz" else _prompt_answer(record)
+    check_question(item.options, item.answer, record.where)  # without options, the math reward judges
+    return item
+
+
+def _records(source: str, split: str, schema: str) -> Iterator[Record | DataError]:
+    """The records, through the benchmark's screen when a benchmark's reader reads them (MedMCQA refuses
+    a file of the other `cop` layout as a whole)."""
+    from xr_nemo.tasks.benchmarks import REGISTRY
+
+    records = read_records(source, split)
+    return REGISTRY[schema]().screen(records) if schema in REGISTRY else records
 
 
 def load_prompts(
@@ -167,7 +179,7 @@ def load_prompts(
     (`template="none"`: the question as it is), after `system_prompt` when one is given (the paper has
     none); too-long prompts are dropped and counted."""
     prompts = PromptSet([], [])
-    for index, record in enumerate(read_records(source, split)):
+    for index, record in enumerate(_records(source, split, schema)):
         if max_samples is not None and len(prompts) >= max_samples:
             break
         try:
@@ -175,7 +187,7 @@ def load_prompts(
                 raise record
             item = to_item(record, schema, index)
         except DataError as error:
-            if on_error != "skip":
+            if on_error != "skip" and not isinstance(error, UnreadableGold):
                 raise DataError(
                     error.what, where=error.where, fix="fix or remove the record, or set data.on_error=skip"
                 ) from None

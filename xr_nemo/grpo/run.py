@@ -27,7 +27,7 @@ from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.devices import all_reduce_host
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
-from xr_nemo.generation.engine import Engine, ForcedExit, Sampling, chat_stop_ids
+from xr_nemo.generation.engine import Engine, Sampling
 from xr_nemo.generation.factory import build_engine
 from xr_nemo.grpo.algorithm import group_advantages
 from xr_nemo.grpo.batch import Sample, minibatches, uniform_length
@@ -193,14 +193,8 @@ def _rollout_worker(
         model=policy.model,
         pad_id=tokenizer.pad_token_id or 0,
     )
-    stop_ids = chat_stop_ids(tokenizer)
-    sampling = Sampling(
-        max_new_tokens=rollout.max_new_tokens,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        stop_token_ids=stop_ids,
-        forced_exit=ForcedExit.of(tokenizer, rollout.thinking_budget),
-    )
+    sampling = Sampling.of(rollout, tokenizer)
+    stop_ids = sampling.stop_token_ids
     return RolloutWorker(
         prompts,
         engine,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,8 +29,15 @@ from xr_nemo.tasks.images import (
 )
 
 # How items without options are judged: math-verify equivalence, a normalised short answer (lmms-eval's
-# SLAKE scorer), MMMU's open-question rule, or MathVista's typed normalisation (`xr_nemo.tasks.judges`).
-FreeForm = Literal["math", "short", "mmmu", "mathvista", "exact"]
+# SLAKE scorer), MMMU's open-question rule, MathVista's typed normalisation (`xr_nemo.tasks.judges`), or
+# MATH-V's rule (math-verify, or the same text or value as its `is_equal`: `image_benchmarks`).
+FreeForm = Literal["math", "short", "mmmu", "mathvista", "mathvision", "exact"]
+MATH_VERIFIED: tuple[FreeForm, ...] = ("math", "mathvision")  # golds math-verify must be able to read
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class UnreadableGold(DataError):
+    """A math gold math-verify cannot read: every answer would be compared with it as a string."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +73,23 @@ class Benchmark:
         """Whether the item belongs to this benchmark (subsets such as a health category filter here)."""
         return True
 
+    def screen(self, records: Iterable[Record | DataError]) -> Iterator[Record | DataError]:
+        """The records of one source as read, for a benchmark to refuse a whole source by what its
+        records show together (MedMCQA's `cop` convention); training reads its records through it too."""
+        yield from records
+
+    def read(self, record: Record, index: int) -> EvalItem | None:
+        """The record as a checked item (`check_question`), or None when it is outside the benchmark's
+        subset. Evaluation, distillation and GRPO prompts read benchmark records through here."""
+        item = self.item(record, index)
+        if not self.keep(item):
+            return None
+        check_question(item.options, item.gold if self.free_form in MATH_VERIFIED else None, record.where)
+        return item
+
     def _records(self, source: str | None) -> Iterator[Record | DataError]:
         if source is not None:
-            yield from read_records(source, self.split)
+            yield from self.screen(read_records(source, self.split))
             return
         if self.hub_id is None:
             raise ConfigError(
@@ -76,7 +98,7 @@ class Benchmark:
                 fix=f"download it and pass +data.{self.name}=PATH (see docs/eval.md)",
             )
         for config in self.hub_configs:
-            yield from read_records(self.hub_id, self.split, config)
+            yield from self.screen(read_records(self.hub_id, self.split, config))
 
     def items(self, source: str | None) -> Iterator[EvalItem | DataError]:
         """Every record as an item whose images decode, or the error that makes it unusable (file:line).
@@ -86,7 +108,7 @@ class Benchmark:
                 yield record
                 continue
             try:
-                item = self.item(record, index)
+                item = self.read(record, index)
             except ImagesNotLocal as error:
                 raise ConfigError(
                     f"{self.name}: {error.what}",
@@ -100,7 +122,7 @@ class Benchmark:
             except (KeyError, TypeError, ValueError, AttributeError, SyntaxError) as error:
                 yield DataError(f"malformed {self.name} record ({error!r})", where=record.where)
                 continue
-            if not self.keep(item):
+            if item is None:
                 continue
             try:
                 for image in item.images:
@@ -143,6 +165,40 @@ def lettered(options: list[Any], where: str) -> dict[str, str]:
         letter: text(option, f"option {letter}", where)
         for letter, option in zip(string.ascii_uppercase, options, strict=False)
     }
+
+
+def check_options(options: dict[str, str], where: str) -> None:
+    """A multiple-choice question needs two options at the least: with one, every answer reads as it
+    (a free point in evaluation, a free reward in RL)."""
+    if len(options) < 2:
+        raise DataError(
+            f"a multiple-choice question needs two options at the least; this one has {len(options)}",
+            where=where,
+            fix="give the record all its options, or drop it",
+        )
+
+
+def check_math_gold(gold: str, where: str) -> None:
+    """The gold must be one math-verify reads (the math reward's own criterion), or every answer is
+    compared with it as a string. Plain decimals are read without asking (most golds: fast)."""
+    from xr_nemo.rewards.math import math_score
+
+    if _PLAIN_NUMBER.fullmatch(gold.strip()) or math_score("", gold)[1]:
+        return
+    raise UnreadableGold(
+        f"math-verify cannot read the gold answer {gold[:80]!r}",
+        where=where,
+        fix="write the gold as a number or LaTeX math, or drop the record (it is skipped and counted)",
+    )
+
+
+def check_question(options: dict[str, str] | None, math_gold: str | None, where: str) -> None:
+    """What makes a question usable whatever reads it: at least two options for multiple choice; for a
+    question without options whose answer math-verify judges (`math_gold`), a gold it can read."""
+    if options is not None:
+        check_options(options, where)
+    elif math_gold is not None:
+        check_math_gold(math_gold, where)
 
 
 def option_list(value: Any, where: str) -> list[Any]:

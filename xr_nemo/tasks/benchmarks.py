@@ -14,9 +14,10 @@ SUITES: dict[str, tuple[str, ...]] = {
         "gsm8k", "mmlu_pro", "mmlu_pro_health", "mmmu", "mmmu_health", "mmmu_pro", "mmmu_pro_health",
         "mmstar", "mathvista", "mathvision", "medqa", "medqa_5op", "medxpertqa_mm", "omnimedvqa", "nejm",
     ),
-    "medical": (  # X-Reasoner-Med's text and multimodal medical benchmarks
+    "medical": (  # X-Reasoner-Med's text and multimodal medical benchmarks (Fig. 4), and more
         "medqa", "medqa_5op", "medmcqa", "pubmedqa", "mmlu_pro_health", "medxpertqa_text",
-        "medxpertqa_mm", "nejm", "vqa_rad", "slake", "pmc_vqa", "omnimedvqa",
+        "mmmu_health", "mmmu_pro_health", "medxpertqa_mm", "nejm", "vqa_rad", "slake", "pmc_vqa",
+        "omnimedvqa",
     ),
     "multimodal": ("mmmu", "mmmu_pro", "mmstar", "mathvista", "mathvision"),
 }  # fmt: skip

@@ -7,9 +7,10 @@ import math
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from xr_nemo.data.records import DataError, Record, parse_json
+from xr_nemo.errors import ConfigError
 from xr_nemo.tasks.benchmark import Benchmark, EvalItem, lettered, register, text
 
 
@@ -96,19 +97,39 @@ class MedMCQA(Benchmark):
     opd, cop, subject_name}` with `cop` the 0-based index of the correct option (the hub's loading
     script stores the release's `cop - 1` as a ClassLabel a–d; its test split has -1, no answer). The
     validation split, since the test split has no answers. The original release counts from 1 and is
-    `medmcqa_release`: the two cannot be told apart from a record, so the name says which."""
+    `medmcqa_release`: a record alone cannot say which (1–3 are in both), so the name says which, and a
+    source holding a value only the other layout has (4 here, 0 there) is refused as a whole — read
+    under the wrong name, every other record would be one letter off."""
 
     name = "medmcqa"
     hub_id, split = "openlifescienceai/medmcqa", "validation"
     cop_base: ClassVar[int] = 0  # what `cop` counts from in this layout
+    foreign_cop: ClassVar[int] = 4  # a value only the other layout has (the release's option D)
+    other_name: ClassVar[str] = "medmcqa_release"
     other_layout: ClassVar[str] = "medmcqa_release (the original release, whose cop counts from 1)"
+
+    def screen(self, records: Iterable[Record | DataError]) -> Iterator[Record | DataError]:
+        records = list(records)
+        clashes = [r for r in records if isinstance(r, Record) and self._foreign(r.fields.get("cop"))]
+        if clashes:
+            raise ConfigError(
+                f"{len(clashes)} of {len(records)} records have cop {self.foreign_cop}, which only the other "
+                f"layout has: this is {self.other_layout}, and read as {self.name} (cop counted from "
+                f"{self.cop_base}) the rest would be one letter off",
+                where=clashes[0].where,
+                fix=f"read it as {self.other_name} (`--benchmarks {self.other_name}`, or "
+                f"`data.schema={self.other_name}` for training)",
+            )
+        yield from records
+
+    def _foreign(self, cop: Any) -> bool:
+        value = _cop(cop)
+        return isinstance(value, int) and not isinstance(value, bool) and value == self.foreign_cop
 
     def item(self, record: Record, index: int) -> EvalItem:
         fields, where = record.fields, record.where
         options = lettered([fields.get(key) for key in ("opa", "opb", "opc", "opd")], where)
-        correct = fields.get("cop")
-        if isinstance(correct, str) and correct.strip().lstrip("-").isdigit():  # CSV copies
-            correct = int(correct)
+        correct = _cop(fields.get("cop"))
         first, last = self.cop_base, self.cop_base + len(options) - 1
         if isinstance(correct, bool) or not isinstance(correct, int) or not first <= correct <= last:
             raise DataError(
@@ -124,6 +145,13 @@ class MedMCQA(Benchmark):
         return EvalItem(item_id, text(fields.get("question"), "'question'", where), gold, options, meta)
 
 
+def _cop(value: Any) -> Any:
+    """`cop` as given, or as the integer a CSV copy spells."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
 @register
 class MedMCQARelease(MedMCQA):
     """The original release (`train.json`, `dev.json`, `test.json` from the authors' download: JSON lines
@@ -131,8 +159,8 @@ class MedMCQARelease(MedMCQA):
     Local files only; a folder is read for `dev.json` (the validation split)."""
 
     name = "medmcqa_release"
-    hub_id, cop_base = None, 1
-    other_layout = "medmcqa (the hub layout, whose cop counts from 0)"
+    hub_id, cop_base, foreign_cop = None, 1, 0  # 0: the hub's option A
+    other_name, other_layout = "medmcqa", "medmcqa (the hub layout, whose cop counts from 0)"
 
 
 # The official PQA-L test set: `preprocess/split_dataset.py` of github.com/pubmedqa/pubmedqa splits the
