@@ -155,3 +155,16 @@ def test_the_demos_greedy_sampling_is_unchanged_by_the_shared_constructor(tiny_t
 
     made = Sampling.of(GenerationConfig(temperature=0.0, max_new_tokens=48), tiny_tokenizer)
     assert made == Sampling(48, temperature=0.0, stop_token_ids=chat_stop_ids(tiny_tokenizer))
+
+
+def test_grpo_refuses_a_rollout_seed_it_would_ignore(tmp_path):
+    """Its rollouts are seeded from trainer.seed (exact resume): a rollout.seed would change nothing."""
+    from xr_nemo.errors import ConfigError
+    from xr_nemo.grpo.run import check_config
+
+    config = GRPOConfig()
+    config.run.dir = str(tmp_path / "run")
+    config.rollout.seed = 7
+    with pytest.raises(ConfigError, match=r"rollout\.seed=7 is not used") as error:
+        check_config(config)
+    assert "trainer.seed" in error.value.fix

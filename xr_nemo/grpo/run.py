@@ -21,7 +21,7 @@ from megatron.core import parallel_state
 from transformers import AutoConfig, AutoTokenizer
 
 from xr_nemo.config.bounds import check_writable_directory, validate
-from xr_nemo.config.schema import EngineKind, GRPOConfig
+from xr_nemo.config.schema import EngineKind, GenerationConfig, GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.devices import all_reduce_host
@@ -60,6 +60,13 @@ def check_config(config: GRPOConfig) -> None:
             "rollout engines run one per training rank; their tensor parallelism is not configurable",
             where="rollout.tensor_parallel",
             fix="leave rollout.tensor_parallel=1",
+        )
+    if rollout.seed != GenerationConfig.seed:
+        raise ConfigError(
+            f"rollout.seed={rollout.seed} is not used: each rollout's seed is a function of trainer.seed, "
+            "the prompt and the sample, so a resumed run samples what the uninterrupted one did",
+            where="rollout.seed",
+            fix="set trainer.seed instead (and leave rollout.seed unset)",
         )
     if config.grpo.clip_high < config.grpo.clip_low:
         raise ConfigError(
