@@ -76,17 +76,28 @@ def test_a_teacher_whose_template_opens_thinking_gets_the_tag_back_in_its_traces
     inside the thinking: the trace must start with the tag SFT is to learn."""
     from transformers import AutoTokenizer
 
-    from xr_nemo.distill.run import _trace, opens_thinking
+    from xr_nemo.distill.run import _trace
     from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+    from xr_nemo.tasks.extract import template_opens_thinking
 
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_qwen25_vl(tmp_path / "teacher"))
-    assert not opens_thinking(tokenizer)
+    assert not template_opens_thinking(tokenizer)
     tokenizer.chat_template = tokenizer.chat_template + "{% if add_generation_prompt %}<think>\n{% endif %}"
-    assert opens_thinking(tokenizer)
+    assert template_opens_thinking(tokenizer)
     output = "First, the drug. </think> <answer>B</answer>"
     assert _trace(output, "B", "answer_tag", opened=True) == f"<think>\n{output}"
     assert _trace(f"<think>{output}", "B", "answer_tag", opened=True) == f"<think>{output}"
     assert _trace(output, "B", "answer_tag", opened=False) == output
+    # judged as the trace would be: under this template a response cut before `</think>` is unfinished,
+    # though "answer is B" in its half-finished thought would be read from a baseline's whole reply
+    from xr_nemo.eval.run import _extract
+    from xr_nemo.tasks.benchmark import EvalItem
+    from xr_nemo.tasks.benchmarks import get_benchmark
+
+    item = EvalItem("q1", "Which drug?", "B", options={"A": "aspirin", "B": "heparin"})
+    cut = "Heparin acts fast, so the answer is B. But wait, the bleeding risk"
+    assert _extract(get_benchmark("medqa"), item, cut, thinking_opened=False).answer == "B"
+    assert _extract(get_benchmark("medqa"), item, cut, thinking_opened=True).method == "unfinished"
 
 
 def test_distill_cli_runs_a_real_teacher(tmp_path):

@@ -46,9 +46,10 @@ OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Clopidogrel"}
         ("<think>hmm</think><answer>a decreased dose</answer>", None, "none"),  # not option A
         ("<think>hmm</think>I think it is B", None, "none"),  # not option I
         ("<think>I think the answer is C</think> I am not sure.", None, "none"),  # never from the thinking
-        ("The answer is B.", None, "unfinished"),  # the thinking never closed
+        ("The answer is B.", "B", "whole:answer_is"),  # never thought: read whole
         ("<think>endless thinking that never closes", None, "unfinished"),
-        ("", None, "unfinished"),
+        ("<think>I think the answer is C", None, "unfinished"),  # never from an open thinking either
+        ("", None, "whole:none"),
     ],
 )
 def test_choice_extraction(output, letter, method):
@@ -81,7 +82,8 @@ def test_option_text_is_matched_after_normalising_units_and_symbols(output, opti
         ("<think>.</think>so x = \\boxed{12}.", "12", "boxed"),
         ("<think>5 or 6</think>The answer is $-2.5$.", "-2.5", "answer_is"),
         ("<think>x</think>\n\n1250", "1250", "reply"),
-        ("so x = \\boxed{12}.", None, "unfinished"),
+        ("so x = \\boxed{12}.", "12", "whole:boxed"),
+        ("<think>so x = \\boxed{12}.", None, "unfinished"),
         ("<think>x</think>" + " no idea" * 40, None, "none"),
     ],
 )

@@ -31,6 +31,7 @@ from xr_nemo.eval.run import generate, load_items, model_directory
 from xr_nemo.generation.engine import Engine
 from xr_nemo.io.atomic_dir import write_text_atomically
 from xr_nemo.tasks.benchmarks import get_benchmark
+from xr_nemo.tasks.extract import template_opens_thinking
 
 
 def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
@@ -52,14 +53,6 @@ def _as_evaluation(config: DistillConfig, teacher: Path) -> EvalConfig:
 
 def _in_answer_format(output: str, answer: str, method: str) -> str:
     return output if method == "answer_tag" else f"{output.rstrip()}\n<answer>{answer}</answer>"
-
-
-def opens_thinking(tokenizer) -> bool:
-    """Whether the teacher's chat template opens `<think>` itself in the generation prompt (QwQ-32B and
-    other R1-style templates do): its completions then start inside the thinking, without the tag."""
-    probe = [{"role": "user", "content": "\x00"}]
-    tail = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True).split("\x00")[-1]
-    return "<think>" in tail and "</think>" not in tail
 
 
 def _trace(output: str, answer: str, method: str, opened: bool) -> str:
@@ -88,7 +81,7 @@ def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     items, problems = loaded[benchmark.name]
     identity = made_by[benchmark.name].model
     rows = current_rows(evaluation, out, benchmark.name, items, made_by[benchmark.name])
-    opened = opens_thinking(AutoTokenizer.from_pretrained(teacher))
+    opened = template_opens_thinking(AutoTokenizer.from_pretrained(teacher))
     traces, solved, correct, total = [], 0, 0, 0
     for item in items:
         row = rows.get(item.id)

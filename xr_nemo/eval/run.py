@@ -37,7 +37,7 @@ from xr_nemo.rewards.pool import RewardPool, RewardTask
 from xr_nemo.run_dir import export_source, resolve_hf_model
 from xr_nemo.tasks.benchmark import MATH_VERIFIED, UnreadableGold
 from xr_nemo.tasks.benchmarks import Benchmark, EvalItem, get_benchmark
-from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice
+from xr_nemo.tasks.extract import Extraction, extract_answer, extract_choice, template_opens_thinking
 from xr_nemo.tasks.image_benchmarks import mathvision_same
 from xr_nemo.tasks.images import MissingImage, UndecodableImage, UnusableImage
 from xr_nemo.tasks.judges import (
@@ -99,16 +99,18 @@ def load_items(config: EvalConfig, benchmarks: list[Benchmark]) -> Loaded:
 _NEAREST = {"edit_distance": nearest_by_edit_distance, "similarity": nearest_by_similarity}
 
 
-def _extract(benchmark: Benchmark, item: EvalItem, output: str) -> Extraction:
+def _extract(benchmark: Benchmark, item: EvalItem, output: str, thinking_opened: bool) -> Extraction:
     """The item's answer: an option letter for multiple choice — for benchmarks whose official scorer
     takes the nearest option when no letter is read (MathVista, OmniMedVQA), that option — else the
-    final answer as written."""
+    final answer as written. `thinking_opened`: the prompt opened the thinking (an R1-style template),
+    so an output without `</think>` is unfinished, never read whole."""
     if item.options is None:
-        return extract_answer(output)
-    found = extract_choice(output, item.options)
+        return extract_answer(output, thinking_opened=thinking_opened)
+    found = extract_choice(output, item.options, thinking_opened=thinking_opened)
     if found.answer is not None or benchmark.nearest_option is None:
         return found
-    written = extract_answer(output).answer  # read again only where a nearest option is taken
+    # read again only where a nearest option is taken
+    written = extract_answer(output, thinking_opened=thinking_opened).answer
     letter = None if written is None else _NEAREST[benchmark.nearest_option](written, item.options)
     return Extraction(letter, "nearest_option") if letter is not None else found
 
@@ -119,6 +121,7 @@ class Evaluator:
         self.decode = builder.tokenizer.decode
         self.sampling = Sampling.of(config.generation, builder.tokenizer)
         self.stop_ids = self.sampling.stop_token_ids
+        self.thinking_opened = template_opens_thinking(builder.tokenizer)
 
     def _correct(self, benchmark: Benchmark, item: EvalItem, answers: list[Extraction]) -> list[bool]:
         """Each answer judged as the benchmark's official scorer judges a final answer."""
@@ -191,7 +194,7 @@ class Evaluator:
         )
         for item, completions in zip(kept, groups, strict=True):
             outputs = [self.decode([t for t in c.token_ids if t not in self.stop_ids]) for c in completions]
-            answers = [_extract(benchmark, item, output) for output in outputs]
+            answers = [_extract(benchmark, item, output, self.thinking_opened) for output in outputs]
             rows.append(
                 {
                     "id": item.id,

@@ -1,12 +1,13 @@
-"""Multiple choice: which option a finished response chose, for the reward and for evaluation alike.
+"""Multiple choice: which option a response chose, for the reward and for evaluation alike.
 
 The final answer (see `extract.py`) is read as an option when it is written as one: `B`, `(B)`, `[B]`,
 `**B**`, `B: text`, `B. text`, `(B) text`, `\\boxed{B}`, `\\boxed{\\text{B}}`, "The answer is B", "The
 correct option is B", "Option B" — capital letters only, so "a decreased cardiac output" is not option A
 and "I think it is B" is not option I — or by an option's text, compared after normalising case, spaces,
 units and symbols ("6 cm" is "6cm", "145" is "145°", "Warfarin therapy" names the option "Warfarin"
-when no other option's text is in it). Failing both, a letter marked as an option after the thinking
-(`(C)`, `C.`) is read, when only one is marked. Nothing is read from inside the thinking.
+when no other option's text is in it). Failing both, a letter marked as an option in the text read
+(`(C)`, `C.`) is taken, when only one is marked. Nothing is read from inside a thinking: the reward
+reads after a closed one (`read_choice`), evaluation as `xr_nemo.tasks.extract` says (`choice_in`).
 """
 
 from __future__ import annotations
@@ -81,17 +82,20 @@ def chosen_option(answer: str, options: dict[str, str]) -> str | None:
     return _by_text(text, options)
 
 
-def read_choice(completion: str, options: dict[str, str]) -> tuple[str | None, str]:
-    """(chosen letter or None, how it was found: answer_tag | boxed | answer_is | reply | marked_letter |
-    none)."""
-    text = after_thinking(completion)
-    if text is None:
-        return None, "unfinished"
+def choice_in(text: str, options: dict[str, str]) -> tuple[str | None, str]:
+    """(chosen letter or None, how it was found: answer_tag | answer_tag_cut | boxed | hashes | answer_is |
+    reply | marked_letter | none) in the text to read."""
     answer, method = located_answer(text)
     if answer is not None and (letter := chosen_option(answer, options)) is not None:
         return letter, method
     marked = {a or b for a, b in _MARKED.findall(text[-2_000:]) if (a or b) in options}
     return (marked.pop(), "marked_letter") if len(marked) == 1 else (None, "none")
+
+
+def read_choice(completion: str, options: dict[str, str]) -> tuple[str | None, str]:
+    """The reward's reading: the choice after a closed thinking; (None, "unfinished") without one."""
+    text = after_thinking(completion)
+    return (None, "unfinished") if text is None else choice_in(text, options)
 
 
 def choice_reward(completion: str, gold: str, options: dict[str, str]) -> float:

@@ -1,11 +1,18 @@
-"""Find the final answer of a finished response.
+"""Find the final answer in a response.
 
-A response is finished when its thinking is closed: the answer is read only from the text after the
-last `</think>` — from `<answer>…</answer>` there, else a `\\boxed{…}`, else "the answer is …", else that
-text itself when it is short. A response whose thinking never closed (cut at the length limit, or
-thinking forever) has no answer: that is what RL must not reward. The last occurrence wins (models
-restate and correct themselves). Inputs are capped before any search, so a megabyte completion costs no
-more than a short one.
+Where to look. A reward reads only a finished response — its thinking closed — and only the text after
+the last `</think>` (`after_thinking`): a response whose thinking never closed (cut at the length
+limit, or thinking forever) has no answer, and neither has one that never thought — `docs/grpo.md` says
+why RL wants that. Evaluation reads more (`xr_nemo.tasks.extract`).
+
+What to read, in that text: `<answer>…</answer>`, else `\\boxed{…}`, else a GSM8K `#### 18` line, else
+"the answer is …" / "Answer: …", else the text itself when it is short. Inside an answer tag a box, a
+`####` line or a stated answer is looked for first, the tag's content taken whole otherwise; an
+`<answer>` cut before its `</answer>` (a forced exit's answer budget ran out) gives the complete box,
+line or statement inside it, else what came before it is read. The last occurrence wins (models
+restate and correct themselves). Inputs are cut to their tail before any search, so a megabyte
+completion costs no more than a short one; the length cap applies to the answer found, never to the tag
+it was found in.
 """
 
 from __future__ import annotations
@@ -14,27 +21,96 @@ import re
 
 MAX_SEARCH_CHARS = 20_000  # the tail of a completion that is searched for an answer
 MAX_ANSWER_CHARS = 1_000  # longer "answers" are not answers
-MAX_REPLY_CHARS = 200  # a plain reply after the thinking longer than this is prose, not an answer
+MAX_REPLY_CHARS = 200  # a plain reply longer than this is prose, not an answer
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ANSWER_IS = re.compile(r"answer(?:\s+is|:)[:\s]*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
-_BOXED = ("\\boxed{", "\\fbox{")
+OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"
+_STATED = r"answer(?:\s+is|:)[:\s]*(.+?)"
+_ANSWER_IS = re.compile(_STATED + r"(?:\.\s|\.$|\n|$)", re.IGNORECASE)
+# GSM8K's final-answer line, "#### 18", the number alone on it (a Markdown heading "#### 1. Setup" is not)
+_HASH_LINE = r"^####[ \t]*\$?(-?\d[\d,]*(?:\.\d+)?)\.?[ \t]*"
+_HASHES = re.compile(_HASH_LINE + "$", re.MULTILINE)
+_WRITTEN = (_HASHES, _ANSWER_IS)
+# In a cut tag an answer counts only once it has ended: "the answer is 1" may have been cut from "18".
+_ENDED = (re.compile(_HASH_LINE + r"\n", re.MULTILINE), re.compile(_STATED + r"(?:\.\s|\n)", re.IGNORECASE))
+_BOX_OPENING = re.compile(r"\\(?:boxed|fbox)\{")
+
+
+def _brace_pairs(text: str, start: int) -> dict[int, int]:
+    """Each `{` from `start` on that closes, with the position of its `}`: one pass, however many boxes."""
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for position in range(start, len(text)):
+        if text[position] == "{":
+            stack.append(position)
+        elif text[position] == "}" and stack:
+            pairs[stack.pop()] = position
+    return pairs
 
 
 def _last_boxed(text: str) -> str | None:
-    start = max(text.rfind(marker) for marker in _BOXED)
-    if start < 0:
+    """The content of the last complete `\\boxed{…}`; a box cut before its closing brace is passed over."""
+    openings = [match.end() - 1 for match in _BOX_OPENING.finditer(text)]
+    if not openings:
         return None
-    opening = text.index("{", start)
-    depth = 0
-    for position in range(opening, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[opening + 1 : position]
-    return None  # unclosed
+    pairs = _brace_pairs(text, openings[0])
+    closed = [opening for opening in openings if opening in pairs]
+    return text[closed[-1] + 1 : pairs[closed[-1]]] if closed else None
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1] if found else None
+
+
+def _stated(text: str, *, ended: bool = False) -> str | None:
+    """A box, a `####` line or "the answer is …" in an answer tag's content, in that order; `ended`: only
+    a line or statement that has ended (the tag was cut)."""
+    if (boxed := _last_boxed(text)) is not None:
+        return boxed
+    for pattern in _ENDED if ended else _WRITTEN:
+        if (found := _last(pattern, text)) is not None:
+            return found
+    return None
+
+
+def _last_tagged(text: str) -> str | None:
+    """The content of the last `<answer>…</answer>` (found from the end: linear in the text)."""
+    closing = text.rfind(CLOSE_TAG)
+    opening = text.rfind(OPEN_TAG, 0, max(closing, 0))
+    return text[opening + len(OPEN_TAG) : closing] if opening >= 0 else None
+
+
+def _found(text: str) -> tuple[str | None, str]:
+    """(answer as written, rule) in text holding no cut answer tag."""
+    if (tagged := _last_tagged(text)) is not None:
+        return (found if (found := _stated(tagged)) is not None else tagged), "answer_tag"
+    for rule, found in (
+        ("boxed", _last_boxed(text)),
+        ("hashes", _last(_HASHES, text)),
+        ("answer_is", _last(_ANSWER_IS, text)),
+    ):
+        if found is not None:
+            return found, rule
+    reply = text.strip()
+    return (reply, "reply") if len(reply) <= MAX_REPLY_CHARS else (None, "none")
+
+
+def _cleaned(answer: str | None, rule: str) -> tuple[str | None, str]:
+    answer = None if answer is None else answer.strip().strip("$").strip()
+    return (answer, rule) if answer and len(answer) <= MAX_ANSWER_CHARS else (None, "none")
+
+
+def located_answer(text: str) -> tuple[str | None, str]:
+    """(final answer as written, the rule that found it: answer_tag | answer_tag_cut | boxed | hashes |
+    answer_is | reply | none) in the text to read."""
+    text = text[-MAX_SEARCH_CHARS:]
+    opened = text.rfind(OPEN_TAG)
+    if opened > text.rfind(CLOSE_TAG):  # the last answer tag never closed
+        inside = _stated(text[opened + len(OPEN_TAG) :], ended=True)
+        if inside is not None:
+            return _cleaned(inside, "answer_tag_cut")
+        text = text[:opened]
+    return _cleaned(*_found(text))
 
 
 def after_thinking(completion: str) -> str | None:
@@ -43,28 +119,7 @@ def after_thinking(completion: str) -> str | None:
     return rest if closed else None
 
 
-def located_answer(text: str) -> tuple[str | None, str]:
-    """(final answer as written, where it was found: answer_tag | boxed | answer_is | reply | none) in
-    the text after the thinking."""
-    text = text[-MAX_SEARCH_CHARS:]
-    tagged = _ANSWER_TAG.findall(text)
-    if tagged:
-        boxed = _last_boxed(tagged[-1])
-        answer, method = (tagged[-1] if boxed is None else boxed), "answer_tag"
-    elif (boxed := _last_boxed(text)) is not None:
-        answer, method = boxed, "boxed"
-    elif stated := _ANSWER_IS.findall(text):
-        answer, method = stated[-1], "answer_is"
-    else:
-        reply = text.strip()
-        answer, method = (reply, "reply") if len(reply) <= MAX_REPLY_CHARS else (None, "none")
-    if answer is None:
-        return None, "none"
-    answer = answer.strip().strip("$").strip()
-    return (answer, method) if answer and len(answer) <= MAX_ANSWER_CHARS else (None, "none")
-
-
 def final_answer(completion: str) -> str | None:
-    """The final answer of a finished response as written, or None (unfinished, or no answer given)."""
+    """The reward's reading: the final answer after a closed thinking, as written, or None."""
     text = after_thinking(completion)
     return None if text is None else located_answer(text)[0]

@@ -1,7 +1,8 @@
 """Benchmark-specific judging of a final answer, following each benchmark's official scorer where that
 scorer is defined on the final answer (read from the scorers themselves; `docs/eval.md` lists which we
-follow and where we differ). Every function here takes the answer our extraction read after the
-thinking — never the whole response, which is where we deliberately differ from scorers that search
+follow and where we differ). Every function here takes the final answer our extraction read
+(`xr_nemo.tasks.extract`: after a closed thinking, or in a response that never opened one) — never a
+pattern found anywhere in the response, which is where we deliberately differ from scorers that search
 the whole output.
 """
 
