@@ -87,7 +87,7 @@ def grpo() -> GRPOConfig:
     config.rollout.max_new_tokens = 4096
     config.rollout.gpu_memory_utilization = 0.5
     config.grpo.clip_low = 0.2
-    config.grpo.clip_high = 0.28
+    config.grpo.clip_high = 0.28  # ours: DAPO's value; the paper names clip-higher, not its number
     config.grpo.kl_coef = 0.01
     config.grpo.loss_aggregation = "token"
     config.grpo.updates_per_rollout = 1
@@ -117,5 +117,5 @@ def eval() -> EvalConfig:
     config = EvalConfig(model="runs/xreasoner_7b_grpo", benchmarks=benchmarks)
     config.generation.temperature = 0.0
     config.generation.max_new_tokens = 4096
-    config.generation.thinking_budget = 3840
+    config.generation.thinking_budget = 3840  # ours: the split of 4,096 (256 left for the answer)
     return config
