@@ -55,9 +55,8 @@ def test_bad_values_are_refused_with_the_key_and_what_is_allowed(override, messa
 def test_exactly_one_of_the_global_batch_sizes_is_set(tmp_path, sizes, state):
     from xr_nemo.sft.run import check_config
 
-    config = apply_overrides(SFTConfig(), [*REQUIRED, f"run.dir={tmp_path}", *sizes])
     with pytest.raises(ConfigError, match=f"are both {state}; exactly one sizes an optimizer step") as error:
-        check_config(config)
+        apply_overrides(SFTConfig(), [*REQUIRED, f"run.dir={tmp_path}", *sizes])
     assert "trainer.global_batch_size=null" in error.value.fix
     samples = [  # no multiple of the micro-batch needed: a step is made up with empty sequences
         "trainer.global_batch_size=null",
@@ -207,3 +206,149 @@ def test_frozen_patterns_stop_training_what_they_match_and_a_pattern_matching_no
     }
     with pytest.raises(ConfigError, match=r"'embeddings\.\*' matches no parameter"):
         freeze(model, ["embeddings.*"])
+
+
+@pytest.mark.parametrize(
+    ("override", "fixes"),
+    [
+        ("+trainer.max_steps=5", ["'trainer.max_steps=5'", "'++trainer.max_steps=5'"]),
+        ("+model.checkpoint=/c", ["'model.checkpoint=/c'", "'++model.checkpoint=/c'"]),  # null now
+        ("+parallel.tp=2", ["'parallel.tp=2'", "'++parallel.tp=2'"]),  # under an old spelling too
+    ],
+)
+def test_a_plus_on_a_key_that_exists_is_refused_with_both_ways_to_write_it(override, fixes):
+    with pytest.raises(ConfigError, match=r"adds a key, and .* is already in the config") as error:
+        apply_overrides(SFTConfig(), [*REQUIRED, override])
+    assert error.value.where == f"override {override!r}"
+    assert all(fix in error.value.fix for fix in fixes), error.value.fix
+    changed = apply_overrides(SFTConfig(), [*REQUIRED, "+" + override])
+    assert apply_overrides(SFTConfig(), [*REQUIRED, override[1:]]) == changed
+
+
+def test_a_free_form_map_takes_new_entries_with_a_plus_only():
+    evaluation = EvalConfig(model="m", benchmarks=["medqa", "gsm8k"])
+    added = apply_overrides(evaluation, ["+data.medqa=a.jsonl", "++data.gsm8k=b.jsonl"])
+    assert added.data == {"medqa": "a.jsonl", "gsm8k": "b.jsonl"}
+    assert apply_overrides(added, ["data.medqa=c.jsonl", "++data.gsm8k=d.jsonl"]).data == {
+        "medqa": "c.jsonl",
+        "gsm8k": "d.jsonl",
+    }
+    with pytest.raises(ConfigError, match=r"data\.medqa is not in the config") as error:
+        apply_overrides(evaluation, ["data.medqa=a.jsonl"])
+    assert error.value.fix == "write '+data.medqa=a.jsonl' to add it"
+    with pytest.raises(ConfigError, match=r"\+data\.medqa adds a key"):
+        apply_overrides(added, ["+data.medqa=c.jsonl"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_step'"):
+        apply_overrides(SFTConfig(), [*REQUIRED, "++trainer.max_step=5"])  # sections stay closed
+
+
+GRPO_REQUIRED = ["data.train=/d"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "where", "message"),
+    [
+        (SFTConfig, ["parallel.tp=0"], "parallel.tensor_parallel", "must be a positive integer"),
+        (SFTConfig, ["parallel.sp=true"], "parallel.sequence_parallel", "needs tensor_parallel > 1"),
+        (SFTConfig, ["data.max_length=4098"], "data.max_length", "does not fit trainer.seq_length 4096"),
+        (GRPOConfig, ["rollout.engine=hf"], "rollout.engine", "cannot generate rollouts"),
+        (GRPOConfig, ["rollout.tensor_parallel=2"], "rollout.tensor_parallel", "not configurable"),
+        (GRPOConfig, ["rollout.seed=3"], "rollout.seed", r"rollout\.seed=3 is not used"),
+        (GRPOConfig, ["grpo.clip_high=0.1"], "grpo.clip_high", "is below grpo.clip_low=0.2"),
+        (
+            GRPOConfig,
+            ["rollout.engine=reference", "model.fp8=hybrid"],
+            "model.fp8 / rollout.engine",
+            "reference engine generates with the training model",
+        ),
+        (
+            GRPOConfig,
+            ["rollout.engine=reference", "parallel.cp=2"],
+            "parallel.context_parallel / rollout.engine",
+            "context parallelism needs rollout.engine=vllm",
+        ),
+        (EvalConfig, ["benchmarks=[gsm8k]", "+data.medqa=m.jsonl"], "data", "benchmarks not evaluated"),
+    ],
+)
+def test_rules_between_keys_are_checked_when_the_config_is_made(kind, overrides, where, message):
+    """No process group, no run directory: `apply_overrides` alone refuses them, naming the key."""
+    base = {SFTConfig: REQUIRED, GRPOConfig: GRPO_REQUIRED, EvalConfig: ["model=m"]}[kind]
+    with pytest.raises(ConfigError, match=message) as error:
+        apply_overrides(kind(), [*base, *overrides])
+    assert error.value.where == where and error.value.fix
+
+
+def test_a_saved_config_is_checked_as_overrides_are(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(apply_overrides(GRPOConfig(), GRPO_REQUIRED)).replace("seed: 0", "seed: 3"))
+    with pytest.raises(ConfigError, match=r"rollout\.seed=3 is not used"):
+        load_config(saved, GRPOConfig)
+
+
+@pytest.mark.parametrize(
+    ("layout", "multiple"),
+    [
+        ([], None),  # TP=1, PP=1, no FP8: any length
+        (["model.fp8=hybrid"], None),  # no pipeline: micro-batches are padded to 16 as they come
+        (["parallel.pp=2"], None),  # a fixed length, but nothing to divide it
+        (["parallel.pp=2", "model.fp8=hybrid"], 16),
+        (["parallel.pp=2", "model.fp8=hybrid", "model.fp8_recipe=mxfp8"], 32),
+        (["parallel.pp=2", "parallel.cp=2"], 4),
+        (["parallel.pp=2", "parallel.tp=2", "parallel.sp=true"], 2),
+    ],
+)
+def test_a_sequence_length_the_pipeline_cannot_take_is_refused_by_the_overrides(layout, multiple):
+    overrides = [*REQUIRED, "data.max_length=4096", "trainer.seq_length=4097", *layout]
+    if multiple is None:
+        assert apply_overrides(SFTConfig(), overrides).trainer.seq_length == 4097
+        return
+    with pytest.raises(ConfigError, match=rf"trainer\.seq_length 4097 is not a multiple of {multiple}:"):
+        apply_overrides(SFTConfig(), overrides)
+
+
+def _leaf_keys(config: object, prefix: str = "") -> list[str]:
+    import dataclasses
+
+    keys = []
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            keys += _leaf_keys(value, f"{prefix}{spec.name}.")
+        else:
+            keys.append(f"{prefix}{spec.name}")
+    return keys
+
+
+def test_every_key_of_every_command_is_documented():
+    """A key counts as documented when docs/config.md names it in full (`trainer.seq_length`) or in a
+    table row that starts with its section (`trainer`) and lists it; eval's and distill's own keys, in a
+    row that starts with them."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    rows = [line for line in docs.splitlines() if line.startswith("| `")]
+
+    def documented(key: str) -> bool:
+        section, _, leaf = key.rpartition(".")
+        if section and f"`{key}`" in docs:
+            return True
+        return any(row.startswith(f"| `{section or leaf}`") and f"`{leaf}`" in row for row in rows)
+
+    keys = {
+        key
+        for config in (SFTConfig(), GRPOConfig(), EvalConfig(), DistillConfig())
+        for key in _leaf_keys(config)
+    }
+    assert len(keys) > 100
+    assert sorted(key for key in keys if not documented(key)) == []
+
+
+def test_the_key_reference_in_the_docs_is_what_the_schema_makes():
+    """docs/config.md's "Every key" is generated from the schema's fields and comments; a new field,
+    a changed default or comment, or an edit by hand shows here."""
+    from pathlib import Path
+
+    from xr_nemo.config.reference import with_reference
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert with_reference(docs) == docs, "run: python -m xr_nemo.config.reference docs/config.md"

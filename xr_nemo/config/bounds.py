@@ -1,8 +1,8 @@
 """Bounds declared beside the fields they constrain, checked for the whole config at once.
 
 `positive(8)` is a field whose default is 8 and whose value must be ≥ 1 (or None, when the field is
-optional); `validate(config)` walks every section and names the full key of the first value out of
-bounds, before anything runs."""
+optional); `validate(config)` walks every section, names the full key of the first value out of bounds
+and runs the sections' own `check` methods, before anything runs."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def _in_bounds(value: float, bounds: dict[str, Any]) -> bool:
 
 
 def validate(config: Any, prefix: str = "") -> None:
-    """Check every bounded field of the dataclass `config` and of its sections."""
+    """Check every bounded field of the dataclass `config` and of its sections, then each section's own
+    `check(prefix)` (rules between its keys), innermost first, so a rule sees values already in range.
+    This is every check a config can pass or fail by itself; it runs whenever a config is made."""
     for spec in fields(config):
         value, key = getattr(config, spec.name), f"{prefix}{spec.name}"
         if is_dataclass(value):
@@ -61,6 +63,9 @@ def validate(config: Any, prefix: str = "") -> None:
                 where=key,
                 fix=f"set {key} to a value in {_interval(spec.metadata)}",
             )
+    check = getattr(config, "check", None)
+    if callable(check):
+        check(prefix)
 
 
 def _check_links(path: Path, key: str) -> None:

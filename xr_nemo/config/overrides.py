@@ -1,4 +1,4 @@
-"""Hydra's override grammar (`key=value`, `+key=value`, `~key`, lists, quoting) on typed configs."""
+"""Hydra's override grammar (`key=value`, `+key=value`, `++key=value`, lists, quoting) on typed configs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -70,15 +71,7 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
         key = _canonical(node, override.key_or_group)
         text = override.input_line
         try:
-            if override.is_delete():
-                raise ConfigError(f"cannot delete {key}: the config is typed", where=text)
-            if not _exists(node, key) and not _in_open_dict(node, key):
-                close = difflib.get_close_matches(key, _all_keys(node) + list(ALIASES), n=3)
-                raise ConfigError(
-                    f"unknown config key {key!r}",
-                    where=f"override {text!r}",
-                    fix=f"did you mean {' or '.join(close)}?" if close else "see `config.yaml` of a run",
-                )
+            _check_grammar(node, key, override)
             OmegaConf.update(node, key, override.value(), merge=True)
         except OmegaConfBaseException as exc:
             raise ConfigError(
@@ -87,6 +80,36 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
                 fix="check the type",
             ) from exc
     return to_object(node, type(config))
+
+
+def _check_grammar(node: DictConfig, key: str, override: Override) -> None:
+    """Hydra's rules on a typed config: `key=value` changes a key that exists, `+key=value` adds one that
+    does not (only a free-form dict, such as eval's `data`, takes new keys), `++key=value` does either."""
+    text = override.input_line
+    if override.is_delete():
+        raise ConfigError(f"cannot delete {key}: the config is typed", where=text)
+    exists = _exists(node, key)
+    if override.is_add() and exists:
+        raise ConfigError(
+            f"+{override.key_or_group} adds a key, and {key} is already in the config",
+            where=f"override {text!r}",
+            fix=f"write {text[1:]!r} to change it (or {'+' + text!r} to add or change it)",
+        )
+    if exists:
+        return
+    if not _in_open_dict(node, key):
+        close = difflib.get_close_matches(key, _all_keys(node) + list(ALIASES), n=3)
+        raise ConfigError(
+            f"unknown config key {key!r}",
+            where=f"override {text!r}",
+            fix=f"did you mean {' or '.join(close)}?" if close else "see `config.yaml` of a run",
+        )
+    if not (override.is_add() or override.is_force_add()):
+        raise ConfigError(
+            f"{key} is not in the config, and `key=value` only changes keys that are",
+            where=f"override {text!r}",
+            fix=f"write {'+' + text!r} to add it",
+        )
 
 
 def _warn_repeated(node: DictConfig, parsed: list) -> None:

@@ -11,11 +11,11 @@ from xr_nemo.errors import ConfigError
 class ParallelConfig:
     """Megatron parallel layout. Data parallel size is what is left of the world size."""
 
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    context_parallel: int = 1
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = True
+    tensor_parallel: int = 1  # ranks that split every layer's matrices (within a node: it talks most)
+    pipeline_parallel: int = 1  # ranks that hold consecutive slices of the layers
+    context_parallel: int = 1  # ranks that split every sequence (long contexts); ring or all-to-all
+    sequence_parallel: bool = False  # split the activations outside attention over the TP ranks too
+    use_distributed_optimizer: bool = True  # shard the optimizer state over the data-parallel ranks
 
     @property
     def model_parallel_size(self) -> int:
@@ -29,22 +29,27 @@ class ParallelConfig:
         chunks = 2 * self.context_parallel if self.context_parallel > 1 else 1
         return chunks * (self.tensor_parallel if self.sequence_parallel else 1)
 
-    def data_parallel_size(self, world_size: int) -> int:
-        """Validate the layout against `world_size` and return the data-parallel size."""
+    def check(self, prefix: str = "parallel.") -> None:
+        """The layout's own rules, which need no world size."""
         for key in ("tensor_parallel", "pipeline_parallel", "context_parallel"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(
                     f"{key} must be a positive integer, got {value!r}",
-                    where=f"parallel.{key}",
-                    fix=f"set parallel.{key}=1 or a larger divisor of the world size ({world_size})",
+                    where=f"{prefix}{key}",
+                    fix=f"set {prefix}{key}=1 or a larger divisor of the world size",
                 )
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError(
                 "sequence_parallel needs tensor_parallel > 1",
-                where="parallel.sequence_parallel",
-                fix="set parallel.sequence_parallel=false, or parallel.tensor_parallel to 2 or more",
+                where=f"{prefix}sequence_parallel",
+                fix=f"set {prefix}sequence_parallel=false, or {prefix}tensor_parallel to 2 or more",
             )
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Validate the layout against `world_size` and return the data-parallel size (`check` first: a
+        layout built in code has not been through `validate`)."""
+        self.check()
         if world_size % self.model_parallel_size != 0:
             raise ConfigError(
                 f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel × "

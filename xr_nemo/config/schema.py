@@ -1,7 +1,9 @@
 """The typed configuration of every command. Recipes return these dataclasses; `key=value` overrides
 land on them (`overrides.py`), choice fields are Enums (a wrong value is refused with the allowed ones),
-bounds live beside the fields (`bounds.py`) and every section is checked before any process starts; the
-resolved config is saved as `config.yaml` in the run directory."""
+bounds live beside the fields (`bounds.py`), rules between keys in each section's `check` method, and both
+run when a config is made (`bounds.validate`), before any process starts; the resolved config is saved as
+`config.yaml` in the run directory. The comment beside each field is its documentation (`reference.py`
+makes docs/config.md's "Every key" from it)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from enum import StrEnum
 
 from xr_nemo.config.bounds import at_least, between, positive
 from xr_nemo.config.parallel import ParallelConfig
+from xr_nemo.errors import ConfigError
 
 # ── choices ──────────────────────────────────────────────────────────────────────────────────────────
 # Member names are what users write (`data.overlong=drop`); as StrEnums they compare equal to them.
@@ -118,6 +121,9 @@ class EngineKind(StrEnum):
     reference = "reference"  # GRPO only: generates with the training model itself (tests, TP on CPU)
 
 
+ROLLOUT_ENGINES = (EngineKind.vllm, EngineKind.reference)  # those that generate from the live policy
+
+
 class LossAggregation(StrEnum):
     token = "token"
     sequence = "sequence"
@@ -144,15 +150,15 @@ class ModelConfig:
 
     hf_dir: str | None = "???"  # None: the `hf/` side files of `checkpoint`
     checkpoint: str | None = None  # a checkpoint, or a run directory (its latest checkpoint)
-    synthetic: Synthetic | None = None
-    train_vision: bool = False
+    synthetic: Synthetic | None = None  # tests and demos: make the model instead of downloading one
+    train_vision: bool = False  # also train the vision tower (the paper trains the language model only)
     # parameters kept as they are, as glob patterns over megatron-core names (`xr-nemo` checkpoints'
     # keys), e.g. ["language_model.embedding.*"]
     frozen: list[str] = field(default_factory=list)
-    dtype: Dtype = Dtype.auto
-    transformer_impl: TransformerImpl = TransformerImpl.auto
+    dtype: Dtype = Dtype.auto  # of the weights and activations; the optimizer keeps fp32 master weights
+    transformer_impl: TransformerImpl = TransformerImpl.auto  # the layers; checkpoints are the same for all
     fp8: FP8Format | None = None  # FP8 matmuls (Transformer Engine on an FP8-capable GPU); None: off
-    fp8_recipe: FP8Recipe = FP8Recipe.delayed
+    fp8_recipe: FP8Recipe = FP8Recipe.delayed  # how FP8 scales are chosen; newer recipes need newer GPUs
     recompute: Recompute = Recompute.none  # activation recompute: memory for compute
     cp_comm_type: CPCommType = CPCommType.p2p  # when parallel.context_parallel > 1
 
@@ -161,31 +167,36 @@ class ModelConfig:
 class GenerationConfig:
     """How an engine generates: GRPO's rollouts, evaluation and distillation share it."""
 
-    engine: EngineKind = EngineKind.auto
-    temperature: float = at_least(0.0, 1.0)
-    top_p: float = between(0.0, 1.0, 1.0, low_open=True)
-    max_new_tokens: int = positive(4096)
+    engine: EngineKind = EngineKind.auto  # what generates: vLLM, the HF model, or the training model
+    temperature: float = at_least(0.0, 1.0)  # 0: greedy
+    top_p: float = between(0.0, 1.0, 1.0, low_open=True)  # nucleus sampling; 1: off
+    max_new_tokens: int = positive(4096)  # per completion; longer ones are cut (and counted)
     thinking_budget: int | None = positive(None)  # forced exiting: close thinking after this many tokens
     gpu_memory_utilization: float = between(0.0, 1.0, 0.5, low_open=True)  # of CPU memory on CPU
     kv_cache_gib: float | None = at_least(0.0, None, open=True)  # None: what gpu_memory_utilization leaves
-    tensor_parallel: int = positive(1)  # GPUs per vLLM engine (eval, distillation)
+    tensor_parallel: int = positive(1)  # GPUs per vLLM engine in eval and distillation (GRPO: 1 per rank)
+    # each item's seed derives from it, so a rerun samples the same (GRPO refuses it: trainer.seed seeds)
     seed: int = 0
 
 
 @dataclass
 class OptimConfig:
-    lr: float = at_least(0.0, 1e-5)
-    weight_decay: float = at_least(0.0, 0.0)
-    beta1: float = between(0.0, 1.0, 0.9, high_open=True)
-    beta2: float = between(0.0, 1.0, 0.999, high_open=True)
-    eps: float = at_least(0.0, 1e-8, open=True)
+    """AdamW (megatron-core's optimizer, fp32 master weights and moments)."""
+
+    lr: float = at_least(0.0, 1e-5)  # peak learning rate, reached after the warm-up
+    weight_decay: float = at_least(0.0, 0.0)  # decoupled from the gradient (AdamW)
+    beta1: float = between(0.0, 1.0, 0.9, high_open=True)  # decay of the first moment (momentum)
+    beta2: float = between(0.0, 1.0, 0.999, high_open=True)  # decay of the second moment
+    eps: float = at_least(0.0, 1e-8, open=True)  # added to the second moment's root, against division by 0
     clip_grad: float | None = at_least(0.0, 1.0, open=True)  # None: no clipping
 
 
 @dataclass
 class SchedulerConfig:
-    name: Schedule = Schedule.constant
-    warmup_steps: int = at_least(0, 0)
+    """The learning rate over the steps of all epochs."""
+
+    name: Schedule = Schedule.constant  # the shape after the warm-up
+    warmup_steps: int = at_least(0, 0)  # linear warm-up from 0 to optim.lr
     warmup_fraction: float = between(0.0, 1.0, 0.0)  # of the total steps; used when warmup_steps is 0
     min_lr: float = at_least(0.0, 0.0)  # cosine floor
     epoch_decay: float = at_least(0.0, 0.8)  # epoch_decay: lr × this after every epoch
@@ -203,23 +214,23 @@ class PlateauConfig:
     convergence of the reward value on the training set"; this is that rule, made explicit (ours)."""
 
     metric: str | None = None  # a metric of metrics.jsonl, e.g. reward_mean; None: off
-    direction: Direction = Direction.up
-    window: int = positive(20)
-    min_change: float = at_least(0.0, 0.0)
+    direction: Direction = Direction.up  # which way is better: up for a reward, down for a loss
+    window: int = positive(20)  # steps per mean; longer windows ride out noisy metrics
+    min_change: float = at_least(0.0, 0.0)  # the least improvement between windows that keeps training
 
 
 @dataclass
 class TrainerConfig:
     """What the training loop needs from every stage."""
 
-    seed: int = 1234
+    seed: int = 1234  # data order, initialisation and GRPO's rollout seeds: a rerun repeats the run
     epochs: int = positive(1)  # passes over the data (the schedule spans them)
     max_steps: int | None = positive(None)  # stop early; the schedule still spans `epochs`
     micro_batch_size: int = positive(1)  # sequences per forward pass per data-parallel rank
     # auto (the newest intact checkpoint of run.dir, if any) | never (refuses a run.dir with checkpoints)
     # | restart (step 0 even so, replacing them) | a checkpoint path. docs/sft.md, "Checkpoints and resume"
     resume: str = "auto"
-    progress: bool = True
+    progress: bool = True  # a progress bar on rank 0 (metrics.jsonl is written either way)
     stop_on_plateau: PlateauConfig = field(default_factory=PlateauConfig)
 
 
@@ -227,7 +238,7 @@ class TrainerConfig:
 class CheckpointConfig:
     every_steps: int | None = positive(500)  # None: only at the end
     keep_last: int | None = positive(2)  # None keeps all
-    at_end: bool = True
+    at_end: bool = True  # also save after the last step, whatever every_steps says
 
 
 @dataclass
@@ -246,8 +257,8 @@ class FaultToleranceConfig:
     learn_timeout_after: int | None = positive(10)
     # drill: make one rank fail at one step of the first launch, to prove recovery on a cluster
     inject_fault: Fault | None = None
-    inject_at_step: int = positive(1)
-    inject_on_rank: int = at_least(0, 0)
+    inject_at_step: int = positive(1)  # the step at which the drill's fault happens
+    inject_on_rank: int = at_least(0, 0)  # the rank that fails; it must exist in the job
 
 
 @dataclass
@@ -255,13 +266,13 @@ class StragglerConfig:
     """Every rank times its own computation; every `report_every` steps, ranks slower than `threshold` ×
     the fastest are reported (log and `straggler_*` metrics). None: off."""
 
-    report_every: int | None = positive(50)
-    threshold: float = at_least(1.0, 1.5, open=True)
+    report_every: int | None = positive(50)  # steps between reports; None: off
+    threshold: float = at_least(1.0, 1.5, open=True)  # × the fastest rank's time that makes a straggler
 
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/sft"
+    dir: str = "runs/sft"  # checkpoints, config.yaml, metrics and logs; one launch at a time (run.lock)
 
 
 @dataclass
@@ -298,17 +309,17 @@ class TrainingConfig:
 @dataclass
 class DataConfig:
     train: str = "???"  # hub name, or a local .jsonl/.json/.parquet file or directory of them
-    split: str = "train"
-    validation: str | None = None
-    validation_split: str = "train"
-    schema: SFTSchema = SFTSchema.auto
+    split: str = "train"  # of a hub dataset (local files have none)
+    validation: str | None = None  # held-out data for val_loss, read as `train` is; None: no validation
+    validation_split: str = "train"  # of a hub `validation` dataset
+    schema: SFTSchema = SFTSchema.auto  # the records' layout; auto tells it from the first record
     max_length: int = positive(4096)  # tokens per sample, prompt and response together
-    overlong: Overlong = Overlong.truncate
-    on_error: OnError = OnError["raise"]
-    packing: bool = True
-    template: PromptTemplate = PromptTemplate.paper
+    overlong: Overlong = Overlong.truncate  # a sample over max_length: cut its response, or leave it out
+    on_error: OnError = OnError["raise"]  # a bad record: stop naming it, or skip it and count it
+    packing: bool = True  # several samples per sequence of trainer.seq_length: less padding computed
+    template: PromptTemplate = PromptTemplate.paper  # what wraps each question in the user turn
     system_prompt: str | None = None  # replaces the data's system turn when set (the paper has none)
-    max_samples: int | None = positive(None)
+    max_samples: int | None = positive(None)  # the first N records only (smoke tests); None: all
     num_workers: int = positive(2)  # tokenisation processes
     cache_dir: str | None = None  # default: <run.dir>/cache
 
@@ -319,15 +330,51 @@ class SFTTrainerConfig(TrainerConfig):
     # Exactly one of the two sizes a step (docs/sft.md, "Batches"): sequences (packed bins) per optimizer
     # step over all data-parallel ranks, or samples per step, packed into as many sequences as they need
     global_batch_size: int | None = positive(8)
-    global_batch_samples: int | None = positive(None)
-    val_every: int | None = positive(None)
-    val_batches: int = positive(4)
+    global_batch_samples: int | None = positive(
+        None
+    )  # samples per step (7B recipes: 128, the paper's 4 × 32 GPUs)
+    val_every: int | None = positive(None)  # steps between validation losses (needs data.validation)
+    val_batches: int = positive(4)  # global batches of validation data per validation
+
+    def check(self, prefix: str) -> None:
+        """Exactly one of the two ways to size a step (`xr_nemo.data.batches`)."""
+        by_samples = self.global_batch_samples is not None
+        if by_samples == (self.global_batch_size is not None):
+            raise ConfigError(
+                f"{prefix}global_batch_size and {prefix}global_batch_samples are both "
+                f"{'set' if by_samples else 'null'}; "
+                "exactly one sizes an optimizer step (packed sequences or samples)",
+                where=f"{prefix}global_batch_samples",
+                fix=f"set {prefix}global_batch_size=null to count samples per step, or "
+                f"{prefix}global_batch_samples=null to count packed sequences",
+            )
 
 
 @dataclass
 class SFTConfig(TrainingConfig):
     data: DataConfig = field(default_factory=DataConfig)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+
+    def check(self, prefix: str) -> None:
+        """Pipeline parallelism sends every sequence at the fixed length `trainer.seq_length`, so it must
+        be a multiple of what the layout pads to; without it, micro-batches are padded as they come."""
+        trainer, key = self.trainer, f"{prefix}trainer.seq_length"
+        multiple = self.sequence_multiple
+        if self.parallel.pipeline_parallel > 1 and trainer.seq_length % multiple:
+            raise ConfigError(
+                f"{key} {trainer.seq_length} is not a multiple of {multiple}: pipeline "
+                "parallelism pads every sequence to it, context and sequence parallelism split "
+                "sequences into equal parts, and FP8 (model.fp8) takes whole blocks of 16 or 32 tokens "
+                "per rank",
+                where=key,
+                fix=f"set {key} to a multiple of {multiple}",
+            )
+        if self.data.max_length - 1 > trainer.seq_length:
+            raise ConfigError(
+                f"{prefix}data.max_length {self.data.max_length} does not fit {key} {trainer.seq_length}",
+                where=f"{prefix}data.max_length",
+                fix=f"set {prefix}data.max_length ≤ {key} + 1",
+            )
 
 
 # ── stage 2: GRPO ────────────────────────────────────────────────────────────────────────────────────
@@ -336,47 +383,80 @@ class SFTConfig(TrainingConfig):
 @dataclass
 class PromptDataConfig:
     train: str = "???"  # hub name, or local .jsonl/.json/.parquet (Orz-Math pairs or {prompt, answer})
-    split: str = "train"
+    split: str = "train"  # of a hub dataset (local files have none)
     schema: str = "auto"  # auto | orz | prompt_answer | a text benchmark's reader (medqa, medmcqa, …)
     system_prompt: str | None = None  # before the user turn; the paper sends none
-    template: PromptTemplate = PromptTemplate.paper
+    template: PromptTemplate = PromptTemplate.paper  # what wraps each question in the user turn
     max_prompt_length: int = positive(1024)  # tokens; longer prompts are dropped and counted
-    on_error: OnError = OnError["raise"]
-    max_samples: int | None = positive(None)
+    on_error: OnError = OnError["raise"]  # a bad record: stop naming it, or skip it and count it
+    max_samples: int | None = positive(None)  # the first N prompts only (smoke tests); None: all
 
 
 @dataclass
 class RolloutConfig(GenerationConfig):
     """Generation for GRPO: `n` completions per prompt from the current policy."""
 
-    engine: EngineKind = EngineKind.vllm
+    engine: EngineKind = EngineKind.vllm  # vllm (refit in memory every step) or reference (tests, CPU)
     n: int = at_least(2, 8)  # completions per prompt (the group)
     # vLLM's sleep while training runs: 1 moves its weights to host memory, 2 drops them (refit rewrites
     # them); both drop the KV cache. No-op on CPU.
     sleep_level: int = between(1, 2, 1)
 
+    def check(self, prefix: str) -> None:
+        """One engine per training rank, refit from the policy and seeded from `trainer.seed`."""
+        if self.engine not in ROLLOUT_ENGINES:
+            raise ConfigError(
+                f"{prefix}engine={self.engine} cannot generate rollouts",
+                where=f"{prefix}engine",
+                fix=f"one of {', '.join(ROLLOUT_ENGINES)}",
+            )
+        if self.tensor_parallel != 1:
+            raise ConfigError(
+                "rollout engines run one per training rank; their tensor parallelism is not configurable",
+                where=f"{prefix}tensor_parallel",
+                fix=f"leave {prefix}tensor_parallel=1",
+            )
+        if self.seed != GenerationConfig.seed:
+            raise ConfigError(
+                f"{prefix}seed={self.seed} is not used: each rollout's seed is a function of trainer.seed, "
+                "the prompt and the sample, so a resumed run samples what the uninterrupted one did",
+                where=f"{prefix}seed",
+                fix=f"set trainer.seed instead (and leave {prefix}seed unset)",
+            )
+
 
 @dataclass
 class GRPOAlgorithmConfig:
-    clip_low: float = at_least(0.0, 0.2)
-    clip_high: float = at_least(0.0, 0.28)  # > clip_low: "clip-higher"
+    clip_low: float = at_least(0.0, 0.2)  # the ratio may fall to 1 − clip_low before the update stops
+    clip_high: float = at_least(0.0, 0.28)  # and rise to 1 + clip_high; ≥ clip_low ("clip-higher": more)
     kl_coef: float = at_least(0.0, 0.01)  # k3 estimator against the initial policy; 0 skips the reference
     entropy_coef: float = at_least(0.0, 0.0)  # bonus: loss − coef × entropy; veRL before 0.3: 0.001
+    # token: every response token weighs the same (long answers count more); sequence: every response does
     loss_aggregation: LossAggregation = LossAggregation.token
     normalize_std: bool = True  # divide advantages by the group's reward std
     updates_per_rollout: int = positive(1)  # optimizer steps (mini-batches) per rollout batch
     importance_cap: float | None = at_least(1.0, 2.0)  # truncated IS vs the engine's logprobs; None: off
     dynamic_sampling: bool = False  # drop groups with equal rewards and sample more prompts
-    max_sampling_rounds: int = positive(3)
-    overlong: OverlongResponses = OverlongResponses.keep
+    max_sampling_rounds: int = positive(3)  # dynamic sampling's limit; a step may then have fewer groups
+    overlong: OverlongResponses = OverlongResponses.keep  # what a response cut by max_new_tokens teaches
     overlong_penalty: float = at_least(0.0, 0.0)  # subtracted from the reward of a cut response
+
+    def check(self, prefix: str) -> None:
+        if self.clip_high < self.clip_low:
+            raise ConfigError(
+                f"{prefix}clip_high={self.clip_high} is below {prefix}clip_low={self.clip_low}",
+                where=f"{prefix}clip_high",
+                fix=f"set {prefix}clip_high ≥ {prefix}clip_low (equal: symmetric clipping)",
+            )
 
 
 @dataclass
 class RewardConfig:
-    correctness: Correctness = Correctness.auto
-    format_weight: float = at_least(0.0, 0.0)
-    workers: int = positive(2)
+    """reward = correctness (0 or 1) + format_weight × format (0 or 1)."""
+
+    correctness: Correctness = Correctness.auto  # how an answer is judged: as math, or as a choice letter
+    format_weight: float = at_least(0.0, 0.0)  # for a closed <think> then an answer; the paper uses none
+    workers: int = positive(2)  # processes that judge answers, so a hostile answer cannot stall training
     timeout_s: float = at_least(0.0, 10.0, open=True)  # per answer; an overrunning worker is killed: 0
 
 
@@ -396,6 +476,25 @@ class GRPOConfig(TrainingConfig):
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: GRPOTrainerConfig = field(default_factory=GRPOTrainerConfig)
 
+    def check(self, prefix: str) -> None:
+        """The reference engine generates with the training model, so it takes the model's layout."""
+        if self.rollout.engine != EngineKind.reference:
+            return
+        if self.model.fp8 is not None:
+            raise ConfigError(
+                "model.fp8 takes token counts in multiples of 16, and the reference engine generates with "
+                "the training model on unpadded prompts",
+                where=f"{prefix}model.fp8 / {prefix}rollout.engine",
+                fix=f"set {prefix}rollout.engine=vllm, or {prefix}model.fp8=null",
+            )
+        if self.parallel.context_parallel > 1:
+            raise ConfigError(
+                "context parallelism needs rollout.engine=vllm: the reference engine generates with the "
+                "training model, which under context parallelism holds a slice of each sequence",
+                where=f"{prefix}parallel.context_parallel / {prefix}rollout.engine",
+                fix=f"set {prefix}rollout.engine=vllm, or {prefix}parallel.context_parallel=1",
+            )
+
 
 # ── evaluation and distillation ──────────────────────────────────────────────────────────────────────
 
@@ -405,12 +504,12 @@ class EvalConfig:
     """`xr-nemo eval --model DIR --benchmarks a,b [key=value …]`."""
 
     model: str = "???"  # an HF directory, or a run directory (its `hf/` export)
-    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "medqa"])
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "medqa"])  # names: docs/eval.md
     data: dict[str, str] = field(default_factory=dict)  # benchmark → local file instead of the hub
     out_dir: str | None = None  # default: <model>/eval
     limit: int | None = positive(None)  # first N items per benchmark
     samples: int = positive(1)  # completions per item; > 1 adds avg@k, majority@k and pass@k
-    template: PromptTemplate = PromptTemplate.paper
+    template: PromptTemplate = PromptTemplate.paper  # the paper's evaluation templates, or the question only
     # greedy for the headline numbers (the paper samples at 0.3 for @k); forced exiting as the paper
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(
@@ -419,8 +518,17 @@ class EvalConfig:
     )
     batch_size: int = positive(64)  # items per generation call (and per append to the predictions file)
     data_parallel: int = positive(1)  # engine replicas, each in its own process on its own GPUs
-    dtype: Dtype = Dtype.auto
+    dtype: Dtype = Dtype.auto  # of the engine's weights
     reward_timeout_s: float = at_least(0.0, 10.0, open=True)  # per math answer
+
+    def check(self, prefix: str) -> None:
+        unknown = set(self.data) - set(self.benchmarks)
+        if unknown:
+            raise ConfigError(
+                f"data given for benchmarks not evaluated: {sorted(unknown)}",
+                where=f"{prefix}data",
+                fix=f"add them to {prefix}benchmarks (--benchmarks), or drop their +data entries",
+            )
 
 
 @dataclass
@@ -434,11 +542,12 @@ class DistillConfig:
     out: str = "???"  # traces.jsonl, stats.json and the candidates (resumable) go here
     samples: int = positive(4)  # candidate traces per question
     keep: int = positive(1)  # correct traces kept per question
+    # sampled: rejection sampling needs several different traces per question
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(temperature=0.7, gpu_memory_utilization=0.8)
     )
     limit: int | None = positive(None)  # first N questions
-    batch_size: int = positive(64)
-    data_parallel: int = positive(1)
-    dtype: Dtype = Dtype.auto
-    reward_timeout_s: float = at_least(0.0, 10.0, open=True)
+    batch_size: int = positive(64)  # questions per generation call (and per append to the candidates)
+    data_parallel: int = positive(1)  # teacher replicas, each in its own process on its own GPUs
+    dtype: Dtype = Dtype.auto  # of the teacher's weights
+    reward_timeout_s: float = at_least(0.0, 10.0, open=True)  # per math answer

@@ -64,7 +64,7 @@ def _trace(output: str, answer: str, method: str, opened: bool) -> str:
 
 def run_distill(config: DistillConfig, engine: Engine | None = None) -> dict:
     """Generate what is missing, then rewrite `traces.jsonl` and `stats.json`; returns the stats."""
-    validate(config)
+    validate(config)  # again, for a config built in Python rather than by overrides
     teacher = model_directory(config.teacher, where="--teacher")
     out = Path(config.out)
     evaluation = _as_evaluation(config, teacher)

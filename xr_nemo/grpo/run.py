@@ -21,7 +21,7 @@ from megatron.core import parallel_state
 from transformers import AutoConfig, AutoTokenizer
 
 from xr_nemo.config.bounds import check_writable_directory, validate
-from xr_nemo.config.schema import EngineKind, GenerationConfig, GRPOConfig
+from xr_nemo.config.schema import GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.devices import all_reduce_host
@@ -40,54 +40,14 @@ from xr_nemo.rewards.pool import RewardPool, RewardSpec
 from xr_nemo.training.loop import Policy, StepHooks, run_schedule, say, summed_report, train
 from xr_nemo.training.setup import build_model, build_policy, export_final, prepare_run_dir
 
-ROLLOUT_ENGINES = (EngineKind.vllm, EngineKind.reference)
-
 
 def check_config(config: GRPOConfig) -> None:
-    """Everything that can be checked before a process group exists."""
+    """What the config's own checks (`validate`, run when it was made) cannot see: the file system, the
+    task registry and the world size. `validate` runs again for a config built in Python rather than by
+    overrides."""
     validate(config)
     check_writable_directory(config.run.dir, "run.dir")
     check_schema(config.data.schema)
-    rollout = config.rollout
-    if rollout.engine not in ROLLOUT_ENGINES:
-        raise ConfigError(
-            f"rollout.engine={rollout.engine} cannot generate rollouts",
-            where="rollout.engine",
-            fix=f"one of {', '.join(ROLLOUT_ENGINES)}",
-        )
-    if rollout.tensor_parallel != 1:
-        raise ConfigError(
-            "rollout engines run one per training rank; their tensor parallelism is not configurable",
-            where="rollout.tensor_parallel",
-            fix="leave rollout.tensor_parallel=1",
-        )
-    if rollout.seed != GenerationConfig.seed:
-        raise ConfigError(
-            f"rollout.seed={rollout.seed} is not used: each rollout's seed is a function of trainer.seed, "
-            "the prompt and the sample, so a resumed run samples what the uninterrupted one did",
-            where="rollout.seed",
-            fix="set trainer.seed instead (and leave rollout.seed unset)",
-        )
-    if config.grpo.clip_high < config.grpo.clip_low:
-        raise ConfigError(
-            f"grpo.clip_high={config.grpo.clip_high} is below grpo.clip_low={config.grpo.clip_low}",
-            where="grpo.clip_high",
-            fix="set grpo.clip_high ≥ grpo.clip_low (equal: symmetric clipping)",
-        )
-    if config.model.fp8 is not None and rollout.engine == EngineKind.reference:
-        raise ConfigError(
-            "model.fp8 takes token counts in multiples of 16, and the reference engine generates with the "
-            "training model on unpadded prompts",
-            where="model.fp8 / rollout.engine",
-            fix="set rollout.engine=vllm, or model.fp8=null",
-        )
-    if config.parallel.context_parallel > 1 and rollout.engine == EngineKind.reference:
-        raise ConfigError(
-            "context parallelism needs rollout.engine=vllm: the reference engine generates with the "
-            "training model, which under context parallelism holds a slice of each sequence",
-            where="parallel.context_parallel / rollout.engine",
-            fix="set rollout.engine=vllm, or parallel.context_parallel=1",
-        )
     dp = config.parallel.data_parallel_size(read_launch_env().world_size)
     if config.trainer.prompts_per_step < dp:
         raise ConfigError(

@@ -33,21 +33,6 @@ from xr_nemo.training.setup import build_policy, export_final, on_rank_zero_firs
 Microbatches = Callable[[int], list[Batch]]  # step → this rank's micro-batches
 
 
-def _check_batch_size(config: SFTConfig) -> None:
-    """Exactly one of the two ways to size a step (`xr_nemo.data.batches`)."""
-    trainer = config.trainer
-    by_samples = trainer.global_batch_samples is not None
-    if by_samples == (trainer.global_batch_size is not None):
-        raise ConfigError(
-            "trainer.global_batch_size and trainer.global_batch_samples are both "
-            f"{'set' if by_samples else 'null'}; "
-            "exactly one sizes an optimizer step (packed sequences or samples)",
-            where="trainer.global_batch_samples",
-            fix="set trainer.global_batch_size=null to count samples per step, or "
-            "trainer.global_batch_samples=null to count packed sequences",
-        )
-
-
 def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
     """Sequence-sized steps split evenly; sample-sized ones are made up with empty sequences."""
     trainer = config.trainer
@@ -61,27 +46,11 @@ def _check_batch_layout(config: SFTConfig, dp_size: int) -> None:
 
 
 def check_config(config: SFTConfig) -> None:
-    """Everything that can be checked before a process group exists."""
+    """What the config's own checks (`validate`, run when it was made) cannot see: the file system and
+    the world size. `validate` runs again for a config built in Python rather than by overrides."""
     validate(config)
     check_writable_directory(config.run.dir, "run.dir")
-    trainer = config.trainer
-    multiple = config.sequence_multiple
-    if config.parallel.pipeline_parallel > 1 and trainer.seq_length % multiple:
-        raise ConfigError(
-            f"trainer.seq_length {trainer.seq_length} is not a multiple of {multiple}: pipeline "
-            "parallelism pads every sequence to it, context and sequence parallelism split "
-            "sequences into equal parts, and FP8 (model.fp8) takes whole blocks of 16 or 32 tokens per rank",
-            where="trainer.seq_length",
-            fix=f"set trainer.seq_length to a multiple of {multiple}",
-        )
-    _check_batch_size(config)
     _check_batch_layout(config, config.parallel.data_parallel_size(read_launch_env().world_size))
-    if config.data.max_length - 1 > trainer.seq_length:
-        raise ConfigError(
-            f"data.max_length {config.data.max_length} does not fit trainer.seq_length {trainer.seq_length}",
-            where="data.max_length",
-            fix="set data.max_length ≤ trainer.seq_length + 1",
-        )
 
 
 def _datasets(config: SFTConfig, hf_dir: Path) -> tuple[TokenizedDataset, TokenizedDataset | None]:
