@@ -13,7 +13,8 @@ language model: hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4,864,
 vocabulary and tokenizer, tied embeddings; random weights, built offline). The toy says little about
 either engine, the 0.5B shape is the smallest real one; its run sizes are cut to fit a 2-core CPU.
 
-Usage: python benchmarks/grpo_step.py [--shape tiny|qwen2.5-0.5b] [--workdir DIR] [--steps N]
+Usage: python benchmarks/grpo_step.py [--shape tiny|qwen2.5-0.5b] [--workdir DIR] [--steps N] [--step-only]
+(`--step-only`: part 1 alone, for before/after measurements of the training code.)
 """
 
 from __future__ import annotations
@@ -193,14 +194,13 @@ def _build(work: Path, shape: Shape) -> tuple[Path, Path]:
 
 
 def _report(
-    name: str, shape: Shape, steps: int, rows: list[dict], grpo: dict, engines: dict, load: list[float]
+    name: str, shape: Shape, steps: int, rows: list[dict], grpo: dict, engines: dict | None, load: list[float]
 ) -> None:
-    """A markdown table, ready for docs/benchmarks.md; `rows` are the counted steps' metrics."""
+    """A markdown table, ready for docs/benchmarks.md; `rows` are the counted steps' metrics; `engines`
+    None: the engine comparison was not run."""
     phases = ("refit", "generation", "reward", "train")
     split = [statistics.mean(row[f"time_{phase}_s"] for row in rows) for phase in phases]
     step_s = statistics.mean(row["step_time_s"] for row in rows)
-    vllm, hf = engines["vllm_tokens_per_s"], engines["hf_tokens_per_s"]
-    refit_ms, fresh_ms = engines["refit_s"] * 1000, engines["fresh_engine_s"] * 1000
     completions = f"{shape.prompts} prompts × {shape.n} completions"
     counted = f"step {steps}" if steps == 2 else f"mean of steps 2–{steps}"
     table = [
@@ -215,8 +215,30 @@ def _report(
             "vLLM's log-probabilities after the refit vs Megatron's: mean absolute difference per token",
             f"{max(row['logprob_mismatch'] for row in rows):.1e}",
         ),
+        ("peak resident memory of the training process", f"{grpo['peak_gib']:.1f} GiB"),
+    ]
+    threads = f"torch threads: {grpo['threads']} in training"
+    if engines is not None:
+        table += _engine_rows(engines, completions, shape.new_tokens)
+        threads += f", {engines['threads']} in the engine comparison"
+    print(f"GRPO step, shape {name}, float32; {threads}")
+    print(
+        f"{completions} of ≤ {shape.new_tokens} new tokens per step, {steps} steps; 1-minute load "
+        f"average at the start and end {load[0]:.1f} and {load[1]:.1f}\n"
+    )
+    print("| measure | value |\n|---|---:|")
+    for measure, value in table:
+        print(f"| {measure} | {value} |")
+
+
+def _engine_rows(engines: dict, completions: str, new_tokens: int) -> list[tuple[str, str]]:
+    """The engine comparison's rows of the table (parts 2 and 3)."""
+    vllm, hf = engines["vllm_tokens_per_s"], engines["hf_tokens_per_s"]
+    refit_ms, fresh_ms = engines["refit_s"] * 1000, engines["fresh_engine_s"] * 1000
+    return [
+        ("language-model parameters", f"{engines['parameters'] / 1e6:.1f} M"),
         (
-            f"rollout tokens/s, {completions} of exactly {shape.new_tokens} tokens: vLLM vs "
+            f"rollout tokens/s, {completions} of exactly {new_tokens} tokens: vLLM vs "
             "Transformers `generate`",
             f"{vllm:,.0f} vs {hf:,.0f} ({vllm / hf:.2f}×)",
         ),
@@ -225,18 +247,6 @@ def _report(
             f"{refit_ms:,.0f} ms vs {fresh_ms:,.0f} ms ({fresh_ms / refit_ms:.0f}×)",
         ),
     ]
-    print(
-        f"GRPO step, shape {name}: {engines['parameters'] / 1e6:.1f} M language-model parameters, float32; "
-        f"torch threads: {grpo['threads']} in training, {engines['threads']} in the engine comparison"
-    )
-    print(
-        f"{completions} of ≤ {shape.new_tokens} new tokens per step, {steps} steps; peak RSS of the "
-        f"training process {grpo['peak_gib']:.1f} GiB; 1-minute load average at the start and end "
-        f"{load[0]:.1f} and {load[1]:.1f}\n"
-    )
-    print("| measure | value |\n|---|---:|")
-    for measure, value in table:
-        print(f"| {measure} | {value} |")
 
 
 def main() -> None:
@@ -246,6 +256,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps, ≥ 2 (default: the shape's)")
+    parser.add_argument("--step-only", action="store_true", help="skip the engine comparison (parts 2, 3)")
     args = parser.parse_args()
     shape = SHAPES[args.shape]
     steps = args.steps or shape.steps
@@ -272,7 +283,9 @@ def main() -> None:
         *shape.overrides,
     ]
     rows, grpo = run_distributed(_grpo_worker, 1, overrides, timeout_s=3600)[0]
-    engines = run_distributed(_engines_worker, 1, str(hf_dir), shape, timeout_s=3600)[0]
+    engines = None
+    if not args.step_only:
+        engines = run_distributed(_engines_worker, 1, str(hf_dir), shape, timeout_s=3600)[0]
     load.append(os.getloadavg()[0])
     _report(args.shape, shape, steps, rows[1:], grpo, engines, load)
 

@@ -1,11 +1,15 @@
-"""GRPO arithmetic against values computed by hand (the entropy against torch's Categorical), forced
-exiting on a scripted engine, the layout of training micro-batches, and the prompt readers."""
+"""GRPO arithmetic against values computed by hand (the entropy against torch's Categorical), the
+chunked vocabulary-parallel log-probabilities against a plain log_softmax (at TP=1 and TP=2) and the
+memory they keep, forced exiting on a scripted engine, the layout of training micro-batches, and the
+prompt readers."""
 
 import json
 import math
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from xr_nemo.generation.engine import Completion, Sampling, generate
 from xr_nemo.grpo.algorithm import (
@@ -370,15 +374,18 @@ ENTROPY_LOGITS = torch.tensor(
 
 
 def test_entropy_and_its_gradient_equal_torch_categorical():
-    from xr_nemo.grpo.step import vocab_parallel_entropy
+    from xr_nemo.grpo.step import vocab_parallel_logprobs
 
     weights = torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64)
+    labels = torch.zeros(2, 2, dtype=torch.long)
     logits = ENTROPY_LOGITS.clone().requires_grad_()
-    (vocab_parallel_entropy(logits, None) * weights).sum().backward()
+    (vocab_parallel_logprobs(logits, labels, entropy=True)[1] * weights).sum().backward()
     reference = ENTROPY_LOGITS.clone().requires_grad_()
     expected = torch.distributions.Categorical(logits=reference).entropy()
     (expected * weights).sum().backward()
-    assert torch.allclose(vocab_parallel_entropy(ENTROPY_LOGITS, None), expected, atol=1e-12)
+    assert torch.allclose(
+        vocab_parallel_logprobs(ENTROPY_LOGITS, labels, entropy=True)[1], expected, atol=1e-12
+    )
     assert expected[0, 1].item() == pytest.approx(math.log(6))
     assert torch.allclose(logits.grad, reference.grad, atol=1e-12)
 
@@ -408,39 +415,188 @@ class ThreadGroup:
 
         def as_rank(rank):
             self.rank.value = rank
-            return fn(inputs[rank])
+            return fn(rank, inputs[rank])
 
         with ThreadPoolExecutor(self.size) as pool:
             return list(pool.map(as_rank, range(self.size)))
 
 
-def test_entropy_from_two_vocabulary_shards_equals_the_whole_vocabulary(monkeypatch):
-    """At TP=2 each rank holds half of the vocabulary: entropy and gradient equal TP=1's."""
-    from xr_nemo.grpo.step import vocab_parallel_entropy
+VOCAB = 50
 
+
+def _logits_and_labels(dtype=torch.float32, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor]:
+    """[3, 5, vocab] logits, a few rows near one-hot with the peak in either half of the vocabulary,
+    and labels in both halves."""
+    generator = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(3, 5, vocab, generator=generator)
+    logits[0, 0, 7], logits[1, 2, 41], logits[2, 4, 41] = 40.0, 35.0, 30.0
+    labels = torch.randint(0, vocab, (3, 5), generator=generator)
+    labels[0, 0], labels[1, 2] = 7, 3  # the peak itself; far below a peak on the other half
+    return logits.to(dtype), labels
+
+
+# how the entropy is taken: not at all (old and reference passes); only reported (the policy pass
+# without the bonus); with its gradient (with the bonus)
+MODES = {"logprobs": (False, False), "reported": (True, False), "bonus": (True, True)}
+
+
+def _weighted_gradient(logits, outputs_of, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂/∂logits of Σ w·log p (+ Σ w'·H in mode `bonus`), and the outputs: log p, and H if computed."""
+    entropy, through_entropy = MODES[mode]
+    generator = torch.Generator().manual_seed(4)
+    weights = torch.randn(2, *logits.shape[:-1], generator=generator)
+    logits = logits.clone().requires_grad_()
+    logprobs, token_entropy = outputs_of(logits, entropy)
+    loss = (logprobs * weights[0]).sum()
+    if through_entropy:
+        loss = loss + (token_entropy * weights[1]).sum()
+    loss.backward()
+    outputs = [logprobs] if token_entropy is None else [logprobs, token_entropy]
+    return logits.grad, torch.stack(outputs).detach()
+
+
+def _plain(labels: torch.Tensor, temperature: float, dtype: torch.dtype = torch.float32):
+    """Log-probabilities and entropy as computed before chunking: the whole vocabulary upcast at once
+    (to float32 by default, as the training code did; float64 for gradients, as autograd through
+    Categorical's −Σ p·log p in float32 is itself 1e-6 off)."""
+
+    def outputs_of(logits, entropy: bool):
+        scaled = logits.to(dtype) / temperature
+        token_entropy = torch.distributions.Categorical(logits=scaled).entropy() if entropy else None
+        return _label_logprobs(scaled, labels), token_entropy
+
+    return outputs_of
+
+
+def _expected(logits, labels, temperature: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_weighted_gradient` of the plain computation: the gradient in float64, the outputs in float32."""
+    _, outputs = _weighted_gradient(logits, _plain(labels, temperature), mode)
+    grad, _ = _weighted_gradient(logits.double(), _plain(labels, temperature, torch.float64), mode)
+    return grad.float(), outputs
+
+
+def _chunked(labels, temperature: float, group=None, vocab_start: int = 0, rows: int = 2):
+    """`vocab_parallel_logprobs` in chunks of `rows` rows."""
+    from xr_nemo.grpo.step import vocab_parallel_logprobs
+
+    def outputs_of(logits, entropy: bool):
+        chunk = rows * logits.shape[-1]
+        return vocab_parallel_logprobs(
+            logits, labels, temperature, group, vocab_start, entropy=entropy, chunk_elements=chunk
+        )
+
+    return outputs_of
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_chunked_logprobs_and_entropy_equal_the_whole_vocabulary_log_softmax(temperature, mode):
+    """Chunks of 2 rows (the last one short) give the values and gradients of log_softmax over the whole
+    vocabulary, whether the entropy is left out, only reported, or differentiated."""
+    logits, labels = _logits_and_labels()
+    grad, outputs = _weighted_gradient(logits, _chunked(labels, temperature), mode)
+    expected_grad, expected = _expected(logits, labels, temperature, mode)
+    assert torch.allclose(outputs, expected, rtol=0, atol=1e-6)
+    assert torch.allclose(grad, expected_grad, rtol=0, atol=1e-6)
+    assert outputs[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6) and outputs[0, 1, 2] < -10
+
+
+def test_logprobs_of_bfloat16_logits_are_computed_in_float32():
+    logits, labels = _logits_and_labels(torch.bfloat16)
+    grad, outputs = _weighted_gradient(logits, _chunked(labels, 0.7), "bonus")
+    expected_grad, expected = _expected(logits, labels, 0.7, "bonus")
+    assert outputs.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert torch.allclose(outputs, expected, rtol=0, atol=1e-6)
+    assert torch.allclose(grad.float(), expected_grad, rtol=2**-8, atol=1e-6)  # bf16 rounding
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_logprobs_from_two_vocabulary_shards_equal_the_whole_vocabulary(monkeypatch, mode):
+    """At TP=2 each rank holds half of the vocabulary (ids from 0 and from VOCAB / 2): log-probabilities,
+    entropy and the gradient of each shard equal TP=1's and the plain log_softmax's."""
     group = ThreadGroup(2)
     monkeypatch.setattr(torch.distributed, "all_reduce", group.all_reduce)
-    weights = torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64)
+    logits, labels = _logits_and_labels()
+    half = VOCAB // 2
 
-    def entropy_and_gradient(shard):
-        shard = shard.clone().requires_grad_()
-        entropy = vocab_parallel_entropy(shard, group)
-        (entropy * weights).sum().backward()
-        return entropy.detach(), shard.grad
+    def on_rank(rank, shard):
+        return _weighted_gradient(shard, _chunked(labels, 0.7, group, rank * half), mode)
 
-    whole = ENTROPY_LOGITS.clone().requires_grad_()
-    (vocab_parallel_entropy(whole, None) * weights).sum().backward()
-    (first, first_grad), (second, second_grad) = group.run(
-        entropy_and_gradient, list(ENTROPY_LOGITS.chunk(2, dim=-1))
-    )
+    (first_grad, first), (second_grad, second) = group.run(on_rank, list(logits.split(half, dim=-1)))
+    whole_grad, whole = _weighted_gradient(logits, _chunked(labels, 0.7), mode)
+    expected_grad, expected = _expected(logits, labels, 0.7, mode)
     assert torch.equal(first, second)
-    assert torch.allclose(first, vocab_parallel_entropy(ENTROPY_LOGITS, None), atol=1e-12)
-    assert torch.allclose(torch.cat([first_grad, second_grad], dim=-1), whole.grad, atol=1e-12)
+    assert torch.allclose(first, whole, rtol=0, atol=1e-6)
+    assert torch.allclose(first, expected, rtol=0, atol=1e-6)
+    sharded_grad = torch.cat([first_grad, second_grad], dim=-1)
+    assert torch.allclose(sharded_grad, whole_grad, rtol=0, atol=1e-6)
+    assert torch.allclose(sharded_grad, expected_grad, rtol=0, atol=1e-6)
+
+
+class Allocations(TorchDispatchMode):
+    """The bytes of every new storage an operation makes (not views of, or writes into, its inputs'),
+    forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.01])
+def test_the_training_pass_keeps_no_vocabulary_wide_copy_of_the_logits(monkeypatch, entropy_coef):
+    """The policy loss at temperature 0.7 in chunks of 2 rows: autograd saves the model's logits and
+    per-position values only (a few floats, against 4,000 bytes for a row of logits), and besides the
+    logits' gradient, no operation forward or backward makes a tensor larger than a chunk's float32
+    logits. Before chunking, the scaled float32 logits and the softmax were both saved, whole."""
+    from megatron.core import parallel_state
+
+    from xr_nemo.config.schema import GRPOAlgorithmConfig
+    from xr_nemo.grpo import step
+
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_group", lambda: None)
+    monkeypatch.setattr(parallel_state, "get_tensor_model_parallel_rank", lambda: 0)
+    vocab = 1000
+    monkeypatch.setattr(step, "CHUNK_ELEMENTS", 2 * vocab)
+    logits, labels = _logits_and_labels(vocab=vocab)
+    tokens, block = labels.numel(), logits.numel() * 4
+    mask = torch.ones(labels.shape)
+    old = _label_logprobs(logits, labels)
+    advantages = torch.linspace(-1, 1, tokens).view(labels.shape)
+    batch = {**_loss_batch(old, advantages, mask), "labels": labels, "loss_mask": mask}
+    batch["ref_logprobs"] = old - 0.1
+    config = GRPOAlgorithmConfig(kl_coef=0.05, entropy_coef=entropy_coef)
+    output = logits.clone().requires_grad_()
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with Allocations() as made:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss, _, _ = step._policy_loss(config, batch, 0.7, output)
+        loss.backward()
+    beyond_logits = sum(size for ptr, size in saved.items() if ptr != output.untyped_storage().data_ptr())
+    assert beyond_logits <= 128 * tokens
+    *_, second, largest = sorted(made.sizes)
+    assert largest == block and second <= 2 * vocab * 4  # the logits' gradient, then a chunk's
 
 
 def test_entropy_bonus_subtracts_the_token_mean_entropy_and_zero_leaves_the_loss_as_it_was():
     from xr_nemo.config.schema import GRPOAlgorithmConfig
-    from xr_nemo.grpo.step import per_token_loss, vocab_parallel_entropy
+    from xr_nemo.grpo.step import per_token_loss, vocab_parallel_logprobs
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 11, generator=generator, dtype=torch.float64)
@@ -469,7 +625,7 @@ def test_entropy_bonus_subtracts_the_token_mean_entropy_and_zero_leaves_the_loss
 
     coef = 0.3
     bonus = GRPOAlgorithmConfig(kl_coef=0.05, entropy_coef=coef)
-    _, bonus_loss, bonus_grad = loss(bonus, lambda w: vocab_parallel_entropy(w, None))
+    _, bonus_loss, bonus_grad = loss(bonus, lambda w: vocab_parallel_logprobs(w, labels, entropy=True)[1])
     reference = logits.clone().requires_grad_()
     token_mean = (torch.distributions.Categorical(logits=reference).entropy() * mask).sum() / mask.sum()
     token_mean.backward()
