@@ -15,7 +15,7 @@ GPU_STAMP := $(VENV)/.xr-nemo-setup-gpu
 REQUIREMENTS := requirements/constraints.txt requirements/gpu-bundle.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu demo test test-quick lint clean
+.PHONY: setup setup-gpu peers demo test test-quick lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -45,6 +45,26 @@ $(GPU_STAMP): pyproject.toml $(REQUIREMENTS) requirements/gpu-te.txt Makefile
 	$(BIN)/python -m pip install -c requirements/constraints.txt -e '.[gpu,dev]'
 	$(BIN)/python -m pip install -c requirements/constraints.txt --no-build-isolation -r requirements/gpu-te.txt
 	$(BIN)/python -c "import torch, vllm, transformer_engine.pytorch; print('ok: torch', torch.__version__, 'CUDA', torch.version.cuda)"
+	@touch $@
+
+# The peers benchmarks/peers.py measures us against (TRL), never in .venv: build/peers-venv sees .venv's
+# packages through a .pth file and adds only requirements/peers.txt (docs/benchmarks.md, "Side by side").
+# Its own setuptools goes, so that .venv's pinned one shows through.
+PEERS_VENV := build/peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.xr-nemo-peers
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): requirements/peers.txt requirements/constraints.txt | $(SETUP_STAMP)
+	@test -x $(PEERS_VENV)/bin/python || $(BIN)/python -m venv $(PEERS_VENV)
+	@$(PEERS_VENV)/bin/python -m pip uninstall -y -q setuptools 2>/dev/null || true
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(PURELIB)')')" \
+		> "$$($(PEERS_VENV)/bin/python -c '$(PURELIB)')/xr_nemo_stack.pth"
+	$(PEERS_VENV)/bin/python -m pip install $(PIP_FLAGS) pip==$(PIP_VERSION)
+	$(PEERS_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/peers.txt
+	$(PEERS_VENV)/bin/python -c "import torch, transformers, trl; print('peers: trl', trl.__version__, \
+		'over torch', torch.__version__, 'and transformers', transformers.__version__)"
 	@touch $@
 
 demo: setup
