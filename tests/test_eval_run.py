@@ -310,5 +310,6 @@ def test_mathvision_is_judged_as_its_official_evaluation(tiny_tokenizer):
         for options, gold, said, right in MATHVISION_CASES:
             lettered = dict(zip("ABCDE", options, strict=False)) or None
             item = EvalItem("mathvision-1", "How many?", gold, lettered)
-            answer = _extract(benchmark, item, f"<think>t</think><answer>{said}</answer>")
+            output = f"<think>t</think><answer>{said}</answer>"
+            answer = _extract(benchmark, item, output, evaluator.thinking_opened)
             assert evaluator._correct(benchmark, item, [answer]) == [right], (gold, said)
