@@ -11,10 +11,19 @@ from xr_nemo.errors import XrNemoError
 from xr_nemo.io.atomic_dir import is_nonempty
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from xr_nemo.demo.pipeline import run_demo
+def _seed_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of seeds (1 or more)")
+    return int(text)
 
-    run_demo(args.run_dir, quick=args.quick)
+
+def _demo(args: argparse.Namespace) -> None:
+    from xr_nemo.demo.pipeline import run_demo, run_seeds
+
+    if args.seeds == 1:
+        run_demo(args.run_dir, quick=args.quick)
+    else:
+        run_seeds(args.run_dir, args.seeds, quick=args.quick)
 
 
 def load_recipe(name: str, stage: str):
@@ -247,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument(
         "--quick", action="store_true", help="a minute-scale run with tiny step counts (what CI runs)"
+    )
+    demo.add_argument(
+        "--seeds",
+        type=_seed_count,
+        default=1,
+        help="run the demo for seeds 0…N-1 (world split and initialisation) into RUN_DIR/seed-<k>, and "
+        "write RUN_DIR/summary.md with each cell's mean ± sd",
     )
     demo.set_defaults(handler=_demo)
 

@@ -1,11 +1,15 @@
 """The demo's toy world (`xr_nemo.demo.toy_world`): held-out arithmetic as text and as pictures,
 judged as math, and the pictures to transcribe, judged by exact match (ours). Local files only:
-`{id, question, answer[, image]}`."""
+`{id, question, answer[, image, expression, shown_answer]}`: the item's expression and, for a picture
+handed to another problem's question, that picture's answer ride along in the item's `meta` (and so in
+the predictions), for the demo's report to check the reasoning against."""
 
 from __future__ import annotations
 
 from xr_nemo.data.records import Record
 from xr_nemo.tasks.benchmark import Benchmark, EvalItem, record_images, register, text
+
+CARRIED = ("expression", "shown_answer")
 
 
 @register
@@ -19,6 +23,7 @@ class ArithText(Benchmark):
             f"{self.name}-{fields.get('id', index)}",
             text(fields.get("question"), "'question'", where),
             text(fields.get("answer"), "'answer'", where),
+            meta={key: text(fields[key], repr(key), where) for key in CARRIED if key in fields},
             images=images,
         )
 
