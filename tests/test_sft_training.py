@@ -137,8 +137,8 @@ TP2_SP_CP2 = ["parallel.tp=2", "parallel.sp=true", "parallel.cp=2"]
 )
 def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_process, world, layout, drill):
     """Also the straggler report, every 2 steps: no rank is slow, except rank 1 when a drill makes its
-    forward passes 3× as long (which changes no number). Timings are judged only when every rank has a
-    core of its own."""
+    forward passes 3× as long (which changes no number) over steps where the ranks hold equal work.
+    Timings are judged only when every rank has a core of its own."""
     from xr_nemo.training.metrics import read_metrics
 
     name = "-".join(item.split("=")[0].split(".")[-1] for item in layout) or "dp"
@@ -159,8 +159,10 @@ def test_parallel_layouts_follow_the_single_process_loss_curve(base, single_proc
     if world > (os.cpu_count() or 1):
         return  # more ranks than cores: their timings measure the OS scheduler, not the ranks
     if drill:
-        assert all(row["straggler_slowest_rank"] == 1 for row in reports), reports
-        assert all(row["straggler_slow_ranks"] == 1 for row in reports), reports
+        # judged on steps 1-2, where both ranks hold equal work: at step 4 rank 1's sequence is empty, so
+        # 3× its work can still be less than rank 0's
+        assert reports[0]["straggler_slowest_rank"] == 1, reports
+        assert reports[0]["straggler_slow_ranks"] == 1, reports
     else:
         assert all(row["straggler_slow_ranks"] == 0 for row in reports), reports
 
