@@ -6,10 +6,12 @@ from megatron.core.transformer import TransformerConfig
 from transformers import AutoConfig
 
 from xr_nemo.config import ParallelConfig
-from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, GatedMLPMapping, QKVMapping, find_mapping
 from xr_nemo.errors import ConfigError
-from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
+from xr_nemo.models.mapping import GatedMLPMapping, QKVMapping, find_mapping
+from xr_nemo.models.qwen25_vl.config import language_model_config
+from xr_nemo.models.qwen25_vl.mappings import QWEN25_VL_MAPPINGS
 from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.registry import family_of
 
 
 def _config(heads: int, groups: int, head_dim: int = 8) -> TransformerConfig:
@@ -82,4 +84,4 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path):
         language_model_config(hf, ParallelConfig(tensor_parallel=2))
     hf.architectures = ["LlamaForCausalLM"]
     with pytest.raises(ConfigError, match="unsupported architecture"):
-        check_architecture(hf, str(tmp_path))
+        family_of(hf, str(tmp_path))

@@ -160,6 +160,27 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(sft_run, engine):
     assert [[row[k] for k in keys] for row in resumed] == [[row[k] for k in keys] for row in whole]
 
 
+def test_prompts_that_dynamic_sampling_draws_count_toward_the_epoch(sft_run):
+    """With two completions per prompt, about half the groups have equal rewards: dynamic sampling drops
+    them and draws more prompts, which count toward the epoch like the kept ones. Two epochs of 16
+    prompts, planned as 8 steps of 4, end when the cursor passes 32, in fewer steps; the epoch turns
+    where the data does."""
+    args = grpo_args(
+        sft_run,
+        "dynamic",
+        "rollout.engine=reference",
+        "rollout.n=2",
+        "trainer.epochs=2",
+        "grpo.dynamic_sampling=true",
+    )
+    rows = run_distributed(_stage_worker, 1, "grpo", args)[0]
+    cursors = [row["prompt_cursor"] for row in rows]
+    rounds = [row["sampling_rounds"] for row in rows]
+    assert cursors == [4 * sum(rounds[: i + 1]) for i in range(len(rows))]
+    assert len(rows) < 8 and cursors[-1] >= 32 > cursors[-2]
+    assert [row["epoch"] for row in rows] == [before // 16 for before in [0, *cursors[:-1]]]
+
+
 def test_two_data_parallel_ranks_reproduce_the_single_process_step(sft_run):
     """Rollouts are a function of (weights, seed, prompt position) and the loss is normalised over the
     tokens of the whole step, so splitting a step over two ranks changes nothing — with dynamic

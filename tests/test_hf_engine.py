@@ -14,6 +14,7 @@ def setup(tmp_path_factory):
 
     from xr_nemo.generation.engine import Sampling, chat_stop_ids
     from xr_nemo.generation.hf_engine import HFEngine
+    from xr_nemo.models.qwen25_vl.processing import image_inputs
     from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
     from xr_nemo.tasks.benchmark import EvalItem
     from xr_nemo.tasks.prompts import PromptBuilder
@@ -21,7 +22,7 @@ def setup(tmp_path_factory):
     model_dir = build_tiny_qwen25_vl(tmp_path_factory.mktemp("model"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-    builder = PromptBuilder(tokenizer, processor)
+    builder = PromptBuilder(tokenizer, image_inputs(model_dir))
     red, blue = Image.new("RGB", (56, 84), (220, 30, 30)), Image.new("RGB", (112, 56), (30, 30, 220))
     items = [
         EvalItem("one-image", "What colour is the square?", "red", images=(red,)),

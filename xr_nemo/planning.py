@@ -30,17 +30,16 @@ s tokens. The MFU is an assumption until measured on the cluster (`docs/scaling.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from transformers import Qwen2_5_VLConfig
+from transformers import PretrainedConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.config.schema import TransformerImpl
 from xr_nemo.conversion.hf_checkpoint import expected_hf_shapes
+from xr_nemo.models.registry import family_of
 
 GIB = 1024**3
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 LONG_SEQUENCE = 8192  # tokens per sequence from which the local path's costs weigh
 ATTENTION_PATHS = {
     TransformerImpl.transformer_engine: "Transformer Engine fused/flash attention (ring attention over CP)",
@@ -93,8 +92,10 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
-def parameters_per_stage(config: Qwen2_5_VLConfig, layout: Layout) -> list[tuple[int, int]]:
-    """(trained, frozen) parameters held by one tensor-parallel rank of each pipeline stage."""
+def parameters_per_stage(config: PretrainedConfig, layout: Layout) -> list[tuple[int, int]]:
+    """(trained, frozen) parameters held by one tensor-parallel rank of each pipeline stage; where each
+    tensor lives is its model family's `tensor_part`."""
+    tensor_part = family_of(config).tensor_part
     text = config.get_text_config()
     layers, tp, pp = (
         text.num_hidden_layers,
@@ -105,13 +106,14 @@ def parameters_per_stage(config: Qwen2_5_VLConfig, layout: Layout) -> list[tuple
     for name, shape in expected_hf_shapes(config).items():
         count = _numel(shape)
         split = count if len(shape) == 1 and "bias" not in name else count // tp  # norms are replicated
-        if name.startswith("visual."):
+        part = tensor_part(name)
+        if part == "vision":
             for stage in per_stage[:1]:  # the vision tower runs on the first stage, replicated over TP
                 stage[0 if layout.train_vision else 1] += count
             continue
-        if (found := _LAYER.match(name)) is not None:
-            stage = int(found.group(1)) * pp // layers
-        elif name.startswith("model.embed_tokens"):
+        if isinstance(part, int):
+            stage = part * pp // layers
+        elif part == "embedding":
             stage = 0
         else:  # final norm and output layer
             stage = pp - 1
@@ -121,7 +123,7 @@ def parameters_per_stage(config: Qwen2_5_VLConfig, layout: Layout) -> list[tuple
     return [(trained, frozen) for trained, frozen in per_stage]
 
 
-def estimate_memory(config: Qwen2_5_VLConfig, layout: Layout) -> MemoryEstimate:
+def estimate_memory(config: PretrainedConfig, layout: Layout) -> MemoryEstimate:
     """The most loaded rank's memory (the larger of the first and last pipeline stages)."""
     text = config.get_text_config()
     stages = parameters_per_stage(config, layout)
@@ -159,14 +161,15 @@ def _local_attention_bytes(hidden_size: int, layout: Layout) -> float:
     return keys_and_values + masks
 
 
-def training_flops_per_token(config: Qwen2_5_VLConfig, keys_per_token: float) -> float:
+def training_flops_per_token(config: PretrainedConfig, keys_per_token: float) -> float:
     """Forward and backward FLOPs of the language model per trained token, when each token attends to
     `keys_per_token` keys (e.g. (s + 1) / 2 under a causal mask in a sample of s tokens)."""
+    tensor_part = family_of(config).tensor_part
     text = config.get_text_config()
     matrices = sum(
         _numel(shape)
         for name, shape in expected_hf_shapes(config).items()
-        if len(shape) == 2 and not name.startswith(("visual.", "model.embed_tokens"))
+        if len(shape) == 2 and tensor_part(name) not in ("vision", "embedding")
     )
     if config.tie_word_embeddings:  # the output layer multiplies by the embedding matrix
         matrices += text.vocab_size * text.hidden_size
@@ -186,7 +189,7 @@ class ThroughputEstimate:
 
 
 def estimate_throughput(
-    config: Qwen2_5_VLConfig, layout: Layout, mean_sample_length: int, mfu: float, peak_tflops: float
+    config: PretrainedConfig, layout: Layout, mean_sample_length: int, mfu: float, peak_tflops: float
 ) -> ThroughputEstimate:
     per_token = training_flops_per_token(config, (mean_sample_length + 1) / 2)
     return ThroughputEstimate(mfu * peak_tflops * 1e12 / per_token, layout.gpus)

@@ -1,1 +1,2 @@
-"""HF ⇄ Megatron conversion: name/layout mappings, tensor-parallel sharding, streaming IO."""
+"""HF ⇄ Megatron conversion driven by a model family's mapping table: tensor-parallel sharding,
+streaming IO, in-memory refit."""

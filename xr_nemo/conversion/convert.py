@@ -1,4 +1,5 @@
-"""HF ⇄ Megatron checkpoint conversion for Qwen2.5-VL, one tensor at a time.
+"""HF ⇄ Megatron checkpoint conversion for every model family, one tensor at a time, through the
+family's mapping table.
 
 An imported checkpoint directory holds the torch_dist tensors (global shapes: loadable at any TP/PP),
 the HF side files under `hf/` (config, tokenizer, processor, chat template) needed to go back, and
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoConfig, Qwen2_5_VLConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.conversion.dist_checkpoint import (
@@ -30,22 +31,26 @@ from xr_nemo.conversion.hf_checkpoint import (
     copy_side_files,
     expected_hf_shapes,
 )
-from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, Mapping, find_mapping
 from xr_nemo.io.atomic_dir import atomic_output_dir
 from xr_nemo.io.output_guard import OutputKind, check_output
-from xr_nemo.models.qwen25_vl.config import check_architecture, language_model_config
-from xr_nemo.models.qwen25_vl.naming import to_transformers_name
+from xr_nemo.models.family import ModelFamily
+from xr_nemo.models.mapping import Mapping, find_mapping
+from xr_nemo.models.registry import FAMILIES, family_of
 
 HF_FILES_DIR = "hf"
 INFO_FILE = "xr_nemo.json"
-IMPORT_FORMAT = "xr-nemo/qwen2_5_vl/torch_dist"
 EXPORT_FORMAT = "xr-nemo/hf-export"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 KEY_NAMINGS = ("hub", "transformers")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def load_hf_config(directory: Path, what: str) -> Qwen2_5_VLConfig:
+def import_format(family: ModelFamily) -> str:
+    return f"xr-nemo/{family.name}/torch_dist"
+
+
+def load_hf_config(directory: Path, what: str) -> tuple[PretrainedConfig, ModelFamily]:
+    """The config of `directory` and its model family (a ConfigError for an unsupported architecture)."""
     if not (directory / "config.json").is_file():
         raise ConversionError(f"no config.json in {directory}", where=str(directory), fix=f"pass {what}")
     try:
@@ -54,47 +59,48 @@ def load_hf_config(directory: Path, what: str) -> Qwen2_5_VLConfig:
         raise ConversionError(
             f"cannot read the model config: {error}", where=str(directory / "config.json"), fix=f"pass {what}"
         ) from error
-    check_architecture(config, str(directory))
-    return config
+    return config, family_of(config, where=str(directory / "config.json"))
 
 
-def _written_as(directory: Path, expected: str) -> bool:
-    """Whether `directory` carries our `xr_nemo.json` of format `expected`: an earlier output of that kind."""
+def _written_as(directory: Path, expected: set[str]) -> bool:
+    """Whether `directory` carries our `xr_nemo.json` of a format in `expected`: an earlier output of
+    that kind."""
     info = directory / INFO_FILE
     try:
         if not info.is_file() or info.stat().st_size > 1024**2:
             return False
-        return json.loads(info.read_text(encoding="utf-8"))["format"] == expected
+        return json.loads(info.read_text(encoding="utf-8"))["format"] in expected
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 # What each command writes, and so what its --overwrite may replace; the run-directory places are
 # run_dir.BASE_CHECKPOINT and run_dir.EXPORT_DIR, which training writes.
+IMPORT_FORMATS = {import_format(family) for family in FAMILIES}
 IMPORTED = OutputKind(
     "convert import",
-    f"{INFO_FILE} of format {IMPORT_FORMAT}",
+    f"{INFO_FILE} of format {' or '.join(sorted(IMPORT_FORMATS))}",
     "base_checkpoint",
-    lambda directory: _written_as(directory, IMPORT_FORMAT),
+    lambda directory: _written_as(directory, IMPORT_FORMATS),
 )
 EXPORTED = OutputKind(
     "convert export",
     f"{INFO_FILE} of format {EXPORT_FORMAT}",
     "hf",
-    lambda directory: _written_as(directory, EXPORT_FORMAT),
+    lambda directory: _written_as(directory, {EXPORT_FORMAT}),
 )
 
 
-def hf_sources(parameter_names: list[str]) -> dict[str, tuple[Mapping, tuple[str, ...]]]:
+def hf_sources(parameter_names: list[str], family: ModelFamily) -> dict[str, tuple[Mapping, tuple[str, ...]]]:
     """Parameter name → (mapping, HF tensor names it is made of)."""
     sources = {}
     for name in parameter_names:
         try:
-            mapping, wildcard = find_mapping(name, QWEN25_VL_MAPPINGS)
+            mapping, wildcard = find_mapping(name, family.mappings)
         except KeyError:
             raise ConversionError(
                 f"model parameter {name} has no conversion mapping",
-                where="xr_nemo/conversion/mappings.py",
+                where=f"the mapping table of model family {family.name}",
                 fix="this is a bug: every parameter of the model needs a mapping; please report it",
             ) from None
         sources[name] = (mapping, mapping.resolve(wildcard)[1])
@@ -135,8 +141,8 @@ def import_hf(
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     check_output(out_dir, [hf_dir], IMPORTED, overwrite, where="output directory (convert import OUT_DIR)")
     parallel = parallel or ParallelConfig()
-    hf_config = load_hf_config(hf_dir, "a Hugging Face Qwen2.5-VL checkpoint directory")
-    megatron_config, _ = language_model_config(hf_config, parallel)
+    hf_config, family = load_hf_config(hf_dir, "a Hugging Face checkpoint directory of a supported model")
+    megatron_config, _ = family.language_model_config(hf_config, parallel)
     layers = hf_config.text_config.num_hidden_layers
     if layers % parallel.pipeline_parallel:
         raise ConversionError(
@@ -162,7 +168,7 @@ def import_hf(
     dtype = dtype or reader.tensors["model.embed_tokens.weight"].dtype
 
     with checkpoint_layout(hf_config, dtype) as layout, atomic_output_dir(out_dir, overwrite) as staging:
-        sources = hf_sources(parameter_names(layout))
+        sources = hf_sources(parameter_names(layout), family)
         bar = tqdm(total=len(sources), desc="import", unit="tensor", disable=not progress)
 
         def produce(name: str) -> torch.Tensor:
@@ -175,7 +181,7 @@ def import_hf(
         bar.close()
         copy_side_files(hf_dir, staging / HF_FILES_DIR)
         info = {
-            "format": IMPORT_FORMAT,
+            "format": import_format(family),
             "source": str(hf_dir.resolve()),
             "dtype": str(dtype).removeprefix("torch."),
             "checked_layout": {
@@ -212,14 +218,16 @@ def export_hf(
     inputs = [checkpoint_dir] if own else [checkpoint_dir, side]
     where = "output directory (convert export OUT_DIR)"
     check_output(out_dir, inputs, EXPORTED, overwrite, where=where, own_places=own)
-    hf_config = load_hf_config(side, "--hf-files DIR holding the model's config.json and tokenizer files")
-    megatron_config, _ = language_model_config(hf_config)
+    hf_config, family = load_hf_config(
+        side, "--hf-files DIR holding the model's config.json and tokenizer files"
+    )
+    megatron_config, _ = family.language_model_config(hf_config)
     expected = expected_hf_shapes(hf_config)
-    rename = to_transformers_name if key_naming == "transformers" else str
+    rename = family.to_transformers_name if key_naming == "transformers" else str
 
     with checkpoint_layout(hf_config, torch.float32) as layout:
         reader = DistCheckpointReader(checkpoint_dir, layout)
-        sources = hf_sources(reader.names())
+        sources = hf_sources(reader.names(), family)
         produced = {hf_name for _, hf_names in sources.values() for hf_name in hf_names}
         _check_tensors(
             {name: expected[name] for name in produced & set(expected)}, expected, str(checkpoint_dir)

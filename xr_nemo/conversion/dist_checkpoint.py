@@ -45,7 +45,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, Def
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 from torch.distributed.checkpoint.planner import LoadPlan, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
-from transformers import Qwen2_5_VLConfig
+from transformers import PretrainedConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.distributed import initialize, shutdown
@@ -81,11 +81,12 @@ class _ChunkSource:
 
 
 @contextmanager
-def checkpoint_layout(hf_config: Qwen2_5_VLConfig, dtype: torch.dtype) -> Iterator[ShardedStateDict]:
+def checkpoint_layout(hf_config: PretrainedConfig, dtype: torch.dtype) -> Iterator[ShardedStateDict]:
     """The model's sharded state dict at TP=1/PP=1, on the meta device (no memory), keyed by parameter
     name. Starts a one-process group for megatron-core's parallel state when none is running."""
-    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+    from xr_nemo.models.registry import family_of
 
+    build_model = family_of(hf_config).build_model
     owns_group = not torch.distributed.is_initialized()
     if owns_group:
         initialize(ParallelConfig())
@@ -97,7 +98,7 @@ def checkpoint_layout(hf_config: Qwen2_5_VLConfig, dtype: torch.dtype) -> Iterat
         )
     try:
         with torch.device("meta"):
-            model = Qwen25VLModel(hf_config, params_dtype=dtype)
+            model = build_model(hf_config, params_dtype=dtype)
         yield model.sharded_state_dict()
     finally:
         if owns_group:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PretrainedConfig
 
 from xr_nemo.errors import XrNemoError
-from xr_nemo.models.qwen25_vl.naming import to_hub_name
+from xr_nemo.models.registry import family_for_dir, family_of
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -59,21 +59,24 @@ SAFETENSORS_DTYPES = {
 }
 
 
-def expected_hf_shapes(config: Qwen2_5_VLConfig) -> dict[str, tuple[int, ...]]:
+def expected_hf_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
     """Hub name → shape of every tensor a checkpoint with this config holds (no `lm_head` when tied)."""
+    family = family_of(config)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
-    shapes = {to_hub_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
+        model = family.hf_model_class._from_config(config)
+    shapes = {family.to_hub_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight")
     return shapes
 
 
 class HFCheckpointReader:
-    """Lazy access to the tensors of an HF checkpoint directory, by hub name, in either key naming."""
+    """Lazy access to the tensors of an HF checkpoint directory, by hub name, in either key naming (its
+    model family, from its config.json, says how the two map)."""
 
     def __init__(self, hf_dir: str | Path) -> None:
         self.dir = Path(hf_dir)
+        self._to_hub_name = family_for_dir(self.dir).to_hub_name
         self.tensors = self._index()
         self._handle: tuple[Path, object] | None = None
 
@@ -96,7 +99,7 @@ class HFCheckpointReader:
                 with safe_open(str(file), framework="pt") as handle:
                     stored_keys = handle.keys()
                     for key in stored_keys:
-                        name = to_hub_name(key)
+                        name = self._to_hub_name(key)
                         if name in tensors:
                             raise ConversionError(
                                 f"tensor {name!r} is stored twice: {tensors[name].file.name}:"

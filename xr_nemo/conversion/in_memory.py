@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from xr_nemo.conversion.mappings import QWEN25_VL_MAPPINGS, find_mapping
 from xr_nemo.conversion.sharding import gather_from_tensor_parallel
 from xr_nemo.distributed.devices import compute_device
+from xr_nemo.models.mapping import find_mapping
+from xr_nemo.models.registry import family_of
 
 _LAYER = re.compile(r"(\.decoder\.layers\.)(\d+)\.")
 
@@ -74,8 +75,10 @@ def _from_every_stage(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
 
 
 def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(hub name, full tensor) for every parameter the engine needs, converted lazily one at a time."""
+    """(hub name, full tensor) for every parameter the engine needs, converted lazily one at a time by
+    the mapping table of the model's family."""
+    mappings = family_of(model.hf_config).mappings
     for name, tensor in _from_every_stage(model):
-        mapping, wildcard = find_mapping(name, QWEN25_VL_MAPPINGS)
+        mapping, wildcard = find_mapping(name, mappings)
         _, hf_names = mapping.resolve(wildcard)
         yield from zip(hf_names, mapping.to_hf(tensor, model.config), strict=True)

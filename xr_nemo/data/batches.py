@@ -47,6 +47,17 @@ class BatchPlan:
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
 
+    @property
+    def epoch_size(self) -> int:
+        """The data one epoch draws, in the unit of `position`."""
+        raise NotImplementedError
+
+    def position(self, step: int) -> int:
+        """The data the steps before `step` drew: samples (`SampleBatches`), or packed sequences
+        (`SequenceBatches`, whose steps hold as many samples as fit and whose epochs leave out the
+        sequences that do not fill a last global batch)."""
+        raise NotImplementedError
+
     def global_batch(self, step: int) -> list[Packed]:
         raise NotImplementedError
 
@@ -69,6 +80,13 @@ class SequenceBatches(BatchPlan):
     @property
     def steps_per_epoch(self) -> int:
         return len(self.sequences) // self.global_batch_size
+
+    @property
+    def epoch_size(self) -> int:
+        return self.steps_per_epoch * self.global_batch_size
+
+    def position(self, step: int) -> int:
+        return step * self.global_batch_size
 
     def global_batch(self, step: int) -> list[Packed]:
         epoch, index = divmod(step, self.steps_per_epoch)
@@ -93,6 +111,14 @@ class SampleBatches(BatchPlan):
     @property
     def steps_per_epoch(self) -> int:
         return -(-len(self.spans) // self.global_batch_samples)
+
+    @property
+    def epoch_size(self) -> int:
+        return len(self.spans)
+
+    def position(self, step: int) -> int:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return epoch * self.epoch_size + index * self.global_batch_samples
 
     def samples(self, step: int) -> list[int]:
         epoch, index = divmod(step, self.steps_per_epoch)

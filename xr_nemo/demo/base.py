@@ -10,7 +10,7 @@ How the tiny model reads, and why it keeps reading through text-only training (o
 2. The token embeddings stay frozen here and in the demo's SFT and GRPO (`model.frozen`), so pictures
    keep looking like the text as the language model learns.
 3. The tiny model's rotary embedding gives every frequency to mrope's width axis
-   (`TinyQwen25VLSpec.rope_sections`), so a one-row picture's tokens have the positions of the typed
+   (the tiny spec's `rope_sections`), so a one-row picture's tokens have the positions of the typed
    expression; and a picture's question is the text's without the expression, so both stand at the
    same distance from the answer.
 """
@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm import tqdm
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers import AutoConfig, AutoTokenizer
 
 from xr_nemo.demo.toy_world import READ_QUESTION
 from xr_nemo.generation.engine import ImagePrompt, token_ids
 from xr_nemo.io.atomic_dir import atomic_output_dir
-from xr_nemo.models.qwen25_vl.processing import IMAGE_PAD, transformers_batch
+from xr_nemo.models.registry import family_for_dir
 from xr_nemo.tasks.benchmark import EvalItem
 from xr_nemo.tasks.prompts import PromptBuilder
 
@@ -54,9 +53,12 @@ class _Examples:
     (and its end-of-turn token) only."""
 
     def __init__(self, model_dir: Path, data: Path, template: str) -> None:
+        self.family = family_for_dir(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-        self.prompt = PromptBuilder(self.tokenizer, self.processor, template=template)
+        self.image_token_id = AutoConfig.from_pretrained(model_dir).image_token_id
+        image_inputs = self.family.image_inputs(model_dir)
+        self.processor = image_inputs.processor
+        self.prompt = PromptBuilder(self.tokenizer, image_inputs, template=template)
         self.rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
         self.root = data.parent
         self.end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -71,11 +73,11 @@ class _Examples:
 
     def batch(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         examples = [self._example(row) for row in rows]
-        batch = transformers_batch(
+        batch = self.family.transformers_batch(
             [ids for ids, _, _ in examples],
             [image for _, _, image in examples if image is not None],
             pad_id=self.tokenizer.pad_token_id,
-            image_token_id=self.tokenizer.convert_tokens_to_ids(IMAGE_PAD),
+            image_token_id=self.image_token_id,
             image_processor=self.processor,
         )
         width = batch["input_ids"].shape[1]
@@ -158,7 +160,7 @@ def train_base(
     torch.manual_seed(seed)
     order = random.Random(seed)
     examples = _Examples(start, data, template)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(start).train()
+    model = examples.family.hf_model_class.from_pretrained(start).train()
     model.requires_grad_(False)
     losses = {"merger": fit_merger(model, examples, merger_steps, order, batch_size)}
     trained = [p for name, p in model.named_parameters() if not name.startswith((VISION, EMBEDDINGS))]

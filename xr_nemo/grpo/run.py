@@ -1,19 +1,21 @@
 """`xr-nemo grpo`: from an SFT checkpoint to a policy trained with GRPO on verifiable rewards.
 
 Each step: refit the engine from the live model, sample `rollout.n` completions for a batch of prompts,
-score them, compute group advantages, the old (and reference) log-probabilities, and take
-`grpo.updates_per_rollout` optimizer steps. Checkpoints carry the prompt cursor; rollouts are a pure
-function of (weights, seed, cursor), so a resumed run repeats the uninterrupted one.
+score them, compute group advantages, the reference (and, with several updates, the old policy's)
+log-probabilities, and take `grpo.updates_per_rollout` optimizer steps. Checkpoints carry the prompt
+cursor; rollouts are a pure function of (weights, seed, cursor), so a resumed run repeats the
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -21,7 +23,7 @@ from megatron.core import parallel_state
 from transformers import AutoConfig, AutoTokenizer
 
 from xr_nemo.config.bounds import check_writable_directory, validate
-from xr_nemo.config.schema import GRPOConfig
+from xr_nemo.config.schema import GRPOAlgorithmConfig, GRPOConfig
 from xr_nemo.conversion.dist_checkpoint import load_model_weights
 from xr_nemo.distributed import initialize, replica_group, shutdown
 from xr_nemo.distributed.devices import all_reduce_host
@@ -37,7 +39,7 @@ from xr_nemo.grpo.step import REPORT_WIDTH, logprob_step, policy_step
 from xr_nemo.io.run_lock import release_run_dir
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.rewards.pool import RewardPool, RewardSpec
-from xr_nemo.training.loop import Policy, StepHooks, run_schedule, say, summed_report, train
+from xr_nemo.training.loop import Policy, Reports, StepHooks, StepPlan, Update, run_schedule, say, train
 from xr_nemo.training.setup import build_model, build_policy, export_final, prepare_run_dir
 
 
@@ -72,6 +74,14 @@ def _samples(config: GRPOConfig, rollouts: StepRollouts, prompts: PromptSet) -> 
             carries = completion.finished or config.grpo.overlong == "keep"
             samples.append(Sample(prompts.token_ids[group.prompt_index], completion, advantage, carries))
     return samples
+
+
+def needs_old_policy_pass(grpo: GRPOAlgorithmConfig) -> bool:
+    """Whether π_old's log-probabilities need a forward pass of their own before the updates: only when
+    later updates of a rollout batch start from weights the earlier ones moved. With one update, π_old
+    is the policy being updated, and the loss takes its log-probabilities detached
+    (`step.old_logprobs`)."""
+    return grpo.updates_per_rollout > 1
 
 
 def _attach_logprobs(step_fn, model, batches: list, key: str) -> None:
@@ -173,12 +183,36 @@ def _rollout_worker(
     )
 
 
+@dataclass
+class RolloutStep(StepPlan):
+    """A step's updates, with what its metrics need from the rollouts behind them."""
+
+    rollouts: StepRollouts
+    refit_s: float
+    batching_s: float  # making the micro-batches and their log-probability passes (training time)
+
+
+def _update_metrics(report: torch.Tensor) -> dict[str, float]:
+    """The policy loss's summed report (`step.policy_step`), as means."""
+    loss_sum, loss_count, clipped, kl, token_entropy, mismatch, response_tokens = report.tolist()
+    per_token = max(response_tokens, 1.0)
+    return {
+        "loss": loss_sum / max(loss_count, 1.0),
+        "clip_fraction": clipped / per_token,
+        "kl": kl / per_token,
+        "entropy": token_entropy / per_token,
+        "logprob_mismatch": mismatch / per_token,
+    }
+
+
 class GRPOStage:
     """Each step: refit the engine from the live model, sample and score a batch of prompts' groups,
-    compute advantages and old (and reference) log-probabilities, and take `grpo.updates_per_rollout`
-    optimizer steps. Resumes from the prompt cursor."""
+    compute advantages and the log-probabilities the loss compares against, and hand the loop
+    `grpo.updates_per_rollout` updates. Its data are prompts, counted at the prompt cursor (dynamic
+    sampling's extra rounds included); it resumes from there."""
 
     name = "grpo"
+    summed_reports: ClassVar[Mapping[str, int]] = {"report": REPORT_WIDTH}
 
     def __init__(
         self,
@@ -191,7 +225,9 @@ class GRPOStage:
         self.config, self.policy, self.reference, self.worker = config, policy, reference, worker
         self.pad_id = pad_id
         self.prompts = worker.prompts
-        self.steps_per_epoch = max(1, len(self.prompts) // config.trainer.prompts_per_step)
+        self.epoch_size = len(self.prompts)
+        # as if every step drew `prompts_per_step`: dynamic sampling's extra rounds end an epoch sooner
+        self.planned_steps_per_epoch = max(1, len(self.prompts) // config.trainer.prompts_per_step)
         self.cursor = 0
 
     @property
@@ -214,9 +250,9 @@ class GRPOStage:
         self.engine.sleep(self.config.rollout.sleep_level)
         return rollouts, refit_s
 
-    def _train_on(self, rollouts: StepRollouts, wrap: Callable[[Callable], Callable]) -> dict[str, float]:
-        """Old/reference log-probabilities, then `grpo.updates_per_rollout` optimizer steps; the policy's
-        forward step goes through `wrap` (timing, drills)."""
+    def _updates(self, rollouts: StepRollouts) -> list[Update]:
+        """`grpo.updates_per_rollout` updates of the rollouts' samples, their micro-batches carrying the
+        old (when `needs_old_policy_pass`) and reference log-probabilities."""
         config, policy = self.config, self.policy
         multiple = config.sequence_multiple
         temperature = config.rollout.temperature or 1.0
@@ -236,29 +272,12 @@ class GRPOStage:
             positions=(where, rollouts.kept_total * n),
         )
         every_batch = [batch for update in updates for batch in update]
-        _attach_logprobs(partial(logprob_step, temperature), policy.wrapped, every_batch, "old_logprobs")
+        if needs_old_policy_pass(config.grpo):
+            _attach_logprobs(partial(logprob_step, temperature), policy.wrapped, every_batch, "old_logprobs")
         if self.reference is not None:
             _attach_logprobs(partial(logprob_step, temperature), self.reference, every_batch, "ref_logprobs")
-        report = torch.zeros(REPORT_WIDTH, dtype=torch.float64)
-        grad_norms = []
-        for update in updates:
-            policy.wrapped.zero_grad_buffer()
-            policy.optimizer.zero_grad()
-            step_fn = wrap(partial(policy_step, config.grpo, temperature))
-            outputs = run_schedule(step_fn, policy.wrapped, update, False)
-            report += summed_report(outputs, "report", REPORT_WIDTH)
-            _, grad_norm, _ = policy.optimizer.step()
-            grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
-        loss_sum, loss_count, clipped, kl, token_entropy, mismatch, response_tokens = report.tolist()
-        per_token = max(response_tokens, 1.0)
-        return {
-            "loss": loss_sum / max(loss_count, 1.0),
-            "clip_fraction": clipped / per_token,
-            "kl": kl / per_token,
-            "entropy": token_entropy / per_token,
-            "logprob_mismatch": mismatch / per_token,
-            "grad_norm": sum(grad_norms) / len(grad_norms),
-        }
+        forward = partial(policy_step, config.grpo, temperature)
+        return [Update(forward, update) for update in updates]
 
     def _generated_tokens(self, rollouts: StepRollouts) -> float:
         """Completion tokens the step generated, over all ranks. Each rank's own engine generates a share
@@ -267,22 +286,25 @@ class GRPOStage:
         group = parallel_state.get_data_parallel_group() if self.engine.collective else None
         return float(all_reduce_host(total, group)[0])
 
-    def train_step(self, step: int, hooks: StepHooks) -> dict[str, float]:
+    def prepare(self, step: int, hooks: StepHooks) -> RolloutStep:
         rollouts, refit_s = self._rollouts()
-        self.cursor = rollouts.next_cursor
+        consumed, self.cursor = rollouts.next_cursor - self.cursor, rollouts.next_cursor
         hooks.add_time(rollouts.generation_s)
-        train_start = time.perf_counter()
-        trained = self._train_on(rollouts, hooks.wrap)
-        train_s = time.perf_counter() - train_start
+        start = time.perf_counter()
+        updates = self._updates(rollouts)
+        return RolloutStep(updates, consumed, rollouts, refit_s, time.perf_counter() - start)
+
+    def metrics(self, step: int, plan: RolloutStep, reports: Reports) -> dict[str, float]:
+        rollouts = plan.rollouts
         tokens = self._generated_tokens(rollouts)
         return {
             **_rollout_metrics(rollouts),
-            **trained,
-            "prompt_cursor": self.cursor,
+            **_update_metrics(reports.sums["report"]),
+            "prompt_cursor": rollouts.next_cursor,
             "time_generation_s": rollouts.generation_s,
-            "time_refit_s": refit_s,
+            "time_refit_s": plan.refit_s,
             "time_reward_s": rollouts.reward_s,
-            "time_train_s": train_s,
+            "time_train_s": plan.batching_s + reports.seconds,
             "rollout_tokens": tokens,
             "rollout_tokens_per_s": tokens / max(rollouts.generation_s, 1e-9),
         }
@@ -291,11 +313,12 @@ class GRPOStage:
         return {"reward": f"{values['reward_mean']:.3f}", "len": f"{values['response_length']:.0f}"}
 
     def state(self) -> dict[str, Any]:
-        return {"consumed_samples": self.cursor, "epoch": self.cursor // len(self.prompts)}
+        return {"consumed_samples": self.cursor}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> int:
         # checkpoints written before the loop was shared name the cursor `prompt_cursor`
         self.cursor = state["consumed_samples"] if "consumed_samples" in state else state["prompt_cursor"]
+        return self.cursor
 
 
 def run_grpo(config: GRPOConfig) -> Path:

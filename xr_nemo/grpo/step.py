@@ -184,18 +184,28 @@ def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torc
     return output, partial(_logprob_loss, logprobs)
 
 
+def old_logprobs(batch: Batch, logprobs: torch.Tensor) -> torch.Tensor:
+    """π_old's log-probabilities: those a forward pass attached to the batch before the first update,
+    or, when none did (one update per rollout batch: π_old is the policy being updated), the current
+    ones detached — the same values without a second forward pass, as veRL's on-policy path and TRL's
+    single-iteration path take them."""
+    attached = batch.get("old_logprobs")
+    return logprobs.detach() if attached is None else attached
+
+
 def per_token_loss(
     config: GRPOAlgorithmConfig, batch: Batch, logprobs: torch.Tensor, token_entropy: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, clip active, k3 KL) per token, before aggregation: the clipped surrogate weighted by
     truncated importance sampling, + kl_coef × KL, − entropy_coef × entropy. Each term goes through the
     same loss weights, so each is aggregated as the policy loss is."""
+    old = old_logprobs(batch, logprobs)
     per_token, clipped = clipped_surrogate(
-        logprobs, batch["old_logprobs"], batch["advantages"], config.clip_low, config.clip_high
+        logprobs, old, batch["advantages"], config.clip_low, config.clip_high
     )
     if config.importance_cap is not None:
         per_token = per_token * truncated_importance_weights(
-            batch["old_logprobs"], batch["rollout_logprobs"], config.importance_cap
+            old, batch["rollout_logprobs"], config.importance_cap
         )
     kl = torch.zeros_like(per_token)
     if config.kl_coef:
@@ -214,7 +224,7 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
     per_token, clipped, kl = per_token_loss(config, batch, logprobs, token_entropy)
     loss_sum = (per_token * batch["loss_weights"]).sum()
     count = batch["loss_counts"].sum()
-    mismatch = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs()
+    mismatch = (old_logprobs(batch, logprobs) - batch["rollout_logprobs"]).abs()
     report = torch.stack(
         [
             loss_sum.detach(),

@@ -1,1 +1,2 @@
-"""Model definitions on megatron-core: layer specs, norms and the Qwen2.5-VL bundle."""
+"""Model families on megatron-core, each a bundle (`family.py`) found by its checkpoint's architecture
+(`registry.py`), and what families share: HF ⇄ Megatron mapping classes, layer specs, norms."""

@@ -1,14 +1,13 @@
 """`xr-nemo sft`: from a config to a trained (and optionally exported) checkpoint, on every rank. The
-stage supplies the training loop (`xr_nemo.training.loop`) with one optimizer step over packed
-micro-batches and the count of consumed samples to resume from."""
+stage supplies the training loop (`xr_nemo.training.loop`) with one update per step over packed
+micro-batches, drawn by the batch plan as a function of the step."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -25,9 +24,20 @@ from xr_nemo.distributed.devices import all_reduce_host
 from xr_nemo.distributed.launch_env import read_launch_env
 from xr_nemo.errors import ConfigError
 from xr_nemo.io.run_lock import release_run_dir
-from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
+from xr_nemo.models.registry import family_of
 from xr_nemo.sft.step import forward_step
-from xr_nemo.training.loop import Batch, Policy, StepHooks, run_schedule, say, summed_report, train
+from xr_nemo.training.loop import (
+    Batch,
+    Policy,
+    Reports,
+    StepHooks,
+    StepPlan,
+    Update,
+    run_schedule,
+    say,
+    summed_report,
+    train,
+)
 from xr_nemo.training.setup import build_policy, export_final, on_rank_zero_first, prepare_run_dir
 
 Microbatches = Callable[[int], list[Batch]]  # step → this rank's micro-batches
@@ -120,28 +130,25 @@ def _token_counts(microbatches: list[Batch]) -> torch.Tensor:
 
 
 class SFTStage:
-    """One optimizer step over a global batch of packed sequences; resumes from consumed samples."""
+    """One update per step over a global batch of packed sequences. The batch plan is a function of the
+    step, so its data position is too (`BatchPlan.position`); the stage counts the samples trained on."""
 
     name = "sft"
+    summed_reports: ClassVar[Mapping[str, int]] = {"loss": 2}  # sum, tokens (`sft.step.loss_func`)
 
     def __init__(
         self,
         config: SFTConfig,
         policy: Policy,
+        plan: BatchPlan,
         train_microbatches: Microbatches,
         validation_microbatches: Callable[[], list[list[Batch]]] | None,
-        steps_per_epoch: int,
     ) -> None:
-        self.config, self.policy = config, policy
+        self.config, self.policy, self.plan = config, policy, plan
         self.train_microbatches, self.validation_microbatches = train_microbatches, validation_microbatches
-        self.steps_per_epoch = steps_per_epoch
+        self.epoch_size = plan.epoch_size
+        self.planned_steps_per_epoch = plan.steps_per_epoch  # exact: every epoch has this many steps
         self.consumed = 0
-        self.steps_done = 0
-
-    def _loss(self, forward: Callable, microbatches: list[Batch], forward_only: bool) -> torch.Tensor:
-        """[loss sum, loss tokens] over the global batch, on every rank."""
-        outputs = run_schedule(forward, self.policy.wrapped, microbatches, forward_only)
-        return summed_report(outputs, "loss", 2)
 
     def _validation_loss(self) -> float:
         wrapped = self.policy.wrapped
@@ -149,31 +156,29 @@ class SFTStage:
         totals = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
             for microbatches in self.validation_microbatches():
-                totals += self._loss(forward_step, microbatches, forward_only=True)
+                outputs = run_schedule(forward_step, wrapped, microbatches, forward_only=True)
+                totals += summed_report(outputs, "loss", self.summed_reports["loss"])
         wrapped.train()
         return (totals[0] / totals[1].clamp(min=1)).item()
 
-    def train_step(self, step: int, hooks: StepHooks) -> dict[str, float]:
-        microbatches = self.train_microbatches(step)
-        start = time.perf_counter()
-        self.policy.wrapped.zero_grad_buffer()
-        self.policy.optimizer.zero_grad()
-        loss_sum, loss_tokens = self._loss(hooks.wrap(forward_step), microbatches, forward_only=False)
-        _, grad_norm, _ = self.policy.optimizer.step()
-        elapsed = time.perf_counter() - start
-        samples, real, computed = _token_counts(microbatches).tolist()
+    def prepare(self, step: int, hooks: StepHooks) -> StepPlan:
+        consumed = self.plan.position(step + 1) - self.plan.position(step)
+        return StepPlan([Update(forward_step, self.train_microbatches(step))], consumed)
+
+    def metrics(self, step: int, plan: StepPlan, reports: Reports) -> dict[str, float]:
+        """Also the validation loss, every `trainer.val_every` steps."""
+        (update,) = plan.updates
+        loss_sum, loss_tokens = reports.sums["loss"]
+        samples, real, computed = _token_counts(update.microbatches).tolist()
         self.consumed += int(samples)
-        self.steps_done = step + 1
         values = {
             "loss": (loss_sum / loss_tokens.clamp(min=1)).item(),
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "samples": samples,
             "tokens": real,
             "loss_tokens": loss_tokens.item(),
-            "tokens_per_s": real / elapsed,
+            "tokens_per_s": real / reports.seconds,
             "padding_fraction": 1 - real / computed,
             "consumed_samples": self.consumed,
-            "epoch": step // self.steps_per_epoch,
         }
         val_every = self.config.trainer.val_every
         if self.validation_microbatches is not None and val_every and (step + 1) % val_every == 0:
@@ -184,11 +189,11 @@ class SFTStage:
         return {"loss": f"{values['loss']:.4f}", "lr": f"{values['lr']:.2e}"}
 
     def state(self) -> dict[str, Any]:
-        return {"consumed_samples": self.consumed, "epoch": self.steps_done // self.steps_per_epoch}
+        return {"consumed_samples": self.consumed}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> int:
         self.consumed = state["consumed_samples"]
-        self.steps_done = state["step"]
+        return self.plan.position(state["step"])
 
 
 def run_sft(config: SFTConfig) -> Path:
@@ -201,11 +206,7 @@ def run_sft(config: SFTConfig) -> Path:
         train_set, validation = _datasets(config, hf_dir)
         hf_config = AutoConfig.from_pretrained(hf_dir)
         pad_id = AutoTokenizer.from_pretrained(hf_dir).pad_token_id or 0
-        positions = partial(
-            mrope_position_ids,
-            image_token_id=hf_config.image_token_id,
-            spatial_merge_size=hf_config.vision_config.spatial_merge_size,
-        )
+        positions = family_of(hf_config).position_ids(hf_config)
         trainer = config.trainer
         plan = _plan(config, train_set, "data.train")
         say(
@@ -224,9 +225,9 @@ def run_sft(config: SFTConfig) -> Path:
         stage = SFTStage(
             config,
             policy,
+            plan,
             _microbatch_source(config, train_set, plan, pad_id, positions),
             validation_source,
-            plan.steps_per_epoch,
         )
         return export_final(run_dir, train(config, policy, stage), config.export, partial(say, "sft"))
     finally:

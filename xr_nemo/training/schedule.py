@@ -14,11 +14,10 @@ def warmup_steps(config: SchedulerConfig, total_steps: int) -> int:
     return config.warmup_steps or round(config.warmup_fraction * total_steps)
 
 
-def learning_rate(
-    step: int, base_lr: float, config: SchedulerConfig, total_steps: int, steps_per_epoch: int
-) -> float:
-    """The learning rate of optimizer step `step` (0-based): linear warm-up from base_lr / warmup, then
-    constant, cosine down to `min_lr` at `total_steps`, or × `epoch_decay` after every epoch."""
+def learning_rate(step: int, base_lr: float, config: SchedulerConfig, total_steps: int, epoch: int) -> float:
+    """The learning rate of step `step` (0-based), drawing from epoch `epoch` (0-based, counted in data):
+    linear warm-up from base_lr / warmup, then constant, cosine down to `min_lr` at `total_steps`, or ×
+    `epoch_decay` after every epoch."""
     if config.name not in SCHEDULES:
         raise ConfigError(
             f"unknown schedule {config.name!r}", where="scheduler.name", fix=f"use one of {SCHEDULES}"
@@ -30,5 +29,5 @@ def learning_rate(
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return config.min_lr + (base_lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     if config.name == "epoch_decay":
-        return base_lr * config.epoch_decay ** (step // steps_per_epoch)
+        return base_lr * config.epoch_decay**epoch
     return base_lr

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-from transformers import AutoConfig, Qwen2_5_VLConfig
+from megatron.core.transformer import MegatronModule
+from transformers import AutoConfig, PretrainedConfig
 
 from xr_nemo.config.schema import ExportConfig, ModelConfig, Synthetic, TrainingConfig
 from xr_nemo.conversion.convert import DTYPES, export_hf, import_hf
@@ -25,7 +26,7 @@ from xr_nemo.io.manifest import DamagedError
 from xr_nemo.io.run_lock import lock_run_dir
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.models.layer_settings import resolve_layer_settings
-from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+from xr_nemo.models.registry import DEFAULT_FAMILY, family_named, family_of
 from xr_nemo.run_dir import (
     BASE_CHECKPOINT,
     EXPORT_DIR,
@@ -68,9 +69,7 @@ def _prepare_model_dir(model: ModelConfig) -> None:
     if (hf_dir / "config.json").exists():
         return
     if model.synthetic == Synthetic.tiny:
-        from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
-
-        build_tiny_qwen25_vl(hf_dir, TinyQwen25VLSpec(num_kv_heads=2))  # splits over 2 TP ranks
+        family_named(DEFAULT_FAMILY).build_tiny(hf_dir, num_kv_heads=2)  # splits over 2 TP ranks
         return
     raise ConfigError(
         f"{hf_dir} has no config.json",
@@ -119,12 +118,12 @@ def initial_checkpoint(model: ModelConfig, run_dir: Path, say: Callable[[str], N
     return base
 
 
-def build_model(hf_config: Qwen2_5_VLConfig, config: TrainingConfig) -> Qwen25VLModel:
-    """The model `config.model` asks for, with layers this machine can run (else a ConfigError), on this
-    rank's GPU when there is one: megatron-core builds its layers there, the vision tower is built on
-    the host."""
+def build_model(hf_config: PretrainedConfig, config: TrainingConfig) -> MegatronModule:
+    """The model `config.model` asks for, built by the family of `hf_config`, with layers this machine
+    can run (else a ConfigError), on this rank's GPU when there is one: megatron-core builds its layers
+    there, the vision tower is built on the host."""
     model = config.model
-    built = Qwen25VLModel(
+    built = family_of(hf_config).build_model(
         hf_config,
         config.parallel,
         params_dtype=params_dtype(model.dtype),
@@ -152,7 +151,7 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> None:
 
 
 def wrap_for_training(
-    model: Qwen25VLModel, config: TrainingConfig
+    model: MegatronModule, config: TrainingConfig
 ) -> tuple[DistributedDataParallel, torch.optim.Optimizer]:
     """DDP and the optimizer. Losses are (sum, token count) pairs: megatron-core then divides gradients by
     the tokens of the whole global batch, and DDP must sum (not average) over data-parallel ranks — it

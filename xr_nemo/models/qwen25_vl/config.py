@@ -13,7 +13,7 @@ from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.layer_settings import LayerSettings
 
-SUPPORTED_ARCHITECTURES = ("Qwen2_5_VLForConditionalGeneration",)
+ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"  # config.json `architectures`; vLLM's class name
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,6 @@ class LanguageModelShape:
     max_sequence_length: int
     rope_theta: float
     tie_word_embeddings: bool
-
-
-def check_architecture(hf_config: Qwen2_5_VLConfig, source: str) -> None:
-    architectures = list(getattr(hf_config, "architectures", None) or [])
-    if hf_config.model_type != "qwen2_5_vl" or (
-        architectures and not set(architectures) & set(SUPPORTED_ARCHITECTURES)
-    ):
-        raise ConfigError(
-            f"unsupported architecture {architectures or hf_config.model_type!r}",
-            where=f"{source}/config.json",
-            fix=f"xr-nemo converts {', '.join(SUPPORTED_ARCHITECTURES)} checkpoints",
-        )
 
 
 def language_model_config(

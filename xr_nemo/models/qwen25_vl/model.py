@@ -34,6 +34,7 @@ class Qwen25VLModel(MegatronModule):
         config, shape = language_model_config(hf_config, parallel, params_dtype, layers)
         super().__init__(config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron-core's pipeline schedules
+        self.hf_config = hf_config  # its family's mappings, for in-memory refit
         self.image_token_id = hf_config.image_token_id
         self.pre_process = parallel_state.is_pipeline_first_stage()
         self.post_process = parallel_state.is_pipeline_last_stage()

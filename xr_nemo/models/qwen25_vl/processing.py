@@ -6,7 +6,13 @@ processor), which cannot be installed beside the CPU torch.
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import torch
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from xr_nemo.models.family import ImageInputs
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -21,6 +27,12 @@ def expand_image_placeholders(prompt: str, image_grid_thw: torch.Tensor, merge_s
     return pieces[0] + "".join(
         IMAGE_PAD * count + piece for count, piece in zip(counts, pieces[1:], strict=True)
     )
+
+
+def image_inputs(model_dir: str | Path) -> ImageInputs:
+    """The checkpoint's PIL image processor (`preprocessor_config.json`) and its placeholder expansion."""
+    processor = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+    return ImageInputs(processor, partial(expand_image_placeholders, merge_size=processor.merge_size))
 
 
 def transformers_batch(

@@ -10,9 +10,13 @@ padding were absent.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from transformers import Qwen2_5_VLConfig
 
 from xr_nemo.errors import XrNemoError
+from xr_nemo.models.family import PositionIds
 
 
 def _image_positions(start: int, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -76,3 +80,12 @@ def mrope_position_ids(
         if pieces:
             positions[:, row, valid] = torch.cat(pieces, dim=1)
     return positions
+
+
+def position_ids_for(hf_config: Qwen2_5_VLConfig) -> PositionIds:
+    """`mrope_position_ids` with the image token and merge size of `hf_config`."""
+    return partial(
+        mrope_position_ids,
+        image_token_id=hf_config.image_token_id,
+        spatial_merge_size=hf_config.vision_config.spatial_merge_size,
+    )

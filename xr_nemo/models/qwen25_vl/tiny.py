@@ -194,3 +194,18 @@ def build_tiny_qwen25_vl(
     ).save_pretrained(out)
     (out / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
     return out
+
+
+def build_tiny(
+    out_dir: str | Path,
+    *,
+    vocab: Vocab = "tiny",
+    key_naming: KeyNaming = "hub",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **spec,
+) -> Path:
+    """The family's tiny factory: `build_tiny_qwen25_vl` with `tiny_spec(vocab, **spec)`."""
+    return build_tiny_qwen25_vl(
+        out_dir, tiny_spec(vocab, **spec), key_naming=key_naming, seed=seed, dtype=dtype, vocab=vocab
+    )

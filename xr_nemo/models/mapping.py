@@ -1,9 +1,9 @@
 """Conversion as data: one small mapping object per parameter family, HF (hub naming) ⇄ Megatron.
 
-Mappings work on full, unsharded tensors; tensor-parallel sharding lives in `sharding.py`. Name
-patterns use `*` for a layer number and `**` for any dotted suffix. Megatron names are parameter names
-with global layer numbers, of local or Transformer Engine layers. The same table drives import, export
-and in-memory refit.
+Mappings work on full, unsharded tensors; tensor-parallel sharding lives in `xr_nemo.conversion.sharding`.
+Name patterns use `*` for a layer number and `**` for any dotted suffix. Megatron names are parameter
+names with global layer numbers, of local or Transformer Engine layers. Each model family declares its
+table once (`ModelFamily.mappings`); the same table drives import, export and in-memory refit.
 """
 
 from __future__ import annotations
@@ -91,45 +91,6 @@ class GatedMLPMapping(Mapping):
 
     def to_hf(self, tensor: torch.Tensor, config: TransformerConfig) -> list[torch.Tensor]:
         return [part.contiguous() for part in torch.chunk(tensor, 2, dim=0)]
-
-
-LANGUAGE_MODEL = "language_model"
-
-
-def _layer(hf: str, megatron: str, kind: type[Mapping] = Mapping, *more_hf: str) -> Mapping:
-    hf_names = tuple(f"model.layers.*.{name}" for name in (hf, *more_hf))
-    return kind(f"{LANGUAGE_MODEL}.decoder.layers.*.{megatron}", hf_names)
-
-
-QWEN25_VL_MAPPINGS: tuple[Mapping, ...] = (
-    Mapping(f"{LANGUAGE_MODEL}.embedding.word_embeddings.weight", ("model.embed_tokens.weight",)),
-    _layer("input_layernorm.weight", "input_layernorm.weight"),
-    # Transformer Engine layers fuse each norm into the next linear layer (same checkpoint key).
-    _layer("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"),
-    _layer(
-        "self_attn.q_proj.weight",
-        "self_attention.linear_qkv.weight",
-        QKVMapping,
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-    ),
-    _layer(
-        "self_attn.q_proj.bias",
-        "self_attention.linear_qkv.bias",
-        QKVMapping,
-        "self_attn.k_proj.bias",
-        "self_attn.v_proj.bias",
-    ),
-    _layer("self_attn.o_proj.weight", "self_attention.linear_proj.weight"),
-    _layer("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"),
-    _layer("post_attention_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"),
-    _layer("mlp.gate_proj.weight", "mlp.linear_fc1.weight", GatedMLPMapping, "mlp.up_proj.weight"),
-    _layer("mlp.down_proj.weight", "mlp.linear_fc2.weight"),
-    Mapping(f"{LANGUAGE_MODEL}.decoder.final_layernorm.weight", ("model.norm.weight",)),
-    Mapping(f"{LANGUAGE_MODEL}.output_layer.weight", ("lm_head.weight",)),
-    # The vision tower is Transformers' module under the hub's names, replicated.
-    Mapping("visual.**", ("visual.**",)),
-)
 
 
 def find_mapping(megatron_name: str, mappings: tuple[Mapping, ...]) -> tuple[Mapping, str | None]:
