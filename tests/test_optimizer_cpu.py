@@ -184,3 +184,28 @@ def test_fused_adam_stays_within_rounding_of_the_single_tensor_loop(results):
 
 def test_a_checkpoint_of_the_default_implementation_resumes_fused(results):
     assert results["resumed"]["fused"] == {(True, False)}
+
+
+@pytest.mark.parametrize(("device", "skipped"), [("cpu", True), ("meta", False)])
+def test_only_cpu_buffers_skip_their_one_rank_collectives(device, skipped):
+    """Buffers elsewhere (on GPU: NCCL) keep megatron-core's own syncs; `meta` stands in for a GPU."""
+    from types import SimpleNamespace
+
+    from xr_nemo.training.optimizer import skip_one_rank_collectives
+
+    def grad_sync():
+        pass
+
+    def param_sync():
+        pass
+
+    group = SimpleNamespace(
+        ddp_config=SimpleNamespace(use_distributed_optimizer=True, num_distributed_optimizer_instances=1),
+        intra_distributed_optimizer_instance_size=1,
+        buckets=[SimpleNamespace(grad_data=torch.empty(4, device=device))],
+        start_grad_sync=grad_sync,
+        start_param_sync=param_sync,
+    )
+    skip_one_rank_collectives([SimpleNamespace(bucket_groups=[group], expert_parallel_bucket_groups=[])])
+    assert (group.start_grad_sync is not grad_sync) == skipped
+    assert (group.start_param_sync is not param_sync) == skipped

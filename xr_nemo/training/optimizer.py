@@ -9,7 +9,8 @@ what is computed or what a checkpoint holds:
   parameter at once (+1.3-1.8 GiB at 0.5 B parameters): not chosen.
 - With the distributed optimizer over one data-parallel rank, the gradient reduce-scatter and the
   parameter all-gather map each buffer onto itself, yet gloo copies the whole buffer through a
-  temporary of its size (at 0.5 B parameters ~2 s and 1.84 GiB each). There they are skipped. The
+  temporary of its size (at 0.5 B parameters ~2 s and 1.84 GiB each). There, on CPU buffers, they are
+  skipped. The
   optimizer stays the distributed one, so its checkpoints keep their format and still resume at any
   data-parallel size (megatron-core's plain optimizers store another format, which the distributed
   one cannot load, so switching to them at one rank would tie a checkpoint to its data-parallel size).
@@ -110,8 +111,10 @@ def _in_place(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def skip_one_rank_collectives(model_chunks: list[torch.nn.Module]) -> None:
     """Run the gradient and parameter syncs of each distributed-optimizer bucket group whose collective
-    group has one rank with its reduce-scatter and all-gather as the identity; everything else they do
-    (gradient scaling, checks, bookkeeping) is megatron-core's own."""
+    group has one rank, and whose buffers are on the CPU (gloo, where the copies were measured; NCCL's
+    one-rank collectives are left as megatron-core issues them), with its reduce-scatter and all-gather
+    as the identity; everything else they do (gradient scaling, checks, bookkeeping) is megatron-core's
+    own."""
     for chunk in model_chunks:
         for group in [*chunk.bucket_groups, *chunk.expert_parallel_bucket_groups]:
             ddp = group.ddp_config
@@ -119,6 +122,7 @@ def skip_one_rank_collectives(model_chunks: list[torch.nn.Module]) -> None:
                 ddp.use_distributed_optimizer
                 and ddp.num_distributed_optimizer_instances == 1
                 and group.intra_distributed_optimizer_instance_size == 1
+                and all(bucket.grad_data.device.type == "cpu" for bucket in group.buckets)
             ):
                 group.start_grad_sync = _in_place(group.start_grad_sync)
                 group.start_param_sync = _in_place(group.start_param_sync)
