@@ -33,7 +33,7 @@ from xr_nemo.conversion.hf_checkpoint import (
 )
 from xr_nemo.io.atomic_dir import atomic_output_dir
 from xr_nemo.io.output_guard import OutputKind, check_output
-from xr_nemo.models.family import ModelFamily
+from xr_nemo.models.family import OUTPUT_LAYER, WORD_EMBEDDINGS, ModelFamily
 from xr_nemo.models.mapping import Mapping, find_mapping
 from xr_nemo.models.registry import FAMILIES, family_of
 
@@ -154,18 +154,20 @@ def import_hf(
     expected = expected_hf_shapes(hf_config)
     stored = {name: tensor.shape for name, tensor in reader.tensors.items()}
     _check_tensors(stored, expected, str(hf_dir))
-    unexpected = sorted(set(stored) - set(expected) - {"lm_head.weight"})
+    output_layer = family.hf_name(OUTPUT_LAYER)
+    unexpected = sorted(set(stored) - set(expected) - {output_layer})
     if unexpected:
         raise ConversionError(
             f"{len(unexpected)} stored tensor(s) are not parameters of this config, e.g. {unexpected[:3]}",
             where=str(hf_dir),
             fix="the weights and config.json come from different models; use the matching config.json",
         )
-    if hf_config.tie_word_embeddings and "lm_head.weight" in stored:
+    if hf_config.tie_word_embeddings and output_layer in stored:
         tqdm.write(
-            "note: tie_word_embeddings is set, so the stored lm_head.weight is ignored (as Transformers does)"
+            f"note: tie_word_embeddings is set, so the stored {output_layer} is ignored (as Transformers "
+            "does)"
         )
-    dtype = dtype or reader.tensors["model.embed_tokens.weight"].dtype
+    dtype = dtype or reader.tensors[family.hf_name(WORD_EMBEDDINGS)].dtype
 
     with checkpoint_layout(hf_config, dtype) as layout, atomic_output_dir(out_dir, overwrite) as staging:
         sources = hf_sources(parameter_names(layout), family)

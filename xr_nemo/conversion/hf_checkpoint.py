@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from xr_nemo.errors import XrNemoError
+from xr_nemo.models.family import OUTPUT_LAYER
 from xr_nemo.models.registry import family_for_dir, family_of
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -66,7 +67,7 @@ def expected_hf_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
         model = family.hf_model_class._from_config(config)
     shapes = {family.to_hub_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
-        shapes.pop("lm_head.weight")
+        shapes.pop(family.hf_name(OUTPUT_LAYER))
     return shapes
 
 

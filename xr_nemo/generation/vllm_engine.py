@@ -24,6 +24,8 @@ from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.errors import XrNemoError
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
+from xr_nemo.models.family import OUTPUT_LAYER, WORD_EMBEDDINGS
+from xr_nemo.models.registry import family_for_dir
 
 WEIGHTS, KV_CACHE = "weights", "kv_cache"  # vLLM's tags for what sleeps and wakes
 
@@ -101,9 +103,9 @@ class VLLMEngine:
                 **vllm_cpu.seeded_sampling_engine_kwargs(),
             )
         self._asleep: set[str] = set()  # the tags vLLM holds released
-        self._tied_embeddings = bool(
-            getattr(self.llm.llm_engine.model_config.hf_text_config, "tie_word_embeddings", False)
-        )
+        tied = getattr(self.llm.llm_engine.model_config.hf_text_config, "tie_word_embeddings", False)
+        family = family_for_dir(hf_dir)
+        self._tied_names = (family.hf_name(WORD_EMBEDDINGS), family.hf_name(OUTPUT_LAYER)) if tied else None
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[int], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams, TokensPrompt
@@ -136,7 +138,9 @@ class VLLMEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
         self._require_awake(WEIGHTS, "load weights")  # on GPU their memory is unmapped while asleep
-        stream = _with_tied_output_layer(weights) if self._tied_embeddings else iter(weights)
+        stream = (
+            iter(weights) if self._tied_names is None else _with_tied_output_layer(weights, *self._tied_names)
+        )
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
         self.llm.reset_prefix_cache()
 
@@ -171,15 +175,15 @@ class VLLMEngine:
 
 
 def _with_tied_output_layer(
-    weights: Iterable[tuple[str, torch.Tensor]],
+    weights: Iterable[tuple[str, torch.Tensor]], embedding: str, output_layer: str
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """With tied embeddings, checkpoints carry no `lm_head.weight`, and vLLM's `reload_weights` then
-    leaves its output layer on the values it had before (random, for an engine started with dummy
-    weights) instead of following the new embedding: send the embedding under that name too."""
+    """With tied embeddings, checkpoints carry no output layer (`lm_head.weight`), and vLLM's
+    `reload_weights` then leaves it on the values it had before (random, for an engine started with
+    dummy weights) instead of following the new embedding: send the embedding under that name too."""
     for name, tensor in weights:
         yield name, tensor
-        if name == "model.embed_tokens.weight":
-            yield "lm_head.weight", tensor
+        if name == embedding:
+            yield output_layer, tensor
 
 
 def _tokens_prompt(tokens_prompt: type, prompt: Prompt):

@@ -22,7 +22,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.models.layer_settings import LayerSettings
-from xr_nemo.models.mapping import Mapping
+from xr_nemo.models.mapping import Mapping, find_mapping
+
+WORD_EMBEDDINGS = "language_model.embedding.word_embeddings.weight"
+OUTPUT_LAYER = "language_model.output_layer.weight"
+"""Megatron names every family's model shares (its `language_model` is a GPTModel)."""
 
 TensorPart = int | Literal["vision", "embedding", "output"]
 """Where an HF tensor lives in the megatron-core model: a decoder layer (its number), the vision tower,
@@ -129,6 +133,13 @@ class ModelFamily:
     build_tiny: BuildTiny
     tiny_vocabs: tuple[str, ...]
     published: MappingOf[str, Callable[[], PretrainedConfig]]  # e.g. "7b" → the published config
+
+    def hf_name(self, megatron_name: str) -> str:
+        """The hub name of a Megatron parameter made of one HF tensor outside the decoder layers, such
+        as `WORD_EMBEDDINGS` or `OUTPUT_LAYER`."""
+        mapping, wildcard = find_mapping(megatron_name, self.mappings)
+        (name,) = mapping.resolve(wildcard)[1]
+        return name
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(self.architectures)})"

@@ -11,9 +11,10 @@ from transformers import PretrainedConfig
 
 from xr_nemo.errors import ConfigError
 from xr_nemo.models.family import ModelFamily
+from xr_nemo.models.qwen3_vl.bundle import QWEN3_VL
 from xr_nemo.models.qwen25_vl.bundle import QWEN25_VL
 
-FAMILIES: tuple[ModelFamily, ...] = (QWEN25_VL,)
+FAMILIES: tuple[ModelFamily, ...] = (QWEN25_VL, QWEN3_VL)
 DEFAULT_FAMILY = QWEN25_VL.name  # the family of the X-Reasoner recipes, the tiny model and the demo
 
 

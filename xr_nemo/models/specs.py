@@ -24,6 +24,7 @@ from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
     get_num_layers_to_build,
 )
+from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from xr_nemo.config.schema import TransformerImpl
 from xr_nemo.errors import XrNemoError
@@ -41,11 +42,22 @@ LOCAL_SPEC_SETTINGS: dict[str, bool] = dict(
 )
 
 
-def local_block_spec(config: TransformerConfig, vp_stage: int | None = None) -> ModuleSpec:
+def local_block_spec(
+    config: TransformerConfig,
+    vp_stage: int | None = None,
+    layer_module: type[TransformerLayer] = TransformerLayer,
+) -> ModuleSpec:
     """megatron-core's local spec with norms that support sequence parallelism, final norm included,
-    and an attention that takes packed sequences as boundaries and supports context parallelism."""
-    layer = get_gpt_layer_local_spec(normalization=config.normalization)
-    layer.submodules.self_attention.submodules.core_attention = LocalAttention
+    and an attention that takes packed sequences as boundaries and supports context parallelism;
+    per-head query and key norms where `config.qk_layernorm`. `layer_module` replaces megatron-core's
+    `TransformerLayer` (same submodules), for a family whose layers do more."""
+    layer = get_gpt_layer_local_spec(normalization=config.normalization, qk_layernorm=config.qk_layernorm)
+    attention = layer.submodules.self_attention.submodules
+    attention.core_attention = LocalAttention
+    if config.qk_layernorm:
+        attention.q_layernorm = Norm
+        attention.k_layernorm = Norm
+    layer.module = layer_module
     layer.submodules.input_layernorm = Norm
     layer.submodules.pre_mlp_layernorm = Norm
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
@@ -76,11 +88,17 @@ def spec_settings(impl: str) -> dict[str, bool]:
     return te_spec_settings() if impl == TransformerImpl.transformer_engine else LOCAL_SPEC_SETTINGS
 
 
-def te_block_spec(config: TransformerConfig, vp_stage: int | None = None) -> ModuleSpec:
+def te_block_spec(
+    config: TransformerConfig,
+    vp_stage: int | None = None,
+    layer_module: type[TransformerLayer] = TransformerLayer,
+) -> ModuleSpec:
     """megatron-core's Transformer Engine layers: norms fused into the linear layers after them, and
     TE's fused/flash attention, which takes packed (THD) batches without masks and runs context
-    parallelism itself (`config.cp_comm_type`, ring attention for "p2p"). Needs TE to build."""
-    layer = get_gpt_layer_with_transformer_engine_spec()
+    parallelism itself (`config.cp_comm_type`, ring attention for "p2p"); TE's norms for the query and
+    key heads where `config.qk_layernorm`. Needs TE to build."""
+    layer = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    layer.module = layer_module
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return ModuleSpec(
         module=TransformerBlock,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
-from transformers import Qwen2_5_VLConfig
+from transformers import PretrainedConfig, Qwen2_5_VLConfig
 
 from xr_nemo.config.parallel import ParallelConfig
 from xr_nemo.errors import ConfigError
@@ -34,6 +34,20 @@ def language_model_config(
 ) -> tuple[TransformerConfig, LanguageModelShape]:
     """`layers` (resolved for this machine) picks the layer implementation, FP8 and recompute; the
     default, local layers in the given dtype, is what conversion and CPU runs build."""
+    return qwen_language_model_config(hf_config, parallel, params_dtype, layers, qkv_bias=True, qk_norm=False)
+
+
+def qwen_language_model_config(
+    hf_config: PretrainedConfig,
+    parallel: ParallelConfig | None,
+    params_dtype: torch.dtype,
+    layers: LayerSettings | None,
+    *,
+    qkv_bias: bool,
+    qk_norm: bool,
+) -> tuple[TransformerConfig, LanguageModelShape]:
+    """The Qwen VL language models' config: Qwen2.5-VL's has biases on q/k/v; Qwen3-VL's has none
+    and normalises each query and key head (qk-norm) instead."""
     text = hf_config.text_config
     parallel = parallel or ParallelConfig()
     rope = text.rope_parameters or {}
@@ -67,7 +81,8 @@ def language_model_config(
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=True,
+        add_qkv_bias=qkv_bias,
+        qk_layernorm=qk_norm,
         hidden_dropout=0.0,
         attention_dropout=text.attention_dropout,
         mrope_section=mrope_section,

@@ -8,19 +8,25 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from xr_nemo.config.schema import TransformerImpl
 from xr_nemo.models.qwen25_vl.config import LanguageModelShape
 from xr_nemo.models.specs import local_block_spec, te_block_spec
 
 
-def build_language_model(config: TransformerConfig, shape: LanguageModelShape) -> GPTModel:
-    """The one place that picks the layer spec: `config.transformer_impl` (see `layer_settings`)."""
+def build_language_model(
+    config: TransformerConfig,
+    shape: LanguageModelShape,
+    layer_module: type[TransformerLayer] = TransformerLayer,
+) -> GPTModel:
+    """The one place that picks the layer spec: `config.transformer_impl` (see `layer_settings`);
+    `layer_module` is the family's decoder layer class."""
     transformer_engine = config.transformer_impl == TransformerImpl.transformer_engine
     block_spec: Callable = te_block_spec if transformer_engine else local_block_spec
     model = GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config),
+        transformer_layer_spec=block_spec(config, layer_module=layer_module),
         vocab_size=shape.vocab_size,
         max_sequence_length=shape.max_sequence_length,
         pre_process=parallel_state.is_pipeline_first_stage(),

@@ -29,14 +29,6 @@ def build_vision_tower(
     return tower
 
 
-def image_features(
-    tower: Qwen2_5_VisionTransformerPretrainedModel, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
-) -> torch.Tensor:
-    """Merged patch features of all images, in image order: [image tokens, language hidden size]."""
-    pixel_values = pixel_values.to(next(tower.parameters()).dtype)
-    return tower(pixel_values, grid_thw=image_grid_thw).pooler_output
-
-
 def scatter_image_features(
     embeddings: torch.Tensor, input_ids: torch.Tensor, features: torch.Tensor, image_token_id: int
 ) -> torch.Tensor:

@@ -17,10 +17,15 @@ _TORCHVISION_IMAGE_PROCESSOR = "transformers.models.qwen2_vl.image_processing_qw
 _PIL_IMAGE_PROCESSOR = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl"
 
 
-def register_vllm() -> None:
-    """Idempotent. Call it only where torchvision is missing (`xr_nemo.generation.vllm_cpu.apply`)."""
+def alias_torchvision_image_processor() -> None:
+    """Idempotent: the PIL image processor module stands in for the torchvision one."""
     if _TORCHVISION_IMAGE_PROCESSOR not in sys.modules:
         sys.modules[_TORCHVISION_IMAGE_PROCESSOR] = importlib.import_module(_PIL_IMAGE_PROCESSOR)
+
+
+def register_vllm() -> None:
+    """Idempotent. Call it only where torchvision is missing (`xr_nemo.generation.vllm_cpu.apply`)."""
+    alias_torchvision_image_processor()
     from vllm import ModelRegistry
     from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 
