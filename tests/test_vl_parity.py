@@ -1,12 +1,15 @@
-"""Qwen2.5-VL on megatron-core against Transformers: same weights (imported through `convert import`),
-same logits, fp32 — text with padding, one image, two images of different sizes in a padded batch — at
-TP=1, TP=2, PP=2 (through megatron-core's pipeline schedule) and CP=2 (each rank holds half of every
-sequence; the logits of both halves are gathered for the comparison)."""
+"""Every model family on megatron-core against Transformers: same weights (imported through `convert
+import`), same logits, fp32 — text with padding, one image, two images of different sizes in a padded
+batch — at TP=1, TP=2 (with and without sequence parallelism), PP=2 (through megatron-core's pipeline schedule) and CP=2 (each rank holds half
+of every sequence; the logits of both halves are gathered for the comparison). For Qwen3-VL the images
+exercise DeepStack (features added after the first layers, which sit on the first pipeline stage) and
+the interleaved mrope; PP=2 puts its last two layers on the second stage."""
 
 import pytest
 import torch
 
 from xr_nemo.distributed.local_launch import run_distributed
+from xr_nemo.models.registry import family_names
 
 TOL = 1e-4
 CASES = {
@@ -36,25 +39,27 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int]
     from xr_nemo.config import ParallelConfig
     from xr_nemo.conversion.dist_checkpoint import load_model_weights
     from xr_nemo.distributed import context_parallel, initialize, shutdown
-    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
-    from xr_nemo.models.qwen25_vl.rope_index import mrope_position_ids
+    from xr_nemo.models.registry import family_of
 
-    tensor_parallel, pipeline_parallel, cp = layout
+    tensor_parallel, pipeline_parallel, cp, sequence_parallel = layout
     parallel = ParallelConfig(
-        tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel, context_parallel=cp
+        tensor_parallel=tensor_parallel,
+        pipeline_parallel=pipeline_parallel,
+        context_parallel=cp,
+        sequence_parallel=sequence_parallel,
     )
     initialize(parallel)
     hf_config = AutoConfig.from_pretrained(hf_dir)
-    model = Qwen25VLModel(hf_config, parallel).eval()
+    family = family_of(hf_config)
+    model = family.build_model(hf_config, parallel).eval()
+    position_ids = family.position_ids(hf_config)
     load_model_weights(model, checkpoint_dir)
     results = {}
     for case, batch in batches.items():
         width = batch["input_ids"].shape[1]
         batch = _padded_to(batch, parallel.sequence_multiple)
-        positions = mrope_position_ids(
+        positions = position_ids(
             batch["input_ids"],
-            image_token_id=hf_config.image_token_id,
-            spatial_merge_size=hf_config.vision_config.spatial_merge_size,
             image_grid_thw=batch.get("image_grid_thw"),
             attention_mask=batch["attention_mask"],
         )
@@ -91,20 +96,25 @@ def logits_worker(checkpoint_dir: str, hf_dir: str, layout: tuple[int, int, int]
     return results or None
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+@pytest.fixture(
+    scope="module",
+    params=[(name, tied) for name in family_names() for tied in (False, True)],
+    ids=lambda param: f"{param[0]}-{'tied' if param[1] else 'untied'}",
+)
 def imported(request, tmp_path_factory):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     from xr_nemo.conversion.convert import import_hf
-    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.registry import family_named
 
     from helpers.vl_inputs import vl_batch
 
+    name, tied = request.param
+    family = family_named(name)
     root = tmp_path_factory.mktemp("parity")
-    spec = TinyQwen25VLSpec(num_heads=4, num_kv_heads=2, hidden_size=256, tie_word_embeddings=request.param)
-    hf_dir = build_tiny_qwen25_vl(root / "hf", spec)
+    hf_dir = family.build_tiny(
+        root / "hf", num_heads=4, num_kv_heads=2, hidden_size=256, tie_word_embeddings=tied
+    )
     checkpoint = import_hf(hf_dir, root / "megatron", progress=False)
-    reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir).eval()
+    reference = family.hf_model_class.from_pretrained(hf_dir).eval()
     batches = {case: vl_batch(hf_dir, rows) for case, rows in CASES.items()}
     with torch.no_grad():
         expected = {case: reference(**batch).logits for case, batch in batches.items()}
@@ -112,11 +122,13 @@ def imported(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "layout", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2)], ids=["tp1", "tp2", "pp2", "cp2"]
+    "layout",
+    [(1, 1, 1, False), (2, 1, 1, False), (2, 1, 1, True), (1, 2, 1, False), (1, 1, 2, False)],
+    ids=["tp1", "tp2", "tp2-sp", "pp2", "cp2"],
 )
 def test_logits_match_transformers(imported, layout):
     checkpoint, hf_dir, batches, expected = imported
-    world = layout[0] * layout[1] * layout[2]
+    world = layout[0] * layout[1] * layout[2]  # sequence parallelism splits within the TP group
     results = run_distributed(logits_worker, world, checkpoint, hf_dir, layout, batches)
     (got,) = [result for result in results if result is not None][:1]
     for case, batch in batches.items():
