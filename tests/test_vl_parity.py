@@ -1,9 +1,10 @@
 """Every model family on megatron-core against Transformers: same weights (imported through `convert
 import`), same logits, fp32 — text with padding, one image, two images of different sizes in a padded
-batch — at TP=1, TP=2 (with and without sequence parallelism), PP=2 (through megatron-core's pipeline schedule) and CP=2 (each rank holds half
-of every sequence; the logits of both halves are gathered for the comparison). For Qwen3-VL the images
-exercise DeepStack (features added after the first layers, which sit on the first pipeline stage) and
-the interleaved mrope; PP=2 puts its last two layers on the second stage."""
+batch — at TP=1, TP=2 (with and without sequence parallelism), PP=2 (through megatron-core's pipeline
+schedule) and CP=2 (each rank holds half of every sequence; the logits of both halves are gathered for
+the comparison). For Qwen3-VL the images exercise DeepStack (features added after the first layers,
+which sit on the first pipeline stage) and the interleaved mrope; PP=2 puts its last two layers on the
+second stage."""
 
 import pytest
 import torch
