@@ -1,5 +1,6 @@
-"""HF → megatron-core (re-saved by a TP=2 model, as training writes it) → HF is bit-exact, for several
-shapes and both key namings, and the exported directory gives Transformers identical logits."""
+"""HF → megatron-core (re-saved by a TP=2 or PP=2 model, as training writes it) → HF is bit-exact, for
+several shapes, both Qwen2.5-VL key namings and Qwen3-VL, and the exported directory gives Transformers
+identical logits."""
 
 import json
 
@@ -11,11 +12,13 @@ from xr_nemo.conversion.convert import export_hf, import_hf
 from xr_nemo.conversion.hf_checkpoint import HFCheckpointReader
 from xr_nemo.distributed.local_launch import run_distributed
 from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+from xr_nemo.models.registry import family_named
 
-SPECS = {
-    "gqa-untied-hub": (TinyQwen25VLSpec(num_heads=4, num_kv_heads=2, hidden_size=256), "hub"),
+SPECS = {  # name: (family, tiny sizes, key naming, (TP, PP) the imported checkpoint is re-saved at)
+    "gqa-untied-hub": ("qwen2_5_vl", dict(num_heads=4, num_kv_heads=2, hidden_size=256), "hub", (2, 1)),
     "mha-tied-transformers": (
-        TinyQwen25VLSpec(
+        "qwen2_5_vl",
+        dict(
             num_heads=4,
             num_kv_heads=4,
             hidden_size=256,
@@ -24,9 +27,11 @@ SPECS = {
             fullatt_block_indexes=[2],
         ),
         "transformers",
+        (2, 1),
     ),
     "8heads-2kv-4layers-hub": (
-        TinyQwen25VLSpec(
+        "qwen2_5_vl",
+        dict(
             num_heads=8,
             num_kv_heads=2,
             hidden_size=512,
@@ -35,22 +40,36 @@ SPECS = {
             fullatt_block_indexes=[0],
         ),
         "hub",
+        (2, 1),
+    ),
+    "qwen3-gqa-untied-tp2": ("qwen3_vl", dict(num_heads=4, num_kv_heads=2, hidden_size=256), "hub", (2, 1)),
+    "qwen3-mha-tied-pp2": (
+        "qwen3_vl",
+        dict(num_heads=2, num_kv_heads=2, tie_word_embeddings=True, deepstack_visual_indexes=[1]),
+        "hub",
+        (1, 2),
     ),
 }
 
 
-def resave_at_tp2_worker(checkpoint_dir: str, hf_dir: str, out_dir: str) -> None:
+def _build(name: str, tmp_path):
+    family, sizes, naming, _ = SPECS[name]
+    return family_named(family).build_tiny(tmp_path / "hf", key_naming=naming, **sizes)
+
+
+def resave_worker(checkpoint_dir: str, hf_dir: str, out_dir: str, layout: tuple[int, int]) -> None:
     from megatron.core import dist_checkpointing
     from transformers import AutoConfig
 
     from xr_nemo.config import ParallelConfig
     from xr_nemo.conversion.dist_checkpoint import load_model_weights
     from xr_nemo.distributed import initialize, shutdown
-    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+    from xr_nemo.models.registry import family_of
 
-    parallel = ParallelConfig(tensor_parallel=2)
+    parallel = ParallelConfig(tensor_parallel=layout[0], pipeline_parallel=layout[1])
     initialize(parallel)
-    model = Qwen25VLModel(AutoConfig.from_pretrained(hf_dir), parallel)
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    model = family_of(hf_config).build_model(hf_config, parallel)
     load_model_weights(model, checkpoint_dir)
     dist_checkpointing.save(model.sharded_state_dict(), out_dir)
     shutdown()
@@ -62,18 +81,18 @@ def _tensors(directory) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-def test_round_trip_through_tp2_is_bit_exact(tmp_path, name):
-    spec, naming = SPECS[name]
-    source = build_tiny_qwen25_vl(tmp_path / "hf", spec, key_naming=naming)
+def test_round_trip_through_a_parallel_layout_is_bit_exact(tmp_path, name):
+    _, sizes, naming, layout = SPECS[name]
+    source = _build(name, tmp_path)
     imported = import_hf(source, tmp_path / "imported", progress=False)
     resaved = tmp_path / "resaved"
     resaved.mkdir()
-    run_distributed(resave_at_tp2_worker, 2, str(imported), str(source), str(resaved))
+    run_distributed(resave_worker, layout[0] * layout[1], str(imported), str(source), str(resaved), layout)
     exported = export_hf(
         resaved, tmp_path / "exported", key_naming=naming, hf_files=imported / "hf", progress=False
     )
     original, result = _tensors(source), _tensors(exported)
-    if spec.tie_word_embeddings:
+    if sizes.get("tie_word_embeddings"):
         original.pop("lm_head.weight", None)
     assert set(result) == set(original)
     for key, tensor in original.items():
@@ -82,23 +101,28 @@ def test_round_trip_through_tp2_is_bit_exact(tmp_path, name):
         assert (exported / side_file).read_bytes() == (source / side_file).read_bytes(), side_file
 
 
-def test_export_loads_in_transformers_with_identical_logits(tmp_path):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+@pytest.mark.parametrize(
+    "name, hub_prefixes",
+    [
+        # Qwen2.5-VL: Transformers' naming in, the hub's out
+        ("mha-tied-transformers", ("model.layers.", "model.embed_tokens.", "model.norm.", "visual.")),
+        ("qwen3-mha-tied-pp2", ("model.language_model.", "model.visual.")),
+    ],
+)
+def test_export_loads_in_transformers_with_identical_logits(tmp_path, name, hub_prefixes):
     from helpers.vl_inputs import vl_batch
 
-    spec, _ = SPECS["mha-tied-transformers"]
-    source = build_tiny_qwen25_vl(tmp_path / "hf", spec, key_naming="transformers")
+    family = family_named(SPECS[name][0])
+    source = _build(name, tmp_path)
     exported = export_hf(
         import_hf(source, tmp_path / "imported", progress=False), tmp_path / "out", progress=False
     )
-    assert all(
-        not key.startswith("model.language_model.") for key in load_file(exported / "model.safetensors")
-    )
+    stored = load_file(exported / "model.safetensors")
+    assert all(key.startswith(hub_prefixes) for key in stored), sorted(stored)
     batch = vl_batch(source, [("Two images?", [(84, 56), (56, 56)]), ("Text only, longer question.", [])])
     with torch.no_grad():
-        expected = Qwen2_5_VLForConditionalGeneration.from_pretrained(source).eval()(**batch).logits
-        got = Qwen2_5_VLForConditionalGeneration.from_pretrained(exported).eval()(**batch).logits
+        expected = family.hf_model_class.from_pretrained(source).eval()(**batch).logits
+        got = family.hf_model_class.from_pretrained(exported).eval()(**batch).logits
     assert torch.equal(got, expected)
 
 
