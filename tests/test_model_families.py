@@ -18,7 +18,7 @@ from xr_nemo.errors import ConfigError
 from xr_nemo.models.registry import FAMILIES, family_for_dir, family_named, family_of
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILY_NAME = re.compile(r"qwen2_?5_?vl|qwen2_?vl", re.IGNORECASE)
+FAMILY_NAME = re.compile(r"qwen2_?5_?vl|qwen2_?vl|qwen3_?vl", re.IGNORECASE)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -66,8 +66,9 @@ def test_the_scan_sees_imports_names_and_strings_but_not_docstrings():
         "import transformers.models.qwen2_vl.image_processing_pil_qwen2_vl as processing\n"
         "model = transformers.Qwen2_5_VLModel  # Qwen2_5_VL in a comment is fine\n"
         "path = 'xr_nemo.models.qwen25_vl.tiny'\n"
+        "from transformers import Qwen3VLForConditionalGeneration\n"
     )
-    assert sorted({line for line, _ in _family_names(source)}) == [2, 3, 4, 5]
+    assert sorted({line for line, _ in _family_names(source)}) == [2, 3, 4, 5, 6]
 
 
 def test_nothing_outside_models_names_a_family():
@@ -120,3 +121,18 @@ def test_plan_refuses_a_model_of_no_supported_family(tmp_path, capsys):
     )
     assert main(["plan", "--model", str(tmp_path), "--nodes", "1"]) == 2
     assert "unsupported architecture ['LlamaForCausalLM']" in capsys.readouterr().err
+
+
+def test_the_qwen3_vl_recipe_is_x_reasoners_with_only_the_model_and_runs_changed():
+    from dataclasses import asdict
+
+    from xr_nemo.recipes import xreasoner_7b, xreasoner_qwen3vl_8b
+
+    changed = {"run", "model"}
+    for stage in ("sft", "grpo"):
+        ours, paper = asdict(getattr(xreasoner_qwen3vl_8b, stage)()), asdict(getattr(xreasoner_7b, stage)())
+        assert {key: value for key, value in ours.items() if key not in changed} == {
+            key: value for key, value in paper.items() if key not in changed
+        }
+    assert xreasoner_qwen3vl_8b.sft().model.hf_dir == "Qwen3-VL-8B-Instruct"
+    assert xreasoner_qwen3vl_8b.grpo().model.checkpoint == xreasoner_qwen3vl_8b.sft().run.dir

@@ -1,13 +1,18 @@
 """The memory planner's per-rank parameter counts equal those of our megatron-core model built at the
-same layout (TP=2, PP=2, tied and untied embeddings), and its whole-model count equals the published
-Qwen2.5-VL-7B's. Its training FLOPs per token equal what PyTorch's FLOP counter counts in Transformers'
-forward and backward pass. It names the attention path it assumes, counts the local path's extra keys
-and values, and warns when the local path runs long sequences."""
+same layout (TP=2, PP=2, tied and untied embeddings) for every model family, and its whole-model counts
+equal the published Qwen2.5-VL-7B's and Qwen3-VL-8B's. Its training FLOPs per token equal what
+PyTorch's FLOP counter counts in Transformers' forward and backward pass. It names the attention path it
+assumes, counts the local path's extra keys and values, and warns when the local path runs long
+sequences."""
 
 import pytest
 
 from xr_nemo.config import ParallelConfig
 from xr_nemo.distributed.local_launch import run_distributed
+from xr_nemo.models.registry import family_names
+
+# Qwen/Qwen3-VL-8B-Instruct's safetensors index: total_size 17,534,247,392 bytes of bfloat16
+QWEN3_VL_8B_PARAMETERS = 17_534_247_392 // 2
 
 
 def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
@@ -16,11 +21,12 @@ def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
     from transformers import AutoConfig
 
     from xr_nemo.distributed import initialize, shutdown
-    from xr_nemo.models.qwen25_vl.model import Qwen25VLModel
+    from xr_nemo.models.registry import family_of
 
     parallel = ParallelConfig(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
     initialize(parallel)
-    model = Qwen25VLModel(AutoConfig.from_pretrained(hf_dir), parallel)
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    model = family_of(hf_config).build_model(hf_config, parallel)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     stage = parallel_state.get_pipeline_model_parallel_rank()
@@ -29,15 +35,18 @@ def _count_worker(hf_dir, tensor_parallel, pipeline_parallel):
     return rank, stage, trained, frozen
 
 
+@pytest.mark.parametrize("family", family_names())
 @pytest.mark.parametrize(("tensor_parallel", "pipeline_parallel", "tied"), [(2, 1, False), (1, 2, True)])
-def test_parameters_per_rank_match_the_built_model(tmp_path, tied, tensor_parallel, pipeline_parallel):
+def test_parameters_per_rank_match_the_built_model(
+    tmp_path, family, tied, tensor_parallel, pipeline_parallel
+):
     from transformers import AutoConfig
 
-    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.registry import family_named
     from xr_nemo.planning import Layout, parameters_per_stage
 
-    hf_dir = build_tiny_qwen25_vl(
-        tmp_path / "model", TinyQwen25VLSpec(num_layers=4, num_kv_heads=2, tie_word_embeddings=tied)
+    hf_dir = family_named(family).build_tiny(
+        tmp_path / "model", num_layers=4, num_kv_heads=2, tie_word_embeddings=tied
     )
     world = tensor_parallel * pipeline_parallel
     built = run_distributed(_count_worker, world, str(hf_dir), tensor_parallel, pipeline_parallel)
@@ -60,25 +69,39 @@ def test_the_7b_count_is_the_published_one():
     assert estimate.trained_parameters < trained / 3  # split over four tensor-parallel ranks
 
 
-@pytest.mark.parametrize(("tied", "kv_heads"), [(False, 1), (True, 2)], ids=["untied-gqa", "tied-mha"])
-def test_training_flops_per_token_equal_the_counted_flops(tmp_path, tied, kv_heads):
+@pytest.mark.parametrize(
+    ("family", "sizes"),
+    [
+        ("qwen2_5_vl", dict(num_kv_heads=1)),
+        ("qwen2_5_vl", dict(num_kv_heads=2, tie_word_embeddings=True)),
+        ("qwen3_vl", dict(num_heads=4, num_kv_heads=2)),  # 4 heads of 64 on a 128-wide model
+    ],
+    ids=["untied-gqa", "tied-mha", "qwen3-wide-heads"],
+)
+def test_training_flops_per_token_equal_the_counted_flops(tmp_path, family, sizes):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig
 
-    from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, build_tiny_qwen25_vl
+    from xr_nemo.models.registry import family_named
     from xr_nemo.planning import training_flops_per_token
 
-    hf_dir = build_tiny_qwen25_vl(
-        tmp_path / "model", TinyQwen25VLSpec(num_kv_heads=kv_heads, tie_word_embeddings=tied)
-    )
+    hf_dir = family_named(family).build_tiny(tmp_path / "model", **sizes)
     # eager attention: plain matmuls the counter sees, over every key (the causal mask is applied after)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager")
+    model = family_named(family).hf_model_class.from_pretrained(hf_dir, attn_implementation="eager")
     batch, length = 2, 48
     with FlopCounterMode(display=False) as counter:
         model(input_ids=torch.randint(0, 400, (batch, length))).logits.sum().backward()
     counted = counter.get_total_flops() / (batch * length)
     assert training_flops_per_token(AutoConfig.from_pretrained(hf_dir), keys_per_token=length) == counted
+
+
+def test_the_qwen3_vl_8b_count_is_the_published_one():
+    from xr_nemo.models.qwen3_vl.published import qwen3_vl_8b_config
+    from xr_nemo.planning import Layout, parameters_per_stage
+
+    trained, frozen = parameters_per_stage(qwen3_vl_8b_config(), Layout())[0]
+    assert trained + frozen == QWEN3_VL_8B_PARAMETERS
 
 
 def test_plan_prints_memory_and_throughput_per_layout(capsys):

