@@ -6,7 +6,7 @@ truncated at 4,096 tokens; stage 2 (`grpo`) on Orz-Math-57k, 3 epochs of 128 pro
 to 4,096 tokens, lr 3e-6, KL 0.01, clip-higher. Only the model and the run directories change.
 
 Layout: the 8B's 32 query and 8 key-value heads split over TP=4 as the 7B's do, and at this size the
-same one-node layout fits (`docs/scaling.md`, "Qwen3-VL-8B": `xr-nemo plan --family qwen3_vl --model 8b`).
+same one-node layout fits (`docs/scaling.md`, "Qwen3-VL-8B": `xr-nemo plan --family qwen3_vl`).
 Pipeline parallelism must leave DeepStack's first three decoder layers on the first stage, beside the
 vision tower that feeds them (any PP up to 12 does).
 """

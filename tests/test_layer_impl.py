@@ -33,18 +33,25 @@ from xr_nemo.models import layer_settings, te_probe
 from xr_nemo.models.layer_settings import LayerSettings, resolve_layer_settings
 from xr_nemo.models.mapping import find_mapping
 from xr_nemo.models.norms import Norm
+from xr_nemo.models.qwen3_vl import tiny as qwen3_vl_tiny
+from xr_nemo.models.qwen25_vl import tiny as qwen25_vl_tiny
 from xr_nemo.models.qwen25_vl.config import language_model_config
-from xr_nemo.models.qwen25_vl.mappings import QWEN25_VL_MAPPINGS
-from xr_nemo.models.qwen25_vl.tiny import TinyQwen25VLSpec, tiny_config
+from xr_nemo.models.registry import family_of
 from xr_nemo.models.specs import local_block_spec, packed_seq_params_for, te_block_spec
 
 SPECIAL = ["<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>"]
 LAYERS = "language_model.decoder.layers."
 
 
-def _hf_config():
+def _hf_config(family: str = "qwen2_5_vl"):
+    """A two-layer tiny config of `family` (Qwen3-VL's has qk-norm and no q/k/v biases)."""
     ids = {token: i for i, token in enumerate([*SPECIAL, "<|vision_end|>"])}
-    return tiny_config(TinyQwen25VLSpec(num_layers=2), 512, ids)
+    if family == "qwen3_vl":
+        return qwen3_vl_tiny.tiny_config(qwen3_vl_tiny.TinyQwen3VLSpec(num_layers=2), 512, ids)
+    return qwen25_vl_tiny.tiny_config(qwen25_vl_tiny.TinyQwen25VLSpec(num_layers=2), 512, ids)
+
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
 
 
 @pytest.fixture
@@ -118,7 +125,7 @@ def _state_names(module: object, path: str, config) -> list[str]:
         return []
     if module in (IdentityOp, IdentityFuncOp, None) or inspect.isfunction(module):
         return []
-    if module is Norm:
+    if module in (Norm, te_modules.TENorm):  # TE's norm: the query and key heads' (qk-norm)
         return ["weight"] + (["bias"] if config.normalization == "LayerNorm" else [])
     if module in LINEARS:
         bias = config.add_bias_linear or (path.endswith("linear_qkv") and config.add_qkv_bias)
@@ -165,23 +172,24 @@ def _checkpoint_keys(block: ModuleSpec, config, outside_layers: set[str], mapped
     return outside_layers | final | {LAYERS + name for name in _layer_names(layer, config, mapped)}
 
 
-def _local_model_keys() -> set[str]:
+def _local_model_keys(hf_config) -> set[str]:
     from xr_nemo.conversion.dist_checkpoint import checkpoint_layout
 
-    with checkpoint_layout(_hf_config(), torch.float32) as layout:
+    with checkpoint_layout(hf_config, torch.float32) as layout:
         return {entry.key for name, entry in layout.items() if not name.startswith("visual.")}
 
 
 # ── checkpoint keys and conversion ───────────────────────────────────────────────────────────────────
 
 
-def test_te_spec_declares_the_checkpoint_keys_of_the_local_model(one_process, te_importable):
-    local_keys = _local_model_keys()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_te_spec_declares_the_checkpoint_keys_of_the_local_model(one_process, te_importable, family):
+    hf_config = _hf_config(family)
+    local_keys = _local_model_keys(hf_config)
     outside = {key for key in local_keys if not key.startswith((LAYERS, "language_model.decoder.final_"))}
-    local_config, _ = language_model_config(_hf_config())
-    te_config, _ = language_model_config(
-        _hf_config(), layers=LayerSettings(TransformerImpl.transformer_engine)
-    )
+    config_of = family_of(hf_config).language_model_config
+    local_config, _ = config_of(hf_config)
+    te_config, _ = config_of(hf_config, layers=LayerSettings(TransformerImpl.transformer_engine))
 
     # the walk reproduces the real local model's keys, so it can be trusted on the TE spec
     assert _checkpoint_keys(local_block_spec(local_config), local_config, outside) == local_keys
@@ -193,11 +201,16 @@ def test_te_spec_declares_the_checkpoint_keys_of_the_local_model(one_process, te
     assert unmapped != te_keys
 
 
-def test_te_parameters_convert_to_the_same_hf_tensors(one_process, te_importable):
-    te_config, _ = language_model_config(
-        _hf_config(), layers=LayerSettings(TransformerImpl.transformer_engine)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_te_parameters_convert_to_the_same_hf_tensors(one_process, te_importable, family):
+    from xr_nemo.conversion.hf_checkpoint import expected_hf_shapes
+
+    hf_config = _hf_config(family)
+    bundle = family_of(hf_config)
+    te_config, _ = bundle.language_model_config(
+        hf_config, layers=LayerSettings(TransformerImpl.transformer_engine)
     )
-    local_config, _ = language_model_config(_hf_config())
+    local_config, _ = bundle.language_model_config(hf_config)
 
     def hf_names(block: ModuleSpec, config) -> set[str]:
         """HF tensors made from the layers' parameters, named as the built model names them."""
@@ -205,14 +218,17 @@ def test_te_parameters_convert_to_the_same_hf_tensors(one_process, te_importable
         for number, layer in enumerate(block.submodules.layer_specs):
             for name in _layer_names(layer, config, mapped=False):
                 if not name.endswith("_extra_state"):
-                    mapping, wildcard = find_mapping(f"{LAYERS}{number}.{name}", QWEN25_VL_MAPPINGS)
+                    mapping, wildcard = find_mapping(f"{LAYERS}{number}.{name}", bundle.mappings)
                     names |= set(mapping.resolve(wildcard)[1])
         return names
 
     te_names = hf_names(te_block_spec(te_config), te_config)
     assert te_names == hf_names(local_block_spec(local_config), local_config)
-    assert "model.layers.1.input_layernorm.weight" in te_names
-    assert "model.layers.1.post_attention_layernorm.weight" in te_names
+    # every tensor of Transformers' decoder layers, norms fused into TE's linear layers included
+    layer_tensors = {
+        name for name in expected_hf_shapes(hf_config) if isinstance(bundle.tensor_part(name), int)
+    }
+    assert te_names == layer_tensors
 
 
 def test_te_layer_settings_are_accepted_by_megatron_core():

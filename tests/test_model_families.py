@@ -113,6 +113,8 @@ def test_each_family_recognises_its_tiny_and_published_checkpoints(tmp_path, fam
     assert capsys.readouterr().out.strip() == str(tmp_path / "tiny")
     assert family_for_dir(tmp_path / "tiny") is family
     assert family.published and all(family_of(config()) is family for config in family.published.values())
+    assert main(["plan", "--family", family.name, "--nodes", "1"]) == 0  # its first published model
+    assert capsys.readouterr().out.count("\n| 8 |") == 1
 
 
 def test_plan_refuses_a_model_of_no_supported_family(tmp_path, capsys):

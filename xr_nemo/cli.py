@@ -128,11 +128,12 @@ def _plan(args: argparse.Namespace) -> None:
     )
 
     published = family_named(args.family).published
-    if args.model in published:
-        config = published[args.model]()
+    model = args.model or next(iter(published))
+    if model in published:
+        config = published[model]()
     else:
-        family_for_dir(args.model)  # an unsupported model is refused before any output
-        config = AutoConfig.from_pretrained(args.model)
+        family_for_dir(model)  # an unsupported model is refused before any output
+        config = AutoConfig.from_pretrained(model)
     parallel = ParallelConfig(args.tp, args.pp, args.cp, sequence_parallel=args.tp > 1)
     per_replica = parallel.model_parallel_size
     sample_length = min(args.mean_sample_length, args.seq_length)
@@ -223,7 +224,9 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "convert", help="convert checkpoints between Hugging Face and megatron-core"
     )
     directions = convert.add_subparsers(dest="direction", required=True)
-    to_megatron = directions.add_parser("import", help="HF Qwen2.5-VL directory → megatron-core torch_dist")
+    to_megatron = directions.add_parser(
+        "import", help="HF checkpoint directory (Qwen2.5-VL, Qwen3-VL) → megatron-core torch_dist"
+    )
     to_megatron.add_argument("hf_dir")
     to_megatron.add_argument("out_dir")
     to_megatron.add_argument(
@@ -354,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="memory per GPU and expected throughput of training layouts, from the model's shapes"
     )
     plan.add_argument(
-        "--model", default="7b", help="an HF directory, or a published model of --family (7b: Qwen2.5-VL-7B)"
+        "--model",
+        default=None,
+        help="an HF directory, or a published model of --family (qwen2_5_vl: 7b; qwen3_vl: 8b); "
+        "default: the family's first",
     )
     plan.add_argument(
         "--family",

@@ -26,7 +26,7 @@ from xr_nemo.io.manifest import DamagedError
 from xr_nemo.io.run_lock import lock_run_dir
 from xr_nemo.models.dtype import params_dtype
 from xr_nemo.models.layer_settings import resolve_layer_settings
-from xr_nemo.models.registry import DEFAULT_FAMILY, family_named, family_of
+from xr_nemo.models.registry import DEFAULT_FAMILY, family_named, family_names, family_of
 from xr_nemo.run_dir import (
     BASE_CHECKPOINT,
     EXPORT_DIR,
@@ -74,7 +74,8 @@ def _prepare_model_dir(model: ModelConfig) -> None:
     raise ConfigError(
         f"{hf_dir} has no config.json",
         where="model.hf_dir",
-        fix="point it at a Hugging Face Qwen2.5-VL directory",
+        fix="point it at a Hugging Face checkpoint directory of a supported family: "
+        + ", ".join(family_names()),
     )
 
 
