@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--model",
         default=None,
-        help="an HF directory, or a published model of --family (qwen2_5_vl: 7b; qwen3_vl: 8b); "
-        "default: the family's first",
+        help="an HF directory, or a published model of --family ("
+        + "; ".join(f"{family.name}: {', '.join(family.published)}" for family in FAMILIES)
+        + "); default: the family's first",
     )
     plan.add_argument(
         "--family",
