@@ -209,3 +209,34 @@ def test_only_cpu_buffers_skip_their_one_rank_collectives(device, skipped):
     skip_one_rank_collectives([SimpleNamespace(bucket_groups=[group], expert_parallel_bucket_groups=[])])
     assert (group.start_grad_sync is not grad_sync) == skipped
     assert (group.start_param_sync is not param_sync) == skipped
+
+
+def test_clipping_scales_in_place_to_megatron_cores_values():
+    """Clipping's scale (megatron-core's local `multi_tensor_scale` on CPU) gives the same bits with no
+    tensor made on the way."""
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.utils import local_multi_tensor_scale
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from xr_nemo.training.optimizer import _scale_in_place, clip_in_place
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(300, 64, generator=generator), torch.randn(7, generator=generator)]
+    expected = [g.clone() for g in grads]
+    local_multi_tensor_scale(0, None, [expected, expected], 0.37)
+    pointers = [g.data_ptr() for g in grads]
+    with Ops() as ops:
+        _scale_in_place(0, None, [grads, grads], 0.37)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    assert [g.data_ptr() for g in grads] == pointers and set(ops.seen) == {"aten.mul.out"}
+    clip_in_place()
+    assert clip_grads.multi_tensor_scale_impl is _scale_in_place  # no Transformer Engine or Apex here

@@ -37,6 +37,7 @@ from xr_nemo.run_dir import (
     side_files,
 )
 from xr_nemo.training.loop import Policy
+from xr_nemo.training.main_grad import accumulate_vocab_gradients_in_place
 from xr_nemo.training.optimizer import build_optimizer
 from xr_nemo.training.resume import resume_point
 
@@ -156,7 +157,8 @@ def wrap_for_training(
 ) -> tuple[DistributedDataParallel, torch.optim.Optimizer]:
     """DDP and the optimizer. Losses are (sum, token count) pairs: megatron-core then divides gradients by
     the tokens of the whole global batch, and DDP must sum (not average) over data-parallel ranks — it
-    reads `calculate_per_token_loss` when it is built, so the flag is set before."""
+    reads `calculate_per_token_loss` when it is built, so the flag is set before. The vocabulary-sized
+    weight gradients then go straight into DDP's buffer (`main_grad`)."""
     distributed_optimizer = config.parallel.use_distributed_optimizer
     model.config.calculate_per_token_loss = True
     model.config.finalize_model_grads_func = finalize_model_grads
@@ -167,6 +169,7 @@ def wrap_for_training(
         ),
         module=model,
     )
+    accumulate_vocab_gradients_in_place(model, wrapped.ddp_config)
     bf16 = params_dtype(config.model.dtype) == torch.bfloat16
     optimizer = build_optimizer([wrapped], config.optim, distributed_optimizer, bf16=bf16)
     return wrapped, optimizer
