@@ -14,9 +14,10 @@ megatron-core's (the same calls), the input gradients and their tensor- and sequ
 reductions are megatron-core's own autograd functions, and the weight gradients equal megatron-core's
 bit for bit over one micro-batch (over several, the buffer is added to in another order: rounding).
 
-Installed only where it is exact and safe: the weight's dtype is its buffer's (an fp32 buffer under
-bf16 weights would accumulate at another precision), and DDP does not overlap its gradient reduction
-with the backward pass (which counts each parameter's hook, and these weights no longer reach it).
+Installed only where it is exact, safe and measured: on CPU, where the weight's dtype is its buffer's
+(an fp32 buffer under bf16 weights would accumulate at another precision), and DDP does not overlap its
+gradient reduction with the backward pass (which counts each parameter's hook, and these weights no
+longer reach it).
 Anywhere else — no DDP (reference models, inference), no gradient, Apex's fusion or deferred embedding
 gradients switched on — megatron-core's own path runs unchanged.
 """
@@ -40,11 +41,14 @@ from megatron.core.tensor_parallel import (
 
 
 def _into_buffer(weight: torch.Tensor) -> bool:
-    """Whether this forward's gradient for `weight` goes into its DDP buffer directly."""
+    """Whether this forward's gradient for `weight` goes into its DDP buffer directly: on CPU only,
+    where it was measured (the embedding's backward finds the distinct ids of the batch, a host sync
+    on a GPU)."""
     main_grad = getattr(weight, "main_grad", None)
     return (
         torch.is_grad_enabled()
         and weight.requires_grad
+        and weight.device.type == "cpu"
         and main_grad is not None
         and main_grad.dtype == weight.dtype
     )
