@@ -37,26 +37,12 @@ class _VocabSizedTensors(TorchDispatchMode):
 
 
 def _model(parallel, tied: bool):
-    from megatron.core import parallel_state
-    from megatron.core.models.gpt import GPTModel
-
     from xr_nemo.distributed import initialize
-    from xr_nemo.models.specs import local_block_spec
 
-    from helpers.tiny_gpt import tiny_gpt_config
+    from helpers.tiny_gpt import build_tiny_gpt, tiny_gpt_config
 
     initialize(parallel, seed=SEED)
-    config = tiny_gpt_config(sequence_parallel=parallel.sequence_parallel)
-    return GPTModel(
-        config=config,
-        transformer_layer_spec=local_block_spec(config),
-        vocab_size=VOCAB,
-        max_sequence_length=SEQ_LEN,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=tied,
-        position_embedding_type="rope",
-    )
+    return build_tiny_gpt(tiny_gpt_config(sequence_parallel=parallel.sequence_parallel), VOCAB, tied)
 
 
 def _step(ddp, microbatches: int, record: set[tuple[int, ...]]) -> tuple[float | None, list[str]]:

@@ -53,15 +53,15 @@ def tiny_gpt_config(
     return TransformerConfig(**kwargs)
 
 
-def build_tiny_gpt(config: TransformerConfig) -> GPTModel:
+def build_tiny_gpt(config: TransformerConfig, vocab_size: int = VOCAB_SIZE, tied: bool = False) -> GPTModel:
     return GPTModel(
         config=config,
         transformer_layer_spec=local_block_spec(config),
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         max_sequence_length=SEQ_LEN,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=tied,
         position_embedding_type="rope",
     )
 
