@@ -21,7 +21,13 @@ from typing import Literal
 
 import torch
 from safetensors.torch import save_file
-from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from xr_nemo.models.qwen25_vl.naming import to_hub_name
@@ -164,13 +170,7 @@ def build_tiny_qwen25_vl(
     config = tiny_config(spec, vocab_size, token_ids)
     config.dtype = dtype
 
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
-    with torch.no_grad():  # norms away from 1 so that conversions that drop them are caught
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-
+    model = random_model(Qwen2_5_VLForConditionalGeneration, config, seed, dtype)
     state = model.state_dict()
     if spec.tie_word_embeddings:
         state.pop("lm_head.weight")
@@ -178,20 +178,43 @@ def build_tiny_qwen25_vl(
         state = {to_hub_name(name): tensor for name, tensor in state.items()}
     elif key_naming != "transformers":
         raise ValueError(f"key_naming must be 'hub' or 'transformers', got {key_naming!r}")
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    return write_checkpoint(out, state, config, tokenizer, image_processor)
+
+
+def random_model(model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int, dtype: torch.dtype):
+    """A seeded random model of `config`, its norms moved away from 1 so that conversions that drop
+    them are caught (a tiny factory of any Qwen VL family)."""
+    torch.manual_seed(seed)
+    model = model_class(config).to(dtype).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def write_checkpoint(
+    out: Path, state: dict[str, torch.Tensor], config: PretrainedConfig, tokenizer, image_processor
+) -> Path:
+    """A Qwen VL checkpoint's file set in `out`: weights (`state`, already named), config, generation
+    config (greedy, stopping at `<|im_end|>` or `<|endoftext|>`), tokenizer, image processor and chat
+    template."""
     save_file(
         {k: v.contiguous() for k, v in state.items()}, out / "model.safetensors", metadata={"format": "pt"}
     )
     config.save_pretrained(out)
+    end_of_text, end_of_turn = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
     GenerationConfig(
-        bos_token_id=token_ids["<|endoftext|>"],
-        eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
-        pad_token_id=token_ids["<|endoftext|>"],
+        bos_token_id=end_of_text,
+        eos_token_id=[end_of_turn, end_of_text],
+        pad_token_id=end_of_text,
         do_sample=False,
     ).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, temporal_patch_size=2, merge_size=2
-    ).save_pretrained(out)
+    image_processor.save_pretrained(out)
     (out / "chat_template.json").write_text(json.dumps({"chat_template": tokenizer.chat_template}, indent=2))
     return out
 

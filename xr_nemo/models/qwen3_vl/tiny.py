@@ -10,17 +10,16 @@ proportion.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from xr_nemo.models.qwen3_vl.config import ARCHITECTURE
 from xr_nemo.models.qwen3_vl.naming import to_hub_name
+from xr_nemo.models.qwen25_vl.tiny import random_model, write_checkpoint
 from xr_nemo.models.qwen25_vl.tiny_tokenizer import build_tokenizer
 
 VOCABS: tuple[str, ...] = ("tiny",)
@@ -135,29 +134,12 @@ def build_tiny_qwen3_vl(
     config = tiny_config(spec, vocab_size, token_ids)
     config.dtype = dtype
 
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).to(dtype).eval()
-    with torch.no_grad():  # norms away from 1 so that conversions that drop them are caught
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-
+    model = random_model(Qwen3VLForConditionalGeneration, config, seed, dtype)
     state = {to_hub_name(name): tensor for name, tensor in model.state_dict().items()}
     if spec.tie_word_embeddings:
         state.pop("lm_head.weight")
-    save_file(
-        {k: v.contiguous() for k, v in state.items()}, out / "model.safetensors", metadata={"format": "pt"}
-    )
-    config.save_pretrained(out)
-    GenerationConfig(
-        bos_token_id=token_ids["<|endoftext|>"],
-        eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
-        pad_token_id=token_ids["<|endoftext|>"],
-        do_sample=False,
-    ).save_pretrained(out)
-    tokenizer.save_pretrained(out)
     factor = PATCH_SIZE * 2
-    Qwen2VLImageProcessorPil(
+    image_processor = Qwen2VLImageProcessorPil(
         min_pixels=factor * factor,
         max_pixels=factor * factor * 64,
         patch_size=PATCH_SIZE,
@@ -165,9 +147,8 @@ def build_tiny_qwen3_vl(
         merge_size=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
-    ).save_pretrained(out)
-    (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2))
-    return out
+    )
+    return write_checkpoint(out, state, config, tokenizer, image_processor)
 
 
 def build_tiny(
