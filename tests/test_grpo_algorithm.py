@@ -586,7 +586,7 @@ def test_the_training_pass_keeps_no_vocabulary_wide_copy_of_the_logits(monkeypat
 
     with Allocations() as made:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            loss, _, _ = step._policy_loss(config, batch, 0.7, output)
+            loss, _, _ = step._policy_loss(config, batch, None, 0.7, output)
         loss.backward()
     beyond_logits = sum(size for ptr, size in saved.items() if ptr != output.untyped_storage().data_ptr())
     assert beyond_logits <= 128 * tokens

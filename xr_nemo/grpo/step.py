@@ -16,6 +16,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from xr_nemo.config.schema import GRPOAlgorithmConfig
 from xr_nemo.distributed.devices import to_device
 from xr_nemo.grpo.algorithm import clipped_surrogate, kl_k3, truncated_importance_weights
+from xr_nemo.models.scored_positions import logits_only_at, scatter_scored, sequence_first_index
 
 Batch = dict[str, torch.Tensor | PackedSeqParams]
 # what a training micro-batch reports, summed: loss sum, loss count, then per response token: clipped,
@@ -162,11 +163,33 @@ def _label_stats(
     )
 
 
-def _forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits of rows holding one right-padded sample each, under plain causal attention: no real token
-    sees the padding after it, so no boundaries are passed, and Transformer Engine takes micro-batches of
-    several rows (it takes packed boundaries one row per micro-batch)."""
-    return model(batch["tokens"], batch["position_ids"], None)
+def _scored_label_stats(
+    output: torch.Tensor, scored: torch.Tensor | None, labels: torch.Tensor, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_label_stats` as [batch, seq]: of logits at every position (`scored` None), or of the one row of
+    logits at the positions `scored` chose (`logits_only_at`), zero at the others."""
+    if scored is None:
+        return _label_stats(output, labels, temperature, entropy)
+    batch, seq = labels.shape
+    chosen = labels.t().reshape(-1).index_select(0, scored).unsqueeze(0)
+    stats = _label_stats(output, chosen, temperature, entropy)
+    return tuple(None if s is None else scatter_scored(s, scored, batch, seq) for s in stats)
+
+
+def _forward(
+    model: torch.nn.Module, data_iterator: Iterator[Batch]
+) -> tuple[Batch, torch.Tensor, torch.Tensor | None]:
+    """The next batch on the model's device, the model's output and, when that holds logits only at the
+    scored (response) positions, their sequence-first index. Rows hold one right-padded sample each,
+    under plain causal attention: no real token sees the padding after it, so no boundaries are passed,
+    and Transformer Engine takes micro-batches of several rows (it takes packed boundaries one row per
+    micro-batch)."""
+    batch = next(data_iterator)
+    scored = to_device(sequence_first_index(batch["loss_mask"]))  # found on the host: no device sync
+    batch = to_device(batch)
+    with logits_only_at(model, scored) as selected:
+        output = model(batch["tokens"], batch["position_ids"], None)
+    return batch, output, scored if selected else None
 
 
 def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
@@ -175,12 +198,12 @@ def _logprob_loss(logprobs: torch.Tensor, output: torch.Tensor):
 
 
 def logprob_step(temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module):
-    """Forward only: reports the label log-probabilities of each micro-batch."""
-    batch = to_device(next(data_iterator))
-    output = _forward(model, batch)
+    """Forward only: reports the label log-probabilities of each micro-batch at its response positions
+    (zero elsewhere)."""
+    batch, output, scored = _forward(model, data_iterator)
     if not parallel_state.is_pipeline_last_stage():
         return output, partial(_logprob_loss, None)
-    logprobs, _ = _label_stats(output, batch["labels"], temperature, entropy=False)
+    logprobs, _ = _scored_label_stats(output, scored, batch["labels"], temperature, entropy=False)
     return output, partial(_logprob_loss, logprobs)
 
 
@@ -216,9 +239,15 @@ def per_token_loss(
     return per_token, clipped, kl
 
 
-def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, output: torch.Tensor):
+def _policy_loss(
+    config: GRPOAlgorithmConfig,
+    batch: Batch,
+    scored: torch.Tensor | None,
+    temperature: float,
+    output: torch.Tensor,
+):
     mask = batch["loss_mask"]
-    logprobs, token_entropy = _label_stats(output, batch["labels"], temperature, entropy=True)
+    logprobs, token_entropy = _scored_label_stats(output, scored, batch["labels"], temperature, entropy=True)
     if not config.entropy_coef:
         token_entropy = token_entropy.detach()  # only reported: its gradient is not computed
     per_token, clipped, kl = per_token_loss(config, batch, logprobs, token_entropy)
@@ -242,6 +271,5 @@ def _policy_loss(config: GRPOAlgorithmConfig, batch: Batch, temperature: float, 
 def policy_step(
     config: GRPOAlgorithmConfig, temperature: float, data_iterator: Iterator[Batch], model: torch.nn.Module
 ):
-    batch = to_device(next(data_iterator))
-    output = _forward(model, batch)
-    return output, partial(_policy_loss, config, batch, temperature)
+    batch, output, scored = _forward(model, data_iterator)
+    return output, partial(_policy_loss, config, batch, scored, temperature)
