@@ -1,7 +1,8 @@
-"""GRPO's forward steps compute logits only at the response positions (`logits_only_at`): the policy loss,
-its report, every gradient and the log-probabilities a forward-only pass reports equal those from logits
-at every position (the same steps on a plain callable, which the hook does not touch) within 1e-6, at
-TP=1, TP=2 and TP=2 with sequence parallelism, and the model's output holds one row of logits per
+"""The forward steps compute logits only at the scored positions (`logits_only_at`): GRPO's at the
+response tokens, SFT's at the assistant tokens of packed rows. GRPO's policy loss, its report, every
+gradient and the log-probabilities a forward-only pass reports, and SFT's loss and gradients, equal those
+from logits at every position (the same steps on a plain callable, which the hook does not touch) within
+1e-6, at TP=1, TP=2 and TP=2 with sequence parallelism; the model's output holds one row of logits per
 scored position only."""
 
 from __future__ import annotations
@@ -60,6 +61,48 @@ def _run(model, batch: dict, through_hook: bool) -> dict:
     }
 
 
+def _packed_sft_batch() -> dict:
+    """Two packed rows of samples whose first tokens (the question) carry no loss."""
+    import numpy as np
+
+    from xr_nemo.data.packing import collate
+
+    from helpers.tiny_gpt import VOCAB_SIZE
+
+    generator = np.random.default_rng(6)
+    rows = [[(9, 7), (6, 11)], [(4, 15)]]  # (question, answer) lengths
+    packed = [
+        [
+            (
+                generator.integers(1, VOCAB_SIZE, question + answer),
+                np.array([0.0] * question + [1.0] * answer),
+            )
+            for question, answer in row
+        ]
+        for row in rows
+    ]
+    batch = collate(packed, pad_id=0, multiple_of=2)
+    batch["position_ids"] = batch["position_ids"][0]  # the tiny GPT's plain rope, which cannot take
+    batch["packed_seq_params"] = None  # packed boundaries: causal over the row, alike on both paths
+    return batch
+
+
+def _run_sft(model, batch: dict, through_hook: bool) -> dict:
+    from xr_nemo.sft.step import forward_step
+
+    called = model if through_hook else lambda *args, **kwargs: model(*args, **kwargs)
+    model.zero_grad()
+    per_token_loss, loss_func = forward_step(iter([dict(batch)]), called)
+    loss, tokens, _ = loss_func(per_token_loss)
+    loss.backward()
+    return {
+        "per_token_loss": per_token_loss.detach() * batch["loss_mask"],
+        "loss": loss.detach(),
+        "tokens": int(tokens),
+        "grads": {name: param.grad.clone() for name, param in model.named_parameters()},
+    }
+
+
 def scored_positions_worker(parallel) -> dict:
     from xr_nemo.distributed import initialize, shutdown
 
@@ -75,6 +118,8 @@ def scored_positions_worker(parallel) -> dict:
             param.add_(0.2 * torch.randn_like(param))
     batch = _batch(VOCAB_SIZE)
     result = {"with": _run(model, batch, True), "without": _run(model, batch, False)}
+    sft_batch = _packed_sft_batch()
+    result["sft"] = {"with": _run_sft(model, sft_batch, True), "without": _run_sft(model, sft_batch, False)}
     result["scored"] = int(batch["loss_mask"].sum())
     result["local_vocab"] = VOCAB_SIZE // parallel.tensor_parallel
     shutdown()
@@ -105,5 +150,11 @@ def test_logits_at_response_positions_only_keep_loss_gradients_and_logprobs(
         )  # sums: relative
         assert ours["grads"].keys() == full["grads"].keys()
         assert sum(g.norm() for g in full["grads"].values()) > 1e-3
+        for name, grad in ours["grads"].items():
+            torch.testing.assert_close(grad, full["grads"][name], rtol=0, atol=TOLERANCE, msg=name)
+        ours, full = result["sft"]["with"], result["sft"]["without"]
+        assert ours["tokens"] == full["tokens"] == 7 + 11 + 15  # every answer token is a label
+        torch.testing.assert_close(ours["per_token_loss"], full["per_token_loss"], rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(ours["loss"], full["loss"], rtol=1e-6, atol=TOLERANCE)  # a sum: relative
         for name, grad in ours["grads"].items():
             torch.testing.assert_close(grad, full["grads"][name], rtol=0, atol=TOLERANCE, msg=name)

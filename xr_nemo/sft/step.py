@@ -2,7 +2,8 @@
 
 The loss function returns (sum, token count) so megatron-core normalises by the tokens of the whole
 global batch (`calculate_per_token_loss`): every assistant token weighs the same whatever the packing,
-micro-batching or data-parallel split.
+micro-batching or data-parallel split. Logits are computed at the assistant tokens only
+(`logits_only_at`): questions, templates and image tokens need none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import partial
 import torch
 
 from xr_nemo.distributed.devices import to_device
+from xr_nemo.models.scored_positions import logits_only_at, scatter_scored, sequence_first_index
 
 
 def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -24,12 +26,18 @@ def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[to
 def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
     """A packed micro-batch (`xr_nemo.data.packing.collate`), moved to the model's device: attention
     stays inside each sample."""
-    batch = to_device(next(data_iterator))
-    per_token_loss = model(
-        batch["tokens"],
-        batch["position_ids"],
-        None,
-        labels=batch["labels"],
-        packed_seq_params=batch["packed_seq_params"],
-    )
+    batch = next(data_iterator)
+    scored = to_device(sequence_first_index(batch["loss_mask"]))  # found on the host: no device sync
+    batch = to_device(batch)
+    labels = batch["labels"]
+    with logits_only_at(model, scored) as selected:
+        per_token_loss = model(
+            batch["tokens"],
+            batch["position_ids"],
+            None,
+            labels=labels.t().reshape(1, -1).index_select(1, scored) if selected else labels,
+            packed_seq_params=batch["packed_seq_params"],
+        )
+    if selected:
+        per_token_loss = scatter_scored(per_token_loss, scored, *labels.shape)
     return per_token_loss, partial(loss_func, batch["loss_mask"])
