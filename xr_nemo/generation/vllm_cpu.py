@@ -33,6 +33,18 @@ def multimodal_engine_kwargs(max_images_per_prompt: int = 0) -> dict:
     return {"limit_mm_per_prompt": {"image": images, "video": 0}}
 
 
+def prefix_sharing_engine_kwargs() -> dict:
+    """KV blocks of 32 tokens on CPU, where vLLM's default is 128. Only whole blocks of a prompt are
+    shared between its requests (GRPO samples each prompt `rollout.n` times), so at 128 a prompt of
+    fewer tokens is prefilled once per sample. 32 is the smallest size the CPU backend runs at full
+    speed (it warns below multiples of 32). At Qwen2.5-0.5B's shape, 2 prompts of 72 tokens × 4 samples
+    of 24 tokens: 7.35 s → 4.85 s per generate call, the same tokens and log-probabilities bit for bit.
+    On GPU vLLM's own default (16) stays."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"block_size": 32}
+
+
 def seeded_sampling_engine_kwargs() -> dict:
     """Engine arguments for per-request seeds on CPU. A request whose prefill is split over steps has its
     generator rewound by an offset, which CPU generators do not have ("CPU Generator does not use

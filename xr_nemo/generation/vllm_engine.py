@@ -104,6 +104,7 @@ class VLLMEngine:
                 tensor_parallel_size=tensor_parallel_size,
                 **vllm_cpu.multimodal_engine_kwargs(max_images_per_prompt),
                 **vllm_cpu.seeded_sampling_engine_kwargs(),
+                **vllm_cpu.prefix_sharing_engine_kwargs(),
             )
         self._asleep: set[str] = set()  # the tags vLLM holds released
         self._shared: SharedWeights | None = None
