@@ -5,12 +5,12 @@ that copy is 2.85 GiB in fp32: oneDNN-packed copies of the linear layers (vLLM r
 weight with its packed form after loading), the embedding, and two packed copies of the tied vocabulary
 matrix, one never used. (On GPU, `rollout.sleep_level` releases them while training runs.)
 
-After the first refit, each module of the engine's language model is pointed at the matching megatron-core
-tensor instead, and its linear layers compute with plain `F.linear` — the values a refit would copy, read
-in place, as Transformers' `generate` reads its one model. The engine then holds no copy, and a later refit
-has nothing to copy: the optimizer's in-place updates are what the engine reads next. The fused QKV layer
-is the one layout that differs (megatron-core interleaves q, k and v per query group; vLLM concatenates
-them), so its output columns are put into vLLM's order.
+After the first refit, each tensor of the engine's language model that the model's family pairs with one
+of ours (`ModelFamily.vllm_shared_tensors`) is pointed at ours, and the engine's linear layers compute
+with plain `F.linear` — the values a refit would copy, read in place, as Transformers' `generate` reads its
+one model. The engine then holds no copy, and a later refit has nothing to copy: the optimizer's in-place
+updates are what the engine reads next. A layer whose output columns are laid out otherwise (the fused
+QKV projection) has them put into vLLM's order.
 
 Only where it is exact and measured: on CPU, at one tensor- and pipeline-parallel rank, with the same dtype
 and shapes on both sides, and with a vision tower that is not trained (the engine keeps its own, loaded by
@@ -19,59 +19,20 @@ the first refit). Anywhere else every refit copies, as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
 
-from xr_nemo.models.mapping import QKVMapping
-
-Pair = tuple[torch.nn.Module, str, torch.nn.Parameter]  # (vLLM module, its attribute, megatron-core's tensor)
+from xr_nemo.models.family import SharedTensor
+from xr_nemo.models.registry import family_of
 
 
-def _qkv_linear(order: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """megatron-core's fused QKV projection with its output columns in vLLM's [q; k; v] order."""
+def _reordered_linear(order: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """F.linear with its output columns in vLLM's order."""
     return F.linear(x, weight, bias).index_select(-1, order)
-
-
-def _vllm_qkv_order(gpt: GPTModel, rows: int) -> torch.Tensor:
-    """For each of vLLM's QKV output columns, the megatron-core column holding it."""
-    megatron_rows = torch.arange(rows).unsqueeze(1)
-    return torch.cat(QKVMapping("", ()).to_hf(megatron_rows, gpt.config)).squeeze(1)
-
-
-def _pairs(vllm_lm: torch.nn.Module, gpt: GPTModel) -> Iterator[Pair]:
-    """Every language-model tensor of a Qwen-style vLLM model (Qwen2, Qwen3 decoder layers) with the
-    megatron-core tensor holding the same values in the same layout (QKV's columns aside)."""
-    text = vllm_lm.model
-    words = gpt.embedding.word_embeddings.weight
-    yield text.embed_tokens, "weight", words
-    yield (
-        vllm_lm.lm_head,
-        "weight",
-        words if gpt.share_embeddings_and_output_weights else gpt.output_layer.weight,
-    )
-    for ours, theirs in zip(text.layers, gpt.decoder.layers, strict=True):
-        attention, mlp = ours.self_attn, ours.mlp
-        for module, linear in (
-            (attention.qkv_proj, theirs.self_attention.linear_qkv),
-            (attention.o_proj, theirs.self_attention.linear_proj),
-            (mlp.gate_up_proj, theirs.mlp.linear_fc1),
-            (mlp.down_proj, theirs.mlp.linear_fc2),
-        ):
-            yield module, "weight", linear.weight
-            if linear.bias is not None:
-                yield module, "bias", linear.bias
-        yield ours.input_layernorm, "weight", theirs.input_layernorm.weight
-        yield ours.post_attention_layernorm, "weight", theirs.pre_mlp_layernorm.weight
-        if hasattr(attention, "q_norm"):  # Qwen3
-            yield attention.q_norm, "weight", theirs.self_attention.q_layernorm.weight
-            yield attention.k_norm, "weight", theirs.self_attention.k_layernorm.weight
-    yield text.norm, "weight", gpt.decoder.final_layernorm.weight
 
 
 def _vllm_shape(module: torch.nn.Module, attribute: str, tensor: torch.Tensor) -> tuple[int, ...]:
@@ -80,6 +41,10 @@ def _vllm_shape(module: torch.nn.Module, attribute: str, tensor: torch.Tensor) -
     if hasattr(module, "cpu_linear") and hasattr(module, "output_size"):
         return (module.output_size, module.input_size) if attribute == "weight" else (module.output_size,)
     return tuple(tensor.shape)
+
+
+def _shared_tensors(vllm_model: torch.nn.Module, model: torch.nn.Module) -> list[SharedTensor]:
+    return list(family_of(model.hf_config).vllm_shared_tensors(vllm_model, model))
 
 
 def why_not_shared(vllm_model: torch.nn.Module, model: torch.nn.Module) -> str | None:
@@ -93,10 +58,10 @@ def why_not_shared(vllm_model: torch.nn.Module, model: torch.nn.Module) -> str |
     if any(p.requires_grad for p in model.visual.parameters()):
         return "the vision tower is trained (model.train_vision)"
     try:
-        pairs = list(_pairs(vllm_model.language_model, model.language_model))
+        pairs = _shared_tensors(vllm_model, model)
     except (AttributeError, ValueError) as error:  # another architecture, or another layer count
         return f"the engine's model is not laid out as expected ({error})"
-    for module, attribute, tensor in pairs:
+    for module, attribute, tensor, _ in pairs:
         theirs = getattr(module, attribute, None)
         if (
             not isinstance(theirs, torch.Tensor)
@@ -116,26 +81,24 @@ class SharedWeights:
 
     vllm_model: torch.nn.Module
     model: torch.nn.Module
+    pairs: list[SharedTensor] = field(init=False)
 
     def __post_init__(self) -> None:
         self.bind()
 
     def bind(self) -> None:
-        """Point every pair's vLLM attribute at megatron-core's tensor and its linear layers at F.linear.
-        Called again when megatron-core has moved a tensor to new storage."""
-        gpt = self.model.language_model
-        self.pairs = list(_pairs(self.vllm_model.language_model, gpt))
-        for module, attribute, tensor in self.pairs:
+        """Point every pair's vLLM tensor at ours and vLLM's linear layers at F.linear (dropping their
+        packed copies with the closures holding them). Called again when megatron-core has moved a tensor
+        to new storage."""
+        self.pairs = _shared_tensors(self.vllm_model, self.model)
+        for module, attribute, tensor, order in self.pairs:
             setattr(module, attribute, torch.nn.Parameter(tensor.detach(), requires_grad=False))
-            if hasattr(module, "cpu_linear"):  # drops vLLM's packed copy with the closure holding it
-                module.cpu_linear = F.linear
-        for layer, theirs in zip(
-            self.vllm_model.language_model.model.layers, gpt.decoder.layers, strict=True
-        ):
-            qkv = theirs.self_attention.linear_qkv.weight
-            layer.self_attn.qkv_proj.cpu_linear = partial(_qkv_linear, _vllm_qkv_order(gpt, qkv.shape[0]))
+            if hasattr(module, "cpu_linear"):
+                module.cpu_linear = F.linear if order is None else partial(_reordered_linear, order)
 
     def follow(self) -> None:
         """Make sure the engine reads the model's current tensors: re-bind any megatron-core moved."""
-        if any(getattr(module, a).data_ptr() != t.data_ptr() for module, a, t in self.pairs):
+        if any(
+            getattr(pair.module, pair.attribute).data_ptr() != pair.tensor.data_ptr() for pair in self.pairs
+        ):
             self.bind()

@@ -10,11 +10,11 @@ packed_seq_params=)`. Its parameter names are the Megatron side of `mappings`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 from megatron.core.transformer import MegatronModule, TransformerConfig
@@ -34,6 +34,17 @@ the input embedding, or after the decoder (final norm, output layer)."""
 
 PositionIds = Callable[[torch.Tensor], torch.Tensor]
 """Token ids [batch, seq] → the rotary position ids the model takes (for mrope, [3, batch, seq])."""
+
+
+class SharedTensor(NamedTuple):
+    """A tensor of the colocated vLLM engine's model with the megatron-core tensor holding its values
+    (`xr_nemo.generation.shared_weights`)."""
+
+    module: torch.nn.Module  # vLLM's
+    attribute: str  # its parameter: "weight", "bias"
+    tensor: torch.nn.Parameter  # megatron-core's, in vLLM's layout
+    output_order: torch.Tensor | None = None  # for a linear layer whose output columns differ in order:
+    # vLLM's column c is megatron-core's output_order[c]
 
 
 class BuildModel(Protocol):
@@ -128,6 +139,8 @@ class ModelFamily:
     image_inputs: Callable[[str | Path], ImageInputs]  # from a checkpoint directory
     transformers_batch: TransformersBatch
     register_vllm: Callable[[], None]  # lets vLLM load the family in-process where torchvision is missing
+    # (vLLM's model, ours) → every language-model tensor the engine can read in place from ours
+    vllm_shared_tensors: Callable[[torch.nn.Module, torch.nn.Module], Iterator[SharedTensor]]
 
     # offline
     build_tiny: BuildTiny

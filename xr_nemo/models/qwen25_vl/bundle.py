@@ -15,7 +15,7 @@ from xr_nemo.models.qwen25_vl.processing import image_inputs, transformers_batch
 from xr_nemo.models.qwen25_vl.published import qwen25_vl_7b_config
 from xr_nemo.models.qwen25_vl.rope_index import position_ids_for
 from xr_nemo.models.qwen25_vl.tiny import VOCABS, build_tiny
-from xr_nemo.models.qwen25_vl.vllm import register_vllm
+from xr_nemo.models.qwen25_vl.vllm import register_vllm, shared_tensors
 
 QWEN25_VL = ModelFamily(
     name="qwen2_5_vl",
@@ -32,6 +32,7 @@ QWEN25_VL = ModelFamily(
     image_inputs=image_inputs,
     transformers_batch=transformers_batch,
     register_vllm=register_vllm,
+    vllm_shared_tensors=shared_tensors,
     build_tiny=build_tiny,
     tiny_vocabs=VOCABS,
     published=MappingProxyType({"7b": qwen25_vl_7b_config}),

@@ -6,6 +6,7 @@ Its prompts, image processor and 3-D position ids are Qwen2.5-VL's (for images, 
 
 from __future__ import annotations
 
+from functools import partial
 from types import MappingProxyType
 
 from transformers import Qwen3VLForConditionalGeneration
@@ -20,6 +21,7 @@ from xr_nemo.models.qwen3_vl.tiny import VOCABS, build_tiny
 from xr_nemo.models.qwen3_vl.vllm import register_vllm
 from xr_nemo.models.qwen25_vl.processing import image_inputs, transformers_batch
 from xr_nemo.models.qwen25_vl.rope_index import position_ids_for
+from xr_nemo.models.qwen25_vl.vllm import shared_tensors
 
 QWEN3_VL = ModelFamily(
     name="qwen3_vl",
@@ -36,6 +38,7 @@ QWEN3_VL = ModelFamily(
     image_inputs=image_inputs,
     transformers_batch=transformers_batch,
     register_vllm=register_vllm,
+    vllm_shared_tensors=partial(shared_tensors, qk_norm=True),
     build_tiny=build_tiny,
     tiny_vocabs=VOCABS,
     published=MappingProxyType({"8b": qwen3_vl_8b_config}),
