@@ -16,7 +16,12 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from xr_nemo.config.schema import GRPOAlgorithmConfig
 from xr_nemo.distributed.devices import to_device
 from xr_nemo.grpo.algorithm import clipped_surrogate, kl_k3, truncated_importance_weights
-from xr_nemo.models.scored_positions import logits_only_at, scatter_scored, sequence_first_index
+from xr_nemo.models.scored_positions import (
+    gather_scored,
+    logits_only_at,
+    scatter_scored,
+    sequence_first_index,
+)
 
 Batch = dict[str, torch.Tensor | PackedSeqParams]
 # what a training micro-batch reports, summed: loss sum, loss count, then per response token: clipped,
@@ -171,8 +176,7 @@ def _scored_label_stats(
     if scored is None:
         return _label_stats(output, labels, temperature, entropy)
     batch, seq = labels.shape
-    chosen = labels.t().reshape(-1).index_select(0, scored).unsqueeze(0)
-    stats = _label_stats(output, chosen, temperature, entropy)
+    stats = _label_stats(output, gather_scored(labels, scored), temperature, entropy)
     return tuple(None if s is None else scatter_scored(s, scored, batch, seq) for s in stats)
 
 

@@ -6,8 +6,8 @@ at Qwen2.5-0.5B's shape 272 MFLOP per position forward and twice that backward, 
 24 decoder layers, plus a 151,936-wide float row each. Here the last pipeline stage's output layer gets
 only the hidden states of the chosen positions, as megatron-core's own inference does for the last token
 (gathering the sequence-parallel shards first and running the layer without sequence parallelism); the
-logits come out as one row of those positions, and `scatter_scored` puts per-position values back in
-place. Everything before the output layer is unchanged.
+logits come out as one row of those positions (`gather_scored` gives their labels), and `scatter_scored`
+puts per-position values back in place. Everything before the output layer is unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ def logits_only_at(model: object, index: torch.Tensor) -> Iterator[bool]:
             handle.remove()
         for layer, sequence_parallel in zip(layers, settings, strict=True):
             layer.sequence_parallel = sequence_parallel
+
+
+def gather_scored(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-position `values` [batch, seq] (labels) at the rows `index` chose, as [1, chosen]: in the
+    order of the logits `logits_only_at` gives."""
+    return values.t().reshape(1, -1).index_select(1, index)
 
 
 def scatter_scored(values: torch.Tensor, index: torch.Tensor, batch: int, seq: int) -> torch.Tensor:

@@ -14,7 +14,12 @@ from functools import partial
 import torch
 
 from xr_nemo.distributed.devices import to_device
-from xr_nemo.models.scored_positions import logits_only_at, scatter_scored, sequence_first_index
+from xr_nemo.models.scored_positions import (
+    gather_scored,
+    logits_only_at,
+    scatter_scored,
+    sequence_first_index,
+)
 
 
 def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -35,7 +40,7 @@ def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
             batch["tokens"],
             batch["position_ids"],
             None,
-            labels=labels.t().reshape(1, -1).index_select(1, scored) if selected else labels,
+            labels=gather_scored(labels, scored) if selected else labels,
             packed_seq_params=batch["packed_seq_params"],
         )
     if selected:
