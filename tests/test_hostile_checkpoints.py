@@ -504,3 +504,20 @@ def test_the_pointer_is_followed_first_then_the_highest_steps_and_never_outside_
         (run / "checkpoints" / "latest").write_text(outside + "\n")
         with pytest.raises(XrNemoError, match="not a checkpoint of this run"):
             latest_checkpoint(run)
+
+
+def test_leftovers_of_writes_killed_mid_way_are_removed_and_checkpoints_kept(tmp_path):
+    """What `kill -9` can leave in `checkpoints/` — the `latest` pointer's temporary file, a checkpoint's
+    staging directory, a replaced checkpoint set aside — goes at the next save; checkpoints and the
+    pointer stay."""
+    from xr_nemo.training.checkpoint import remove_interrupted_writes
+
+    root = tmp_path / "checkpoints"
+    for directory in ("step_2", "step_4", "step_6.tmp", ".step_4.old-4242"):
+        (root / directory).mkdir(parents=True)
+        (root / directory / "common.pt").write_bytes(b"x")
+    (root / "latest").write_text("step_4\n")
+    (root / ".latest.tmp-31179").write_text("step_")
+    remove_interrupted_writes(root)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_2", "step_4"]
+    assert (root / "step_4" / "common.pt").exists() and (root / "latest").read_text() == "step_4\n"

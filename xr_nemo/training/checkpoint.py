@@ -237,8 +237,23 @@ def save_checkpoint(
         move_into_place(staging, final)  # re-saving a step swaps, never leaving it half-written
         write_text_atomically(root / LATEST, final.name + "\n")
         _prune(root, keep_last, newest=final)
+        remove_interrupted_writes(root)
     _barrier()
     return final
+
+
+def remove_interrupted_writes(root: Path) -> None:
+    """Delete what writers killed mid-write left in `root`: a `latest` pointer's temporary file, a
+    checkpoint's staging directory, a replaced checkpoint set aside. Only the run holding the run
+    directory's lock writes here, so none of them belongs to a live write."""
+    for path in root.iterdir():
+        name = path.name
+        if name.startswith(f".{LATEST}.tmp-"):
+            path.unlink(missing_ok=True)
+        elif (name.startswith("step_") and name.endswith(".tmp")) or (
+            name.startswith(".step_") and ".old-" in name
+        ):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(root: Path, keep_last: int | None, newest: Path) -> None:
