@@ -52,13 +52,12 @@ def shared_tensors(
     yield SharedTensor(text.embed_tokens, "weight", words)
     output = words if gpt.share_embeddings_and_output_weights else gpt.output_layer.weight
     yield SharedTensor(vllm_model.language_model.lm_head, "weight", output)
+    rows = torch.arange(gpt.decoder.layers[0].self_attention.linear_qkv.weight.shape[0]).unsqueeze(1)
+    order = torch.cat(QKVMapping("", ()).to_hf(rows, gpt.config)).squeeze(1)  # every layer's
     for theirs, ours in zip(text.layers, gpt.decoder.layers, strict=True):
         attention, mlp = theirs.self_attn, theirs.mlp
-        qkv = ours.self_attention.linear_qkv
-        rows = torch.arange(qkv.weight.shape[0]).unsqueeze(1)
-        order = torch.cat(QKVMapping("", ()).to_hf(rows, gpt.config)).squeeze(1)
         for module, linear, column_order in (
-            (attention.qkv_proj, qkv, order),
+            (attention.qkv_proj, ours.self_attention.linear_qkv, order),
             (attention.o_proj, ours.self_attention.linear_proj, None),
             (mlp.gate_up_proj, ours.mlp.linear_fc1, None),
             (mlp.down_proj, ours.mlp.linear_fc2, None),
