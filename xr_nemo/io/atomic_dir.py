@@ -8,6 +8,7 @@ output and never touches an existing one.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xr_nemo.errors import XrNemoError
+
+_STAGED, _SET_ASIDE = "tmp", "old"  # what the hidden siblings below are named after: `.<name>.<kind>-<id>`
+
+
+def _hidden_sibling(path: Path, kind: str, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{suffix}")
+
+
+def remove_interrupted_writes(directory: Path) -> None:
+    """Delete the hidden siblings that writes killed mid-way left in `directory`: what they were staging,
+    and outputs they had set aside to replace. Only where no write can be in progress (a directory only
+    its lock holder writes to)."""
+    left = re.compile(rf"\..+\.({_STAGED}|{_SET_ASIDE})-\w+")
+    for path in directory.iterdir():
+        if not left.fullmatch(path.name):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def is_nonempty(path: Path) -> bool:
@@ -24,7 +45,7 @@ def is_nonempty(path: Path) -> bool:
 def write_text_atomically(path: Path, text: str) -> None:
     """Readers see the old text or the new one, never a mix (rename is atomic on one file system), and
     after a crash of the machine too: the text is on disk before the rename, the rename after it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _hidden_sibling(path, _STAGED, str(os.getpid()))
     tmp.write_text(text, encoding="utf-8")
     _fsync(tmp)
     os.replace(tmp, path)
@@ -42,7 +63,7 @@ def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[P
             fix="choose a new directory, or pass --overwrite to replace it",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_hidden_sibling(target, _STAGED, "").name, dir=target.parent))
     try:
         yield staging
         fsync_tree(staging)
@@ -77,7 +98,7 @@ def move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    replaced = target.with_name(f".{target.name}.old-{os.getpid()}")
+    replaced = _hidden_sibling(target, _SET_ASIDE, str(os.getpid()))
     target.rename(replaced)
     staging.rename(target)
     if replaced.is_dir():

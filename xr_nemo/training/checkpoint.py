@@ -40,6 +40,7 @@ from xr_nemo.conversion.dist_checkpoint import (
 )
 from xr_nemo.conversion.hf_checkpoint import copy_side_files
 from xr_nemo.errors import ConfigError, XrNemoError
+from xr_nemo.io import atomic_dir
 from xr_nemo.io.atomic_dir import move_into_place, write_text_atomically
 from xr_nemo.io.manifest import describe, listed_files, read_manifest, shares
 from xr_nemo.run_dir import LATEST, checkpoint_dir, checkpoints_dir, side_files, step_checkpoints
@@ -243,17 +244,13 @@ def save_checkpoint(
 
 
 def remove_interrupted_writes(root: Path) -> None:
-    """Delete what writers killed mid-write left in `root`: a `latest` pointer's temporary file, a
-    checkpoint's staging directory, a replaced checkpoint set aside. Only the run holding the run
-    directory's lock writes here, so none of them belongs to a live write."""
-    for path in root.iterdir():
-        name = path.name
-        if name.startswith(f".{LATEST}.tmp-"):
-            path.unlink(missing_ok=True)
-        elif (name.startswith("step_") and name.endswith(".tmp")) or (
-            name.startswith(".step_") and ".old-" in name
-        ):
-            shutil.rmtree(path, ignore_errors=True)
+    """Delete what saves killed mid-write left in `root`: their staging directories (`step_N.tmp`) and
+    the hidden files and directories of `atomic_dir`'s writes (the `latest` pointer's temporary file, a
+    replaced checkpoint set aside). Only the run holding the run directory's lock writes here, so none
+    of them belongs to a live write."""
+    for staging in root.glob("step_*.tmp"):
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_dir.remove_interrupted_writes(root)
 
 
 def _prune(root: Path, keep_last: int | None, newest: Path) -> None:
