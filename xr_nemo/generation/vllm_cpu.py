@@ -38,7 +38,8 @@ def prefix_sharing_engine_kwargs() -> dict:
     shared between its requests (GRPO samples each prompt `rollout.n` times), so at 128 a prompt of
     fewer tokens is prefilled once per sample. 32 is the smallest size the CPU backend runs at full
     speed (it warns below multiples of 32). At Qwen2.5-0.5B's shape, 2 prompts of 72 tokens × 4 samples
-    of 24 tokens: 7.35 s → 4.85 s per generate call, the same tokens and log-probabilities bit for bit.
+    of 24 tokens: 7.35 s → 4.85 s per generate call, the same tokens and log-probabilities bit for bit
+    (`benchmarks/kv_block_size.py`).
     On GPU vLLM's own default (16) stays."""
     import torch
 
